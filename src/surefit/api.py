@@ -1,0 +1,434 @@
+"""``fit()`` and ``evaluate()``: keyword arguments -> config -> parts -> Trainer -> result."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from . import config as cfgmod
+from .callbacks import EarlyStopping, check_callback
+from .checkpoint import CheckpointStore, atomic_write_text
+from .config import RunConfig
+from .data import TensorData, as_data, split_validation
+from .distributed import is_rank_zero, resolve_device
+from .errors import ConfigError, DataError
+from .log import Console, RunLog, _fmt
+from .loop import Parts, Trainer, evaluate_data
+from .optim import build_optimizer
+from .precision import Precision
+from .schedule import Schedule, build_schedule
+from .state import RngState, seed_everything, set_deterministic
+from .tasks import Task, build_task, infer_task
+
+
+class _Default:
+    """Marks a keyword the caller did not give: the config's default (or recipe value) holds."""
+
+    def __repr__(self) -> str:
+        return "<default>"
+
+
+DEFAULT: Any = _Default()
+
+# fit() keyword -> recipe key; these names are the public contract
+KEYWORDS = {
+    "task": "task.name", "optimizer": "optim.name", "lr": "optim.lr",
+    "weight_decay": "optim.weight_decay", "schedule": "schedule.name", "warmup": "schedule.warmup",
+    "epochs": "train.epochs", "max_steps": "train.max_steps", "batch_size": "data.batch_size",
+    "accumulate": "train.accumulate", "clip_norm": "train.clip_norm",
+    "clip_value": "train.clip_value", "precision": "train.precision", "seed": "train.seed",
+    "deterministic": "train.deterministic", "device": "train.device", "compile": "train.compile",
+    "run_dir": "train.run_dir", "resume": "checkpoint.resume",
+    "checkpoint_every": "checkpoint.every_steps", "keep_last": "checkpoint.keep_last",
+    "loggers": "log.loggers", "log_every": "log.every_steps", "progress": "log.progress",
+}  # fmt: skip
+
+
+def _option_keys() -> dict[str, str]:
+    """Every other recipe key whose name is unique across sections, usable as a fit() keyword."""
+    seen: dict[str, list[str]] = {}
+    for section, cls in cfgmod.SECTIONS.items():
+        for f in dataclasses.fields(cls):
+            seen.setdefault(f.name, []).append(f"{section}.{f.name}")
+    return {k: v[0] for k, v in seen.items() if len(v) == 1}
+
+
+@dataclass
+class FitResult:
+    """What came out of a run."""
+
+    history: list[dict[str, Any]]  # one record per evaluation
+    best_metrics: dict[str, Any]  # the evaluation record where the monitored metric was best
+    final_metrics: dict[str, Any]  # the last evaluation record
+    test_metrics: dict[str, float]  # evaluation of ``test`` after training ({} without test data)
+    best_step: int  # optimizer step of the best evaluation (-1 without validation)
+    stop_reason: str  # why training ended
+    steps: int  # optimizer steps taken in the whole run
+    run_dir: Path | None
+    checkpoint: Path | None  # best.pt if written, else the newest last-*.pt
+    config: RunConfig = field(repr=False)
+    model: nn.Module = field(repr=False)
+
+
+def _normalise(key: str, value: Any) -> Any:
+    if key in ("train.clip_norm", "train.clip_value", "train.max_steps") and value in (None, False):
+        return 0
+    if key == "checkpoint.every_steps" and value is None:
+        return 0
+    if key == "checkpoint.resume" and isinstance(value, bool):
+        return "must" if value else "never"
+    if key == "checkpoint.resume" and value is None:
+        return "never"
+    if key == "train.run_dir":
+        return "" if value is None else str(value)
+    if key == "train.epochs" and value is None:
+        return 0
+    if key == "log.loggers" and isinstance(value, str):
+        return [value]
+    return value
+
+
+def build_config(base: RunConfig | dict | str | Path | None = None, **keywords: Any) -> RunConfig:
+    """A RunConfig from a base (recipe path, dict or config) and fit()-style keywords."""
+    if isinstance(base, (str, Path)):
+        base = cfgmod.load(base)
+    data = base.to_dict() if isinstance(base, RunConfig) else dict(base or {})
+    options = _option_keys()
+    for name, value in keywords.items():
+        if value is DEFAULT:
+            continue
+        key = KEYWORDS.get(name) or options.get(name)
+        if key is None:
+            known = sorted(set(KEYWORDS) | set(options))
+            raise ConfigError(f"unknown keyword '{name}'", where="fit()",
+                              fix=cfgmod._did_you_mean(name, known))  # fmt: skip
+        section, _, field_name = key.partition(".")
+        data.setdefault(section, {})
+        data[section] = dict(data[section])
+        data[section][field_name] = _normalise(key, value)
+    return cfgmod.from_dict(data)
+
+
+def _peek_target(data: Any) -> Any:
+    """The targets of a first sample or batch, to infer the task; restores the RNGs it may use."""
+    if isinstance(data, TensorData):
+        return data.tensors[-1]
+    rng = RngState().state_dict()
+    try:
+        if hasattr(data, "dataset") and hasattr(data, "num_workers"):
+            item = data.dataset[0]
+        else:
+            item = next(iter(data.batches(1)))
+    finally:
+        RngState().load_state_dict(rng)
+    if isinstance(item, (tuple, list)) and len(item) >= 2:
+        return torch.as_tensor(item[-1])
+    return None
+
+
+def _total_steps(cfg: RunConfig, trainer_steps_per_epoch: int | None) -> int:
+    epochs, max_steps = cfg.epochs, cfg.train.max_steps
+    if trainer_steps_per_epoch is None:
+        if not max_steps:
+            raise ConfigError(
+                "the training data has no length, so the run length is unknown",
+                where="train",
+                fix="set max_steps, or give the DataLoader's dataset a __len__",
+            )
+        return max_steps
+    total = epochs * trainer_steps_per_epoch
+    return min(total, max_steps) if max_steps else total
+
+
+def _preflight(trainer: Trainer, parts: Parts) -> None:
+    """Checks on the first train and val batches, before anything is written or stepped."""
+    if parts.step is not None:
+        return
+    rng = RngState().state_dict()  # a user's loader may draw from the global RNG when iterated
+    net, task, cfg = trainer.net, parts.task, parts.config
+    was_training = net.training
+    try:
+        for name, data in (("train", parts.train), ("val", parts.val)):
+            if data is None:
+                continue
+            batch = next(
+                iter(data.batches(cfg.data.batch_size, shuffle=False, device=parts.device)), None
+            )
+            if batch is None:
+                raise DataError(f"{name} data yielded no batches", where=name,
+                                fix="pass a non-empty data set")  # fmt: skip
+            net.eval()
+            with torch.inference_mode(), parts.precision.autocast():
+                _, outputs, target = task.compute(net, batch)
+            task.check(outputs, target, f"{name} batch 0")
+            if (
+                isinstance(data, TensorData)
+                and isinstance(outputs, torch.Tensor)
+                and outputs.dim() > 1
+            ):
+                task.check_targets(
+                    data.tensors[-1], outputs.shape[-1 if task.name == "lm" else 1], name
+                )
+    finally:
+        net.train(was_training)
+        RngState().load_state_dict(rng)
+
+
+def _prepare_run_dir(cfg: RunConfig) -> tuple[Path | None, CheckpointStore | None, bool]:
+    """(run_dir, store, resuming) without writing anything yet."""
+    if not cfg.train.run_dir:
+        if cfg.checkpoint.resume == "must":
+            raise ConfigError("resume='must' needs a run_dir", where="run_dir",
+                              fix="pass run_dir= of the run to continue")  # fmt: skip
+        return None, None, False
+    run_dir = Path(cfg.train.run_dir)
+    store = CheckpointStore(run_dir / "checkpoints", cfg.checkpoint.keep_last)
+    has = store.has_checkpoint()
+    mode = cfg.checkpoint.resume
+    if mode == "must" and not has:
+        raise ConfigError(f"no checkpoint to resume from in {run_dir}", where="resume",
+                          fix="check the run directory, or use resume='auto'")  # fmt: skip
+    if mode == "never" and (has or (run_dir / "metrics.jsonl").exists()):
+        raise ConfigError(
+            f"{run_dir} already holds a run; starting afresh would mix two runs",
+            where="run_dir",
+            fix="choose a new run_dir, delete the old one, or resume it with resume='auto'",
+        )
+    return run_dir, store, has and mode != "never"
+
+
+def fit(
+    model: nn.Module,
+    train: Any = None,
+    val: Any = None,
+    test: Any = None,
+    *,
+    task: str | Task = DEFAULT, loss: Any = None, metrics: Any = None,
+    optimizer: str | torch.optim.Optimizer = DEFAULT, lr: float = DEFAULT,
+    weight_decay: float = DEFAULT, schedule: str | Schedule = DEFAULT, warmup: float = DEFAULT,
+    epochs: int = DEFAULT, max_steps: int | None = DEFAULT, batch_size: int = DEFAULT,
+    accumulate: int = DEFAULT, clip_norm: float | None = DEFAULT, clip_value: float | None = DEFAULT,
+    precision: str = DEFAULT, seed: int = DEFAULT, deterministic: bool = DEFAULT,
+    device: str = DEFAULT, compile: bool = DEFAULT, run_dir: str | Path | None = DEFAULT,
+    resume: str | bool = DEFAULT, checkpoint_every: int | None = DEFAULT, keep_last: int = DEFAULT,
+    callbacks: list[Any] | None = None, step: Any = None, loggers: list[str] = DEFAULT,
+    teacher: nn.Module | None = None, config: RunConfig | dict | str | Path | None = None,
+    **options: Any,
+) -> FitResult:  # fmt: skip
+    """Train ``model`` in place and return what came out.
+
+    Keywords left out take the values of ``config`` (a recipe) or the defaults of docs/options.md;
+    any other recipe key with a unique name is accepted as a keyword too (``label_smoothing=0.1``,
+    ``patience=5``, ``val_fraction=0.1``...).
+    """
+    names = dict(task=task if isinstance(task, str) or task is DEFAULT else DEFAULT,
+                 optimizer=optimizer if isinstance(optimizer, str) or optimizer is DEFAULT else DEFAULT,
+                 schedule=schedule if isinstance(schedule, str) or schedule is DEFAULT else DEFAULT)  # fmt: skip
+    if isinstance(loss, str):
+        options["loss"] = loss
+        loss = None
+    if isinstance(metrics, (list, tuple)) and all(isinstance(m, str) for m in metrics):
+        options["metrics"] = list(metrics)
+        metrics = None
+    cfg = build_config(
+        config, **names, lr=lr, weight_decay=weight_decay, warmup=warmup, epochs=epochs,
+        max_steps=max_steps, batch_size=batch_size, accumulate=accumulate, clip_norm=clip_norm,
+        clip_value=clip_value, precision=precision, seed=seed, deterministic=deterministic,
+        device=device, compile=compile, run_dir=run_dir, resume=resume,
+        checkpoint_every=checkpoint_every, keep_last=keep_last, loggers=loggers, **options,
+    )  # fmt: skip
+    if not isinstance(model, nn.Module):
+        raise ConfigError(f"model must be a torch.nn.Module, got {type(model).__name__}",
+                          where="fit(model)", fix="pass the nn.Module to train")  # fmt: skip
+    if train is None:
+        raise ConfigError("no training data", where="fit(train=...)", fix="pass train=(x, y)")
+    return Run(cfg, model, train, val, test, task_obj=task if isinstance(task, Task) else None,
+               loss=loss, metrics=metrics or list(cfg.task.metrics) or None,
+               optimizer=optimizer if isinstance(optimizer, torch.optim.Optimizer) else None,
+               schedule=schedule if isinstance(schedule, Schedule) else None,
+               callbacks=list(callbacks or []), step=step, teacher=teacher).execute()  # fmt: skip
+
+
+class Run:
+    """Assembles the parts of one run from a config and the user's objects, and runs it."""
+
+    def __init__(self, cfg: RunConfig, model: nn.Module, train: Any, val: Any, test: Any, *,
+                 task_obj: Task | None = None, loss: Any = None, metrics: Any = None,
+                 optimizer: torch.optim.Optimizer | None = None, schedule: Schedule | None = None,
+                 callbacks: list[Any] | None = None, step: Any = None,
+                 teacher: nn.Module | None = None, console: Console | None = None) -> None:  # fmt: skip
+        self.cfg, self.model, self.step = cfg, model, step
+        self.task_obj, self.loss, self.metrics, self.teacher = task_obj, loss, metrics, teacher
+        self.optimizer, self.schedule = optimizer, schedule
+        self.callbacks = callbacks or []
+        self.raw = (train, val, test)
+        self.console = console
+
+    def _data(self) -> tuple[Any, Any, Any]:
+        train_raw, val_raw, test_raw = self.raw
+        c = self.cfg
+        train = as_data(train_raw, "train")
+        val = None
+        if isinstance(val_raw, (float, int)) and not isinstance(val_raw, bool):
+            train, val = split_validation(train, val_raw, c.train.seed, c.data.stratify)
+        elif val_raw is not None:
+            val = as_data(val_raw, "val")
+        elif c.data.val_fraction > 0:
+            train, val = split_validation(train, c.data.val_fraction, c.train.seed, c.data.stratify)
+        test = as_data(test_raw, "test") if test_raw is not None else None
+        return train, val, test
+
+    def _task(self, train: Any) -> Task:
+        if self.task_obj is not None:
+            return self.task_obj
+        name = self.cfg.task.name
+        if name == "auto":
+            if self.step is not None:
+                name = "custom"
+            elif self.loss is not None:
+                name = "custom"
+            else:
+                name = infer_task(_peek_target(train))
+        task_cfg = dataclasses.replace(self.cfg.task, name=name)
+        return build_task(task_cfg, self.loss, teacher=self.teacher)
+
+    def execute(self) -> FitResult:
+        c = self.cfg
+        for cb in self.callbacks:
+            check_callback(cb)
+        run_dir, store, resuming = _prepare_run_dir(c)
+        seed_everything(c.train.seed)
+        if c.train.deterministic:
+            set_deterministic(True)
+        device = resolve_device(c.train.device)
+        train, val, test = self._data()
+        task = self._task(train).to(device)
+        self.model.to(device)
+        for d in (train, val, test):
+            if d is not None:
+                d.to(device)
+        precision = Precision(c.train.precision, device)
+        optimizer = self.optimizer or build_optimizer(self.model, c.optim)
+        callbacks = list(self.callbacks)
+        monitor = c.train.monitor or "val_loss"
+        if c.train.patience:
+            callbacks.append(
+                EarlyStopping(monitor, c.train.mode, c.train.patience, c.train.min_delta)
+            )
+        console = self.console or Console(c.log.progress if is_rank_zero() else "off", c.epochs)
+        log = RunLog(run_dir, list(c.log.loggers), console, enabled=is_rank_zero())
+        parts = Parts(model=self.model, task=task, optimizer=optimizer, schedule=None,  # type: ignore[arg-type]
+                      precision=precision, config=c, device=device, train=train, val=val, test=test,
+                      step=self.step, metrics=self.metrics, callbacks=callbacks, log=log,
+                      store=store, run_dir=run_dir)  # fmt: skip
+        trainer = Trainer(parts)
+        from .callbacks import auto_mode
+
+        parts.schedule = self.schedule or build_schedule(
+            c.schedule,
+            optimizer,
+            total_steps=_total_steps(c, trainer.steps_per_epoch),
+            steps_per_epoch=trainer.steps_per_epoch or 1,
+            mode=auto_mode(monitor, c.train.mode),
+        )
+        if c.schedule.name == "plateau" and val is None:
+            raise ConfigError("schedule 'plateau' steps on a validation metric, but there is no val set",
+                              where="schedule.name", fix="pass val=..., or val_fraction=0.1")  # fmt: skip
+        _preflight(trainer, parts)
+        if resuming and store is not None:
+            state, path = store.load_latest(
+                on_skip=lambda p, why: console.line(
+                    f"skipping unreadable checkpoint {p.name}: {why}"
+                )
+            )
+            trainer.load_state_dict(state)
+            console.line(
+                f"resuming {run_dir} from {path.name} (step {trainer.counters.optimizer_step})"
+            )
+        if run_dir is not None and is_rank_zero():
+            run_dir.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(run_dir / "config.toml", cfgmod.to_toml(c))
+            log.event("resume" if resuming else "start", step=trainer.counters.optimizer_step)
+        try:
+            trainer.fit()
+            if c.train.restore_best:
+                trainer.restore_best_weights()
+            test_metrics = trainer.evaluate(test, "test") if test is not None else {}
+            if test_metrics:
+                log.metric(
+                    {"split": "test", "step": trainer.counters.optimizer_step, **test_metrics}
+                )
+            log.event("end", step=trainer.counters.optimizer_step, reason=trainer.stop_reason)
+        finally:
+            log.close()
+        result = self._result(trainer, test_metrics, run_dir, store)
+        console.line(summary(result))
+        return result
+
+    def _result(self, trainer: Trainer, test_metrics: dict[str, float], run_dir: Path | None,
+                store: CheckpointStore | None) -> FitResult:  # fmt: skip
+        history = trainer.history
+        best = next(
+            (h for h in history if h["step"] == trainer.best.step), history[-1] if history else {}
+        )
+        ckpt = None
+        if store is not None:
+            best_path = store.folder / "best.pt"
+            latest = store.latest()
+            ckpt = (
+                best_path
+                if best_path.exists()
+                else (store.folder / latest[0]["file"] if latest else None)
+            )
+        return FitResult(history=history, best_metrics=best, final_metrics=history[-1] if history else {},
+                         test_metrics=test_metrics, best_step=trainer.best.step,
+                         stop_reason=trainer.stop_reason or "", steps=trainer.counters.optimizer_step,
+                         run_dir=run_dir, checkpoint=ckpt, config=self.cfg, model=self.model)  # fmt: skip
+
+
+def summary(result: FitResult) -> str:
+    """The final lines a person reads: why it stopped, best and test metrics, where things are."""
+    lines = [f"done: {result.stop_reason} ({result.steps} optimizer steps)"]
+    best = {k: v for k, v in result.best_metrics.items() if k.startswith("val_")}
+    if best:
+        lines.append("best:  " + "  ".join(f"{k} {_fmt(v)}" for k, v in best.items())
+                     + f"  (step {result.best_step})")  # fmt: skip
+    if result.test_metrics:
+        lines.append(
+            "test:  " + "  ".join(f"{k} {_fmt(v)}" for k, v in result.test_metrics.items())
+        )
+    if result.run_dir is not None:
+        lines.append(f"run directory: {result.run_dir}")
+    return "\n".join(lines)
+
+
+def evaluate(
+    model: nn.Module, data: Any, *, task: str | Task = "auto", loss: Any = None, metrics: Any = None,
+    batch_size: int = 256, device: str = "auto", precision: str = "fp32", step: Any = None,
+    prefix: str = "test",
+) -> dict[str, float]:  # fmt: skip
+    """Loss and metrics of ``model`` over ``data``, in eval mode under inference mode."""
+    dev = resolve_device(device)
+    source = as_data(data, prefix).to(dev)
+    model.to(dev)
+    if isinstance(task, Task):
+        task_obj = task
+    else:
+        cfg = build_config(None, task=task)
+        name = cfg.task.name
+        if name == "auto":
+            name = (
+                "custom"
+                if (step is not None or loss is not None)
+                else infer_task(_peek_target(source))
+            )
+        task_obj = build_task(dataclasses.replace(cfg.task, name=name), loss)
+    task_obj.to(dev)
+    named = metrics if not isinstance(metrics, (list, tuple)) else list(metrics)
+    return evaluate_data(model, source, task=task_obj, step=step, precision=Precision(precision, dev),
+                         metrics=named, device=dev, batch_size=batch_size, prefix=prefix)  # fmt: skip

@@ -1,0 +1,160 @@
+"""A small closed set of events, and callbacks that see a view of the run, not the trainer."""
+
+from __future__ import annotations
+
+import difflib
+import math
+from typing import TYPE_CHECKING, Any
+
+from .errors import ConfigError
+
+if TYPE_CHECKING:
+    from torch import nn
+
+EVENTS = (
+    "on_fit_start",  # (view) after set-up, before the first step
+    "on_epoch_start",  # (view)
+    "on_step_end",  # (view) after each optimizer step
+    "on_eval_end",  # (view, metrics) after each evaluation; metrics are host floats
+    "on_epoch_end",  # (view)
+    "on_checkpoint",  # (view, path) after a checkpoint is written
+    "on_fit_end",  # (view) after training, before the test evaluation
+    "on_exception",  # (view, error) when training raises
+)
+
+
+class Callback:
+    """Base whose hooks do nothing; override the ones you need. Callbacks return nothing."""
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass
+
+
+def check_callback(cb: Any) -> None:
+    """A misspelled hook is an error at registration, not a silent no-op."""
+    for name in dir(cb):
+        if name.startswith("on_") and name not in EVENTS and callable(getattr(cb, name)):
+            close = difflib.get_close_matches(name, EVENTS, n=1)
+            raise ConfigError(
+                f"callback {type(cb).__name__} defines '{name}', which is not an event",
+                where=f"callbacks: {type(cb).__name__}.{name}",
+                fix=(f"did you mean '{close[0]}'? " if close else "")
+                + f"events: {', '.join(EVENTS)}",
+            )
+
+
+class RunView:
+    """What a callback may see and do."""
+
+    def __init__(self, trainer: Any) -> None:
+        self._trainer = trainer
+
+    @property
+    def model(self) -> nn.Module:
+        return self._trainer.model
+
+    @property
+    def epoch(self) -> int:
+        return self._trainer.counters.epoch
+
+    @property
+    def optimizer_step(self) -> int:
+        return self._trainer.counters.optimizer_step
+
+    @property
+    def history(self) -> list[dict[str, Any]]:
+        return self._trainer.history
+
+    @property
+    def lr(self) -> float:
+        return self._trainer.optimizer.param_groups[0]["lr"]
+
+    @property
+    def run_dir(self) -> Any:
+        return self._trainer.run_dir
+
+    def request_stop(self, why: str) -> None:
+        """Stop after the current optimizer step; ``why`` goes to the log."""
+        self._trainer.request_stop(why)
+
+
+def auto_mode(monitor: str, mode: str) -> str:
+    """min for losses and errors, max for scores."""
+    if mode != "auto":
+        return mode
+    lowered = monitor.lower()
+    return (
+        "min"
+        if any(k in lowered for k in ("loss", "mae", "mse", "rmse", "error", "perplexity"))
+        else "max"
+    )
+
+
+class Best:
+    """Tracks the best value of a monitored metric."""
+
+    def __init__(self, monitor: str, mode: str, min_delta: float = 0.0) -> None:
+        self.monitor, self.mode, self.min_delta = monitor, auto_mode(monitor, mode), min_delta
+        self.value = math.inf if self.mode == "min" else -math.inf
+        self.step = -1
+
+    def improved(self, value: float | None) -> bool:
+        if value is None or math.isnan(value):
+            return False
+        if self.mode == "min":
+            return value < self.value - self.min_delta
+        return value > self.value + self.min_delta
+
+    def update(self, value: float | None, step: int) -> bool:
+        if self.improved(value):
+            self.value, self.step = float(value), step  # type: ignore[arg-type]
+            return True
+        return False
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"value": self.value, "step": self.step}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.value, self.step = float(state["value"]), int(state["step"])
+
+
+class EarlyStopping(Callback):
+    """Stop when ``monitor`` has not improved by ``min_delta`` for ``patience`` evaluations."""
+
+    def __init__(self, monitor: str = "val_loss", mode: str = "auto", patience: int = 5,
+                 min_delta: float = 0.0) -> None:  # fmt: skip
+        if patience < 1:
+            raise ConfigError(
+                f"patience={patience}", where="EarlyStopping", fix="use patience >= 1"
+            )
+        self.best = Best(monitor, mode, min_delta)
+        self.patience = patience
+        self.bad_evals = 0
+
+    def on_eval_end(self, run: RunView, metrics: dict[str, float]) -> None:
+        value = metrics.get(self.best.monitor)
+        if value is None:
+            raise ConfigError(
+                f"early stopping monitors '{self.best.monitor}', which evaluation does not report",
+                where="train.monitor",
+                fix=f"monitor one of: {', '.join(sorted(metrics))}",
+            )
+        if self.best.update(value, run.optimizer_step):
+            self.bad_evals = 0
+            return
+        self.bad_evals += 1
+        if self.bad_evals >= self.patience:
+            run.request_stop(
+                f"early stopping: {self.best.monitor} has not improved for {self.bad_evals} "
+                f"evaluations (best {self.best.value:.6g} at step {self.best.step})"
+            )
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"best": self.best.state_dict(), "bad_evals": self.bad_evals}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.best.load_state_dict(state["best"])
+        self.bad_evals = int(state["bad_evals"])

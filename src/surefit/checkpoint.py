@@ -1,0 +1,153 @@
+"""Atomic, verified, rotating checkpoints of the full run state.
+
+A checkpoint is one dictionary of named state dicts. It is written to a temporary file in the same
+folder, flushed and fsynced, renamed over its target, and the folder fsynced; ``MANIFEST.json``
+(written the same way) lists each file with its step and sha256. Loading verifies the hash and
+falls back to the previous good checkpoint, and never unpickles code (``weights_only=True``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .errors import CheckpointError
+
+MANIFEST = "MANIFEST.json"
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:  # some platforms cannot open folders; the rename is still atomic there
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: Path, write: Any) -> None:
+    """Write through ``write(fileobj)`` to a temporary sibling, fsync, and rename over ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write(path, lambda f: f.write(text.encode()))
+
+
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+class CheckpointStore:
+    """``last-STEP.pt`` (rolling, ``keep_last`` kept) and ``best.pt`` under one folder."""
+
+    def __init__(self, folder: Path, keep_last: int = 2) -> None:
+        self.folder = folder
+        self.keep_last = keep_last
+
+    # -- manifest --------------------------------------------------------------------------------
+    def manifest(self) -> dict[str, Any]:
+        path = self.folder / MANIFEST
+        if not path.exists():
+            return {"checkpoints": []}
+        try:
+            return json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise CheckpointError(
+                f"checkpoint manifest is unreadable: {exc}",
+                where=str(path),
+                fix="restore it from a backup, or delete it to rebuild from the files present",
+            ) from None
+
+    def _write_manifest(self, manifest: dict[str, Any]) -> None:
+        atomic_write_text(self.folder / MANIFEST, json.dumps(manifest, indent=1))
+
+    # -- save --------------------------------------------------------------------------------
+    def save(self, state: dict[str, Any], *, step: int, kind: str = "last") -> Path:
+        """Write a checkpoint atomically and record it; ``kind`` is "last" or "best"."""
+        name = f"last-{step:09d}.pt" if kind == "last" else "best.pt"
+        path = self.folder / name
+        atomic_write(path, lambda f: torch.save(state, f))
+        manifest = self.manifest()
+        entries = [e for e in manifest["checkpoints"] if e["file"] != name]
+        entries.append({"file": name, "kind": kind, "step": step, "sha256": sha256(path)})
+        lasts = sorted((e for e in entries if e["kind"] == "last"), key=lambda e: e["step"])
+        dropped = lasts[: max(0, len(lasts) - self.keep_last)]
+        entries = [e for e in entries if e not in dropped]
+        self._write_manifest({"checkpoints": entries})
+        for e in dropped:  # removed only after the manifest no longer names them
+            (self.folder / e["file"]).unlink(missing_ok=True)
+        return path
+
+    # -- load --------------------------------------------------------------------------------
+    def latest(self) -> list[dict[str, Any]]:
+        """Rolling checkpoints, newest first."""
+        entries = [e for e in self.manifest()["checkpoints"] if e["kind"] == "last"]
+        return sorted(entries, key=lambda e: e["step"], reverse=True)
+
+    def has_checkpoint(self) -> bool:
+        return bool(self.latest())
+
+    def load_latest(self, on_skip: Any = None) -> tuple[dict[str, Any], Path]:
+        """The newest checkpoint whose hash verifies; a bad one is reported and skipped."""
+        problems = []
+        for entry in self.latest():
+            path = self.folder / entry["file"]
+            try:
+                if sha256(path) != entry["sha256"]:
+                    raise CheckpointError("sha256 does not match the manifest", where=str(path))
+                return load_file(path), path
+            except (OSError, CheckpointError) as exc:
+                problems.append(f"{path.name}: {getattr(exc, 'what', exc)}")
+                if on_skip is not None:
+                    on_skip(path, problems[-1])
+        raise CheckpointError(
+            "no readable checkpoint in the run directory"
+            + (f" ({'; '.join(problems)})" if problems else ""),
+            where=str(self.folder),
+            fix="start a fresh run (resume='never' with a new run_dir)",
+        )
+
+
+def load_file(path: Path, map_location: Any = "cpu") -> dict[str, Any]:
+    """Load a checkpoint without unpickling code."""
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except FileNotFoundError:
+        raise CheckpointError(
+            f"no checkpoint at {path}", where=str(path), fix="check the path"
+        ) from None
+    except Exception as exc:  # torch raises UnpicklingError, RuntimeError, EOFError...
+        lines = str(exc).splitlines() or [type(exc).__name__]
+        # torch's first line is generic; the line naming the refused global says what is wrong
+        text = next((ln.strip() for ln in lines if "Unsupported global" in ln), lines[0])
+        text = text.split(" was not an allowed global")[0]
+        raise CheckpointError(
+            f"checkpoint cannot be loaded safely: {text}",
+            where=str(path),
+            fix="it is truncated or carries pickled code; load only checkpoints you trust, "
+            "and only with weights_only=True",
+        ) from None

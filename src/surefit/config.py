@@ -1,0 +1,394 @@
+"""Typed run configuration: TOML recipes, ``--set`` overrides, and checks that name the key.
+
+This module imports nothing heavy (no torch), so ``surefit --help`` and ``surefit recipes`` stay fast.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import tomllib
+
+from .errors import ConfigError
+
+TASKS = (
+    "auto", "multiclass", "binary", "multilabel", "regression", "lm",
+    "segmentation", "ranking", "triplet", "distillation", "custom",
+)  # fmt: skip
+LOSSES = ("", "ce", "bce", "mse", "l1", "huber", "smooth_l1")
+OPTIMIZERS = ("sgd", "adam", "adamw", "radam", "rmsprop", "adagrad")
+SCHEDULES = (
+    "constant", "step", "multistep", "exponential", "cosine", "warmup_cosine",
+    "warmup_linear", "onecycle", "plateau", "cosine_restarts",
+)  # fmt: skip
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+PROGRESS = ("auto", "bar", "epoch", "off")
+RESUME = ("auto", "never", "must")
+MODES = ("auto", "min", "max")
+IMPLEMENTATIONS = ("auto", "foreach", "fused", "for_loop")
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelConfig:
+    name: str = ""  # built-in model name, or an import path "package.module:factory"
+    args: dict = field(default_factory=dict)  # keyword arguments for the factory
+
+
+@dataclass(frozen=True, kw_only=True)
+class DataConfig:
+    name: str = ""  # built-in dataset name, or an import path "package.module:factory"
+    args: dict = field(default_factory=dict)  # keyword arguments for the factory
+    batch_size: int = 64  # samples per micro-batch (one forward/backward pass)
+    eval_batch_size: int = 0  # samples per evaluation batch; 0 = 4 x batch_size
+    val_fraction: float = 0.0  # share of train carved out for validation when no val set is given
+    stratify: bool = True  # keep class proportions in that split (classification targets)
+    drop_last: bool = False  # drop the last short training batch of each epoch
+    num_workers: int = -1  # DataLoader workers for Dataset inputs; -1 = auto (0 on CPU-only runs)
+
+
+@dataclass(frozen=True, kw_only=True)
+class TaskConfig:
+    name: str = "auto"  # one of TASKS; "auto" infers multiclass or regression from the targets
+    loss: str = ""  # loss override (one of LOSSES); "" = the task's default
+    label_smoothing: float = 0.0  # multiclass/lm cross-entropy label smoothing, in [0, 1)
+    class_weights: list = field(default_factory=list)  # per-class loss weights; [] = equal
+    pos_weight: list = field(default_factory=list)  # BCE positive weight per label; [] = 1
+    huber_delta: float = 1.0  # huber/smooth_l1 transition point, in target units
+    ignore_index: int = -100  # target id skipped by cross-entropy (lm, segmentation)
+    dice_weight: float = 0.5  # segmentation: loss = (1 - w) * CE/BCE + w * soft Dice
+    margin: float = 1.0  # ranking and triplet margin
+    temperature: float = 2.0  # distillation softening temperature
+    alpha: float = 0.5  # distillation: weight of the soft (teacher) loss; 1 - alpha on labels
+    teacher: str = ""  # distillation: import path of the teacher factory (recipes only)
+    top_k: int = 0  # also report top-k accuracy; 0 = auto (5 when there are 10+ classes)
+    threshold: float = 0.5  # binary/multilabel decision threshold on probabilities
+    metrics: list = field(default_factory=list)  # metric names to report; [] = the task's defaults
+
+
+@dataclass(frozen=True, kw_only=True)
+class OptimConfig:
+    name: str = "adamw"  # one of OPTIMIZERS
+    lr: float = 1e-3  # peak learning rate
+    weight_decay: float = 0.01  # decoupled for adamw, L2 for the others
+    momentum: float = 0.9  # sgd and rmsprop momentum
+    nesterov: bool = False  # sgd Nesterov momentum
+    betas: list = field(default_factory=lambda: [0.9, 0.999])  # adam-family betas
+    eps: float = 1e-8  # adam-family/rmsprop/adagrad epsilon
+    decay_all: bool = False  # also decay biases, normalisation and embedding weights
+    lr_groups: dict = field(default_factory=dict)  # parameter-name prefix -> learning rate
+    implementation: str = "auto"  # one of IMPLEMENTATIONS; auto = torch's default choice
+
+
+@dataclass(frozen=True, kw_only=True)
+class ScheduleConfig:
+    name: str = "warmup_cosine"  # one of SCHEDULES
+    warmup: float = 0.05  # < 1: fraction of all optimizer steps; >= 1: optimizer steps
+    min_lr_ratio: float = 0.1  # final lr = peak lr * this (cosine, warmup_*)
+    step_size: int = 10  # "step": epochs between decays
+    milestones: list = field(default_factory=list)  # "multistep": epochs at which lr decays
+    gamma: float = 0.1  # step/multistep/exponential: lr multiplier per decay
+    plateau_factor: float = 0.1  # "plateau": lr multiplier when the metric stalls
+    plateau_patience: int = 5  # "plateau": evaluations without improvement before decaying
+    restart_steps: int = 0  # "cosine_restarts": first cycle, optimizer steps; 0 = one epoch
+    restart_mult: int = 1  # "cosine_restarts": cycle length multiplier
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainConfig:
+    epochs: int = 0  # passes over the training data; 0 = 10, or unlimited when max_steps is set
+    max_steps: int = 0  # stop after this many optimizer steps; 0 = no limit
+    max_time_s: float = 0.0  # stop after this many seconds of training; 0 = no limit
+    accumulate: int = 1  # micro-batches per optimizer step
+    clip_norm: float = 1.0  # clip the global gradient L2 norm to this; 0 = off
+    clip_value: float = 0.0  # clip each gradient element to +-this; 0 = off
+    precision: str = "auto"  # one of PRECISIONS
+    seed: int = 0  # drives python, numpy, torch and the data order
+    deterministic: bool = False  # torch deterministic algorithms (and cudnn flags on CUDA)
+    device: str = "auto"  # "auto", "cpu", "cuda", "cuda:1", "mps"
+    compile: bool = False  # run the model through torch.compile
+    eval_every_steps: int = 0  # optimizer steps between evaluations; 0 = at each epoch's end
+    monitor: str = ""  # metric that defines "best"; "" = val_loss
+    mode: str = "auto"  # one of MODES; auto = min for losses and errors, max otherwise
+    patience: int = 0  # early stopping after this many evaluations without improvement; 0 = off
+    min_delta: float = 0.0  # smallest change of the monitored metric that counts as improvement
+    restore_best: bool = False  # load the best weights into the model when training ends
+    run_dir: str = ""  # run directory; "" = write nothing (fit) or runs/NAME (CLI)
+
+
+@dataclass(frozen=True, kw_only=True)
+class CheckpointConfig:
+    every_steps: int = 0  # optimizer steps between checkpoints; 0 = at epoch ends only
+    keep_last: int = 2  # rolling last-*.pt files kept
+    save_best: bool = True  # write best.pt whenever the monitored metric improves
+    resume: str = "auto"  # auto: continue a run_dir that holds a checkpoint; never; must
+
+
+@dataclass(frozen=True, kw_only=True)
+class LogConfig:
+    every_steps: int = 50  # optimizer steps between metric reads (the only host syncs)
+    progress: str = "auto"  # one of PROGRESS; auto = bar on a terminal, one line per epoch else
+    loggers: list = field(default_factory=list)  # extra sinks; metrics.jsonl is always written
+
+
+SECTIONS: dict[str, type] = {
+    "model": ModelConfig,
+    "data": DataConfig,
+    "task": TaskConfig,
+    "optim": OptimConfig,
+    "schedule": ScheduleConfig,
+    "train": TrainConfig,
+    "checkpoint": CheckpointConfig,
+    "log": LogConfig,
+}
+META_KEYS = ("name", "description", "reference")  # free-text top-level keys of a recipe
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunConfig:
+    name: str = "run"  # recipe or run name
+    description: str = ""
+    reference: str = ""  # the published result a recipe reproduces, with its source
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    task: TaskConfig = field(default_factory=TaskConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+
+    @property
+    def epochs(self) -> int:
+        """Epochs to run: ``train.epochs``, else 10, or unlimited when only max_steps is set."""
+        if self.train.epochs:
+            return self.train.epochs
+        return 1 << 30 if self.train.max_steps else 10
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def replace(self, **changes: dict[str, Any]) -> RunConfig:
+        """A copy with ``section={key: value}`` changes applied and checked."""
+        data = self.to_dict()
+        for section, values in changes.items():
+            data[section].update(values)
+        return from_dict(data)
+
+
+def all_keys() -> list[str]:
+    keys = [f"{s}.{f.name}" for s, cls in SECTIONS.items() for f in dataclasses.fields(cls)]
+    return list(META_KEYS) + keys
+
+
+def _did_you_mean(bad: str, choices: list[str]) -> str:
+    close = difflib.get_close_matches(bad, choices, n=1, cutoff=0.5)
+    return f"did you mean '{close[0]}'?" if close else f"known keys: {', '.join(choices)}"
+
+
+def _coerce(key: str, value: Any, annotation: Any) -> Any:
+    """Check ``value`` against a field's annotation; ints are accepted for floats."""
+    expected = {"int": int, "float": float, "bool": bool, "str": str, "list": list, "dict": dict}
+    typ = expected.get(str(annotation))
+    if typ is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if typ is list and isinstance(value, tuple):
+        return list(value)
+    if typ is None or (isinstance(value, typ) and not (typ is int and isinstance(value, bool))):
+        return value
+    raise ConfigError(
+        f"'{key}' must be {typ.__name__}, got {type(value).__name__} {value!r}",
+        where=key,
+        fix=f"give '{key}' a {typ.__name__} value",
+    )
+
+
+def _section(name: str, cls: type, values: Any) -> Any:
+    if not isinstance(values, dict):
+        raise ConfigError(
+            f"'{name}' must be a table of keys, got {values!r}",
+            where=name,
+            fix=f"write it as a [{name}] section",
+        )
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in values.items():
+        if key not in fields:
+            full = [f"{name}.{k}" for k in fields]
+            raise ConfigError(
+                f"unknown key '{name}.{key}'",
+                where=f"[{name}]",
+                fix=_did_you_mean(f"{name}.{key}", full),
+            )
+        kwargs[key] = _coerce(f"{name}.{key}", value, fields[key].type)
+    return cls(**kwargs)
+
+
+def from_dict(data: dict[str, Any]) -> RunConfig:
+    """Build and check a RunConfig from nested dicts (a parsed recipe)."""
+    data = dict(data)
+    # shorthand: model = "pkg.mod:build" at top level means [model] name = ...
+    for short in ("model", "data"):
+        if isinstance(data.get(short), str):
+            data[short] = {"name": data[short]}
+    kwargs: dict[str, Any] = {}
+    for key, value in data.items():
+        if key in SECTIONS:
+            kwargs[key] = _section(key, SECTIONS[key], value)
+        elif key in META_KEYS:
+            kwargs[key] = _coerce(key, value, "str")
+        else:
+            raise ConfigError(
+                f"unknown key '{key}'",
+                where="top level of the recipe",
+                fix=_did_you_mean(key, list(SECTIONS) + list(META_KEYS)),
+            )
+    config = RunConfig(**kwargs)
+    validate(config)
+    return config
+
+
+def load(path: str | Path) -> RunConfig:
+    """Read a TOML recipe file."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot read recipe: {exc.strerror}", where=str(path), fix="check the path"
+        ) from None
+    return from_dict(parse_toml(text, where=str(path)))
+
+
+def parse_toml(text: str, *, where: str) -> dict[str, Any]:
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(
+            f"not valid TOML: {exc}", where=where, fix="fix the TOML syntax"
+        ) from None
+
+
+def _parse_value(raw: str) -> Any:
+    """A --set value is read as TOML (1e-3, true, [1, 2], "x"), else taken as a bare string."""
+    try:
+        return tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        return raw
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``section.key=value`` strings to a parsed recipe."""
+    data = {k: dict(v) if isinstance(v, dict) else v for k, v in data.items()}
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ConfigError(
+                f"override '{item}' is not of the form key=value",
+                where="--set",
+                fix="write it as --set section.key=value, e.g. --set optim.lr=1e-3",
+            )
+        section, dot, name = key.partition(".")
+        if not dot and key in META_KEYS:
+            data[key] = raw
+            continue
+        if section not in SECTIONS or not name or "." in name:
+            raise ConfigError(
+                f"unknown key '{key}'", where="--set", fix=_did_you_mean(key, all_keys())
+            )
+        data.setdefault(section, {})
+        if isinstance(data[section], str):
+            data[section] = {"name": data[section]}
+        data[section][name] = _parse_value(raw.strip())
+    return data
+
+
+def _require(ok: bool, key: str, value: Any, allowed: str) -> None:
+    if not ok:
+        raise ConfigError(f"'{key}' = {value!r} is out of range", where=key, fix=f"use {allowed}")
+
+
+def _choice(key: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        close = difflib.get_close_matches(value, choices, n=1)
+        hint = f"did you mean '{close[0]}'? " if close else ""
+        raise ConfigError(
+            f"unknown {key.split('.')[-1]} '{value}' for '{key}'",
+            where=key,
+            fix=f"{hint}choose one of: {', '.join(c for c in choices if c)}",
+        )
+
+
+def validate(c: RunConfig) -> None:
+    """Range and choice checks that a type alone cannot express."""
+    _choice("task.name", c.task.name, TASKS)
+    _choice("task.loss", c.task.loss, LOSSES)
+    _choice("optim.name", c.optim.name, OPTIMIZERS)
+    _choice("optim.implementation", c.optim.implementation, IMPLEMENTATIONS)
+    _choice("schedule.name", c.schedule.name, SCHEDULES)
+    _choice("train.precision", c.train.precision, PRECISIONS)
+    _choice("train.mode", c.train.mode, MODES)
+    _choice("log.progress", c.log.progress, PROGRESS)
+    _choice("checkpoint.resume", c.checkpoint.resume, RESUME)
+    _require(c.data.batch_size >= 1, "data.batch_size", c.data.batch_size, "an integer >= 1")
+    _require(c.data.eval_batch_size >= 0, "data.eval_batch_size", c.data.eval_batch_size, ">= 0")
+    _require(
+        0.0 <= c.data.val_fraction < 1.0,
+        "data.val_fraction",
+        c.data.val_fraction,
+        "a fraction in [0, 1), e.g. 0.1",
+    )
+    _require(c.task.label_smoothing >= 0 and c.task.label_smoothing < 1,
+             "task.label_smoothing", c.task.label_smoothing, "a value in [0, 1)")  # fmt: skip
+    _require(c.task.huber_delta > 0, "task.huber_delta", c.task.huber_delta, "a value > 0")
+    _require(c.task.temperature > 0, "task.temperature", c.task.temperature, "a value > 0")
+    _require(0 <= c.task.alpha <= 1, "task.alpha", c.task.alpha, "a value in [0, 1]")
+    _require(0 <= c.task.dice_weight <= 1, "task.dice_weight", c.task.dice_weight, "[0, 1]")
+    _require(c.optim.lr > 0, "optim.lr", c.optim.lr, "a learning rate > 0, e.g. 1e-3")
+    _require(c.optim.weight_decay >= 0, "optim.weight_decay", c.optim.weight_decay, ">= 0")
+    _require(len(c.optim.betas) == 2 and all(0 <= b < 1 for b in c.optim.betas),
+             "optim.betas", c.optim.betas, "two values in [0, 1), e.g. [0.9, 0.999]")  # fmt: skip
+    for prefix, lr in c.optim.lr_groups.items():
+        ok = isinstance(lr, (int, float)) and not isinstance(lr, bool) and lr > 0
+        _require(ok, f"optim.lr_groups.{prefix}", lr, "a learning rate > 0")
+    s = c.schedule
+    _require(s.warmup >= 0, "schedule.warmup", s.warmup, "a fraction in [0, 1) or steps >= 1")
+    _require(0 <= s.min_lr_ratio <= 1, "schedule.min_lr_ratio", s.min_lr_ratio, "[0, 1]")
+    _require(s.step_size >= 1, "schedule.step_size", s.step_size, "epochs >= 1")
+    _require(0 < s.gamma <= 1, "schedule.gamma", s.gamma, "a factor in (0, 1]")
+    _require(0 < s.plateau_factor < 1, "schedule.plateau_factor", s.plateau_factor, "(0, 1)")
+    _require(s.restart_mult >= 1, "schedule.restart_mult", s.restart_mult, "an integer >= 1")
+    t = c.train
+    _require(t.epochs >= 0, "train.epochs", t.epochs, "an integer >= 1 (0 = default)")
+    _require(t.max_steps >= 0, "train.max_steps", t.max_steps, "0 (no limit) or more")
+    _require(t.max_time_s >= 0, "train.max_time_s", t.max_time_s, "0 (no limit) or more")
+    _require(t.accumulate >= 1, "train.accumulate", t.accumulate, "an integer >= 1")
+    _require(t.clip_norm >= 0, "train.clip_norm", t.clip_norm, "0 (off) or a norm > 0")
+    _require(t.clip_value >= 0, "train.clip_value", t.clip_value, "0 (off) or a value > 0")
+    _require(t.eval_every_steps >= 0, "train.eval_every_steps", t.eval_every_steps, ">= 0")
+    _require(t.patience >= 0, "train.patience", t.patience, "0 (off) or evaluations >= 1")
+    _require(c.checkpoint.keep_last >= 1, "checkpoint.keep_last", c.checkpoint.keep_last, ">= 1")
+    _require(c.checkpoint.every_steps >= 0, "checkpoint.every_steps", c.checkpoint.every_steps,
+             "0 (epoch ends) or steps >= 1")  # fmt: skip
+    _require(c.log.every_steps >= 1, "log.every_steps", c.log.every_steps, "steps >= 1")
+
+
+def to_toml(config: RunConfig) -> str:
+    import tomli_w
+
+    return tomli_w.dumps(config.to_dict())
+
+
+def type_name(annotation: Any) -> str:
+    """Readable name of a field's annotation, for docs and errors."""
+    if isinstance(annotation, str):
+        return annotation
+    if isinstance(annotation, types.UnionType) or typing.get_origin(annotation):
+        return str(annotation)
+    return getattr(annotation, "__name__", str(annotation))

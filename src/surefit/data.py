@@ -1,0 +1,310 @@
+"""Turning user data into device batches, with the data order a function of coordinates.
+
+Three paths:
+
+* in-memory tensors (tuples of tensors or numpy arrays): one index gather per batch on whole
+  tensors, no per-sample ``__getitem__`` and no collate;
+* a ``Dataset``: a ``DataLoader`` over our own seeded sampler, with tuned defaults;
+* a ``DataLoader``: iterated exactly as given.
+
+The training order of an epoch is ``epoch_order(n, seed, epoch, rank, world_size)``, so resuming at
+batch k skips k batches of *indices* and loads nothing it does not use.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from .errors import ConfigError, DataError
+from .state import derive_seed
+
+Batch = tuple
+
+
+def epoch_order(
+    n: int, seed: int, epoch: int, rank: int = 0, world_size: int = 1, shuffle: bool = True
+) -> torch.Tensor:
+    """The sample indices one rank visits in one epoch: a pure function of its arguments."""
+    if shuffle:
+        gen = torch.Generator().manual_seed(derive_seed(seed, epoch))
+        order = torch.randperm(n, generator=gen)
+    else:
+        order = torch.arange(n)
+    return order[rank::world_size] if world_size > 1 else order
+
+
+def to_device(obj: Any, device: torch.device, non_blocking: bool = False) -> Any:
+    """Move tensors inside tuples, lists and dicts to ``device``."""
+    if isinstance(obj, torch.Tensor):
+        return obj.to(device, non_blocking=non_blocking)
+    if isinstance(obj, (tuple, list)):
+        return type(obj)(to_device(o, device, non_blocking) for o in obj)
+    if isinstance(obj, dict):
+        return {k: to_device(v, device, non_blocking) for k, v in obj.items()}
+    return obj
+
+
+def _as_tensor(a: Any, where: str) -> torch.Tensor:
+    if isinstance(a, torch.Tensor):
+        return a
+    if isinstance(a, np.ndarray):
+        t = torch.from_numpy(np.ascontiguousarray(a))
+        # numpy defaults to float64 and int32/int64; models and losses want float32 and int64
+        if t.is_floating_point() and t.dtype == torch.float64:
+            t = t.float()
+        elif not t.is_floating_point() and t.dtype not in (torch.bool, torch.uint8, torch.int64):
+            t = t.long()
+        return t
+    raise DataError(
+        f"expected a tensor or numpy array, got {type(a).__name__}",
+        where=where,
+        fix="pass (x, y) as torch tensors or numpy arrays, or a Dataset / DataLoader",
+    )
+
+
+class TensorData:
+    """In-memory tensors batched by index gather; the fast path."""
+
+    def __init__(self, tensors: Sequence[Any], where: str) -> None:
+        self.tensors = tuple(_as_tensor(t, f"{where}[{i}]") for i, t in enumerate(tensors))
+        if not self.tensors:
+            raise DataError(f"{where} holds no tensors", where=where, fix="pass (x, y)")
+        lengths = [len(t) if t.dim() else 0 for t in self.tensors]
+        if len(set(lengths)) > 1:
+            raise DataError(
+                f"{where} tensors have different lengths {lengths}",
+                where=where,
+                fix="inputs and targets must have one row per sample: check how they were built",
+            )
+        if lengths[0] == 0:
+            raise DataError(
+                f"{where} is empty (0 samples)", where=where, fix="pass a non-empty set"
+            )
+        self.num_samples = lengths[0]
+
+    def to(self, device: torch.device) -> TensorData:
+        self.tensors = tuple(t.to(device) for t in self.tensors)
+        return self
+
+    def num_batches(self, batch_size: int, drop_last: bool = False) -> int:
+        n = self.num_samples
+        return n // batch_size if drop_last else math.ceil(n / batch_size)
+
+    def batches(
+        self, batch_size: int, *, epoch: int = 0, seed: int = 0, shuffle: bool = False,
+        start_batch: int = 0, drop_last: bool = False, device: torch.device | None = None,
+    ) -> Iterator[Batch]:  # fmt: skip
+        """Yield batches of epoch ``epoch`` from batch ``start_batch`` on."""
+        count = self.num_batches(batch_size, drop_last)
+        if not shuffle:
+            for b in range(start_batch, count):
+                yield tuple(t[b * batch_size : (b + 1) * batch_size] for t in self.tensors)
+            return
+        order = epoch_order(self.num_samples, seed, epoch).to(self.tensors[0].device)
+        for b in range(start_batch, count):
+            idx = order[b * batch_size : (b + 1) * batch_size]
+            yield tuple(t.index_select(0, idx) for t in self.tensors)
+
+
+class EpochSampler(Sampler[int]):
+    """Yields ``epoch_order`` for the epoch set last, from a start position (for resume)."""
+
+    def __init__(self, n: int, seed: int, shuffle: bool) -> None:
+        self.n, self.seed, self.shuffle = n, seed, shuffle
+        self.epoch, self.start = 0, 0
+
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        self.epoch, self.start = epoch, start
+
+    def __iter__(self) -> Iterator[int]:
+        order = epoch_order(self.n, self.seed, self.epoch, shuffle=self.shuffle)
+        return iter(order[self.start :].tolist())
+
+    def __len__(self) -> int:
+        return self.n - self.start
+
+
+def _auto_workers(device: torch.device) -> int:
+    # on a CPU-only run, workers compete with the compute threads for the same cores
+    if device.type == "cpu":
+        return 0
+    return max(0, min(4, (os.cpu_count() or 1) - 1))
+
+
+class DatasetData:
+    """A map-style Dataset, loaded through a DataLoader over our seeded sampler."""
+
+    def __init__(self, dataset: Dataset, where: str) -> None:
+        try:
+            self.num_samples = len(dataset)  # type: ignore[arg-type]
+        except TypeError:
+            raise DataError(
+                f"{where} Dataset has no len()",
+                where=where,
+                fix="give it __len__, or pass a DataLoader to iterate it as given",
+            ) from None
+        if self.num_samples == 0:
+            raise DataError(
+                f"{where} is empty (0 samples)", where=where, fix="pass a non-empty set"
+            )
+        self.dataset = dataset
+        self._loaders: dict[tuple, tuple[DataLoader, EpochSampler]] = {}
+        self.num_workers = -1
+
+    def to(self, device: torch.device) -> DatasetData:
+        return self
+
+    def num_batches(self, batch_size: int, drop_last: bool = False) -> int:
+        n = self.num_samples
+        return n // batch_size if drop_last else math.ceil(n / batch_size)
+
+    def _loader(self, batch_size: int, seed: int, shuffle: bool, drop_last: bool,
+                device: torch.device) -> tuple[DataLoader, EpochSampler]:  # fmt: skip
+        key = (batch_size, seed, shuffle, drop_last)
+        if key not in self._loaders:
+            sampler = EpochSampler(self.num_samples, seed, shuffle)
+            workers = self.num_workers if self.num_workers >= 0 else _auto_workers(device)
+            loader = DataLoader(
+                self.dataset,
+                batch_size=batch_size,
+                sampler=sampler,
+                drop_last=drop_last,
+                num_workers=workers,
+                pin_memory=device.type == "cuda",
+                persistent_workers=workers > 0,
+                prefetch_factor=4 if workers > 0 else None,
+            )
+            self._loaders[key] = (loader, sampler)
+        return self._loaders[key]
+
+    def batches(
+        self, batch_size: int, *, epoch: int = 0, seed: int = 0, shuffle: bool = False,
+        start_batch: int = 0, drop_last: bool = False, device: torch.device | None = None,
+    ) -> Iterator[Batch]:  # fmt: skip
+        device = device or torch.device("cpu")
+        loader, sampler = self._loader(batch_size, seed, shuffle, drop_last, device)
+        sampler.set_epoch(epoch, start_batch * batch_size)
+        for batch in loader:
+            yield _as_batch(to_device(batch, device, non_blocking=device.type == "cuda"))
+
+
+class LoaderData:
+    """A user's DataLoader (or any re-iterable of batches), iterated exactly as given."""
+
+    def __init__(self, loader: Any, where: str) -> None:
+        self.loader = loader
+        self.where = where
+        try:
+            self.num_samples = len(loader.dataset) if hasattr(loader, "dataset") else None
+        except TypeError:
+            self.num_samples = None
+
+    def to(self, device: torch.device) -> LoaderData:
+        return self
+
+    def num_batches(self, batch_size: int = 0, drop_last: bool = False) -> int | None:
+        try:
+            return len(self.loader)
+        except TypeError:
+            return None
+
+    def batches(
+        self, batch_size: int = 0, *, epoch: int = 0, seed: int = 0, shuffle: bool = False,
+        start_batch: int = 0, drop_last: bool = False, device: torch.device | None = None,
+    ) -> Iterator[Batch]:  # fmt: skip
+        device = device or torch.device("cpu")
+        sampler = getattr(self.loader, "sampler", None)
+        if hasattr(sampler, "set_epoch"):  # e.g. DistributedSampler
+            sampler.set_epoch(epoch)
+        empty = True
+        for b, batch in enumerate(self.loader):
+            empty = False
+            if b < start_batch:  # a user's loader can only be skipped by loading
+                continue
+            yield _as_batch(to_device(batch, device, non_blocking=device.type == "cuda"))
+        if empty and start_batch == 0:
+            raise DataError(f"{self.where} DataLoader yielded no batches", where=self.where,
+                            fix="check its dataset is not empty and drop_last is not dropping all")  # fmt: skip
+
+
+def _as_batch(batch: Any) -> Any:
+    return tuple(batch) if isinstance(batch, list) else batch
+
+
+def as_data(obj: Any, where: str) -> TensorData | DatasetData | LoaderData:
+    """Wrap what a user passed as ``train``/``val``/``test``."""
+    if isinstance(obj, (tuple, list)):
+        return TensorData(obj, where)
+    if isinstance(obj, (torch.Tensor, np.ndarray)):
+        raise DataError(
+            f"{where} is a single array; surefit needs inputs and targets",
+            where=where,
+            fix=f"pass {where}=(x, y), or a Dataset that yields (x, y) pairs",
+        )
+    if isinstance(obj, DataLoader) or (
+        hasattr(obj, "__iter__")
+        and not isinstance(obj, Dataset)
+        and not hasattr(obj, "__getitem__")
+    ):
+        return LoaderData(obj, where)
+    if isinstance(obj, Dataset) or hasattr(obj, "__getitem__"):
+        return DatasetData(obj, where)
+    raise DataError(
+        f"cannot use {type(obj).__name__} as {where} data",
+        where=where,
+        fix="pass (x, y) tensors or numpy arrays, a torch Dataset, or a DataLoader",
+    )
+
+
+def split_validation(
+    data: TensorData | DatasetData | LoaderData, val: float | int, seed: int, stratify: bool
+) -> tuple[Any, Any]:
+    """Carve a seeded validation split (stratified for class ids) out of the training data."""
+    if isinstance(data, LoaderData):
+        raise ConfigError(
+            "cannot carve a validation split out of a DataLoader",
+            where="val",
+            fix="pass val= explicitly, or pass the Dataset instead of the DataLoader",
+        )
+    n = data.num_samples
+    n_val = int(round(val * n)) if isinstance(val, float) else int(val)
+    if isinstance(val, float) and not 0 < val < 1:
+        raise ConfigError(f"val fraction {val} is outside (0, 1)", where="val", fix="e.g. val=0.1")
+    if n_val >= n or n_val < 1:
+        raise ConfigError(
+            f"a validation split of {n_val} samples leaves {n - n_val} of {n} for training",
+            where="val",
+            fix="use a validation fraction such as 0.1, or pass a validation set",
+        )
+    gen = torch.Generator().manual_seed(derive_seed(seed, -1))
+    targets = data.tensors[-1] if isinstance(data, TensorData) else None
+    if stratify and targets is not None and targets.dim() == 1 and not targets.is_floating_point():
+        val_idx = _stratified(targets.cpu(), n_val / n, gen)
+    else:
+        val_idx = torch.randperm(n, generator=gen)[:n_val]
+    mask = torch.ones(n, dtype=torch.bool)
+    mask[val_idx] = False
+    train_idx = mask.nonzero().squeeze(1)
+    val_idx = val_idx.sort().values
+    if isinstance(data, TensorData):
+        pick = lambda idx: TensorData(tuple(t[idx] for t in data.tensors), "split")  # noqa: E731
+        return pick(train_idx), pick(val_idx)
+    sub = torch.utils.data.Subset
+    return (DatasetData(sub(data.dataset, train_idx.tolist()), "train"),
+            DatasetData(sub(data.dataset, val_idx.tolist()), "val"))  # fmt: skip
+
+
+def _stratified(targets: torch.Tensor, fraction: float, gen: torch.Generator) -> torch.Tensor:
+    picks = []
+    for c in torch.unique(targets):
+        idx = (targets == c).nonzero().squeeze(1)
+        k = int(round(fraction * len(idx)))
+        picks.append(idx[torch.randperm(len(idx), generator=gen)[:k]])
+    return torch.cat(picks)

@@ -1,0 +1,35 @@
+"""User-facing errors: each says what is wrong, where, and how to fix it."""
+
+from __future__ import annotations
+
+
+class SurefitError(Exception):
+    """Base of surefit's user errors; the CLI prints it without a traceback and exits 2."""
+
+    exit_code = 2
+
+    def __init__(self, what: str, *, where: str | None = None, fix: str | None = None) -> None:
+        self.what = what
+        self.where = where
+        self.fix = fix
+        super().__init__(self._message())
+
+    def _message(self) -> str:
+        parts = [self.what]
+        if self.where:
+            parts.append(f"  where: {self.where}")
+        if self.fix:
+            parts.append(f"  fix:   {self.fix}")
+        return "\n".join(parts)
+
+
+class ConfigError(SurefitError):
+    """A configuration key, value or combination is wrong."""
+
+
+class DataError(SurefitError):
+    """The data (shapes, dtypes, sizes, labels) does not fit the task or the model."""
+
+
+class CheckpointError(SurefitError):
+    """A checkpoint is missing, corrupt, unsafe or does not fit the run."""

@@ -1,0 +1,178 @@
+"""Log sinks: the console (progress bar or one line per epoch), metrics.jsonl, events.jsonl, CSV.
+
+Every sink receives host floats at the log interval; nothing here reads a device tensor.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any, TextIO
+
+from .errors import ConfigError
+
+KNOWN_LOGGERS = ("jsonl", "csv")
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        if value == 0 or math.isnan(value) or math.isinf(value):
+            return f"{value:g}"
+        return f"{value:.3e}" if abs(value) < 1e-3 or abs(value) >= 1e5 else f"{value:.4f}"
+    return str(value)
+
+
+class JsonlSink:
+    """Appends one JSON object per line; its position is part of the run state."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.lines = 0
+        self._file: TextIO | None = None
+
+    def write(self, record: dict[str, Any]) -> None:
+        if self._file is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._file = self.path.open("a")
+        self._file.write(json.dumps(record, allow_nan=True) + "\n")
+        self._file.flush()
+        self.lines += 1
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"lines": self.lines}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Cut lines written after the checkpoint, so a resumed run neither repeats nor skips."""
+        self.close()
+        keep = int(state["lines"])
+        if self.path.exists():
+            lines = self.path.read_text().splitlines(keepends=True)[:keep]
+            self.path.write_text("".join(line for line in lines if line.endswith("\n")))
+        self.lines = keep
+
+
+class CsvSink:
+    """metrics.csv with one column per metric name seen so far (rewritten when a name appears)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path, self.rows, self.columns = path, [], []
+
+    def write(self, record: dict[str, Any]) -> None:
+        self.rows.append(record)
+        new = [k for k in record if k not in self.columns]
+        self.columns += new
+        if new or not self.path.exists():
+            with self.path.open("w", newline="") as f:
+                w = csv.DictWriter(f, self.columns)
+                w.writeheader()
+                w.writerows(self.rows)
+        else:
+            with self.path.open("a", newline="") as f:
+                csv.DictWriter(f, self.columns).writerow(record)
+
+    def close(self) -> None:
+        pass
+
+
+class Console:
+    """A tqdm bar per epoch on a terminal, one line per epoch otherwise; rank zero only."""
+
+    def __init__(self, progress: str, epochs: int, stream: TextIO | None = None) -> None:
+        self.stream = stream or sys.stderr
+        if progress == "auto":
+            progress = "bar" if getattr(self.stream, "isatty", lambda: False)() else "epoch"
+        self.mode, self.epochs, self.bar = progress, epochs, None
+
+    def epoch_start(self, epoch: int, steps: int | None, done: int = 0) -> None:
+        if self.mode != "bar":
+            return
+        from tqdm.auto import tqdm
+
+        self.bar = tqdm(total=steps, initial=done, desc=f"epoch {epoch + 1}/{self.epochs}",
+                        file=self.stream, leave=False, dynamic_ncols=True, unit="step")  # fmt: skip
+
+    def step(self) -> None:
+        if self.bar is not None:
+            self.bar.update(1)
+
+    def postfix(self, values: dict[str, Any]) -> None:
+        if self.bar is not None:
+            self.bar.set_postfix({k: _fmt(v) for k, v in values.items()}, refresh=False)
+
+    def epoch_end(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+    def line(self, text: str) -> None:
+        if self.mode == "off":
+            return
+        if self.bar is not None:
+            self.bar.write(text, file=sys.stdout)
+        else:
+            print(text, file=sys.stdout, flush=True)
+
+
+def epoch_line(epoch: int, epochs: int, values: dict[str, Any]) -> str:
+    keys = [k for k in ("train_loss", "val_loss") if k in values]
+    keys += [k for k in values if k.startswith("val_") and k not in keys]
+    keys += [k for k in ("lr", "grad_norm") if k in values]
+    parts = [f"epoch {epoch}/{epochs}"] + [f"{k} {_fmt(values[k])}" for k in keys]
+    if "samples_per_s" in values:
+        parts.append(f"{values['samples_per_s']:,.0f} samples/s")
+    return "  ".join(parts)
+
+
+class RunLog:
+    """The run's sinks in one place: only rank zero writes (``enabled``)."""
+
+    def __init__(self, run_dir: Path | None, loggers: list[str], console: Console,
+                 enabled: bool = True) -> None:  # fmt: skip
+        unknown = [name for name in loggers if name not in KNOWN_LOGGERS]
+        if unknown:
+            raise ConfigError(
+                f"unknown logger(s) {unknown}",
+                where="log.loggers",
+                fix=f"choose from {', '.join(KNOWN_LOGGERS)} (metrics.jsonl is always written)",
+            )
+        self.console = console
+        self.enabled = enabled and run_dir is not None
+        self.metrics = JsonlSink(run_dir / "metrics.jsonl") if run_dir else None
+        self.events = JsonlSink(run_dir / "events.jsonl") if run_dir else None
+        self.extra = [CsvSink(run_dir / "metrics.csv")] if run_dir and "csv" in loggers else []
+        self.started = time.time()
+
+    def metric(self, record: dict[str, Any]) -> None:
+        if self.enabled and self.metrics is not None:
+            self.metrics.write(record)
+            for sink in self.extra:
+                sink.write(record)
+
+    def event(self, event: str, **fields: Any) -> None:
+        if self.enabled and self.events is not None:
+            self.events.write({"event": event, "time": round(time.time(), 3), **fields})
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "metrics": self.metrics.state_dict() if self.metrics else {"lines": 0},
+            "events": self.events.state_dict() if self.events else {"lines": 0},
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        # events.jsonl is not cut back: what happened after the checkpoint (a crash) stays recorded
+        if self.enabled and self.metrics is not None:
+            self.metrics.load_state_dict(state["metrics"])
+
+    def close(self) -> None:
+        for sink in [self.metrics, self.events, *self.extra]:
+            if sink is not None:
+                sink.close()

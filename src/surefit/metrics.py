@@ -1,0 +1,133 @@
+"""Metric accumulators that live on the device and sync only when computed.
+
+torchmetrics provides the classification and regression metrics (built with
+``validate_args=False`` so an update never reads a value back to the host). The few written
+here — segmentation overlap, ranking and triplet accuracy, masked token accuracy — are running sums
+in a handful of lines, exact over the whole set rather than a mean of batch means, where
+torchmetrics either has no such metric or changed its input format between recent releases.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+
+class Mean:
+    """Running mean of a per-batch value, weighted by the batch's sample count."""
+
+    def __init__(self, fn: Callable[[Any, Any], torch.Tensor] | None = None) -> None:
+        self.fn = fn
+        self.reset()
+
+    def reset(self) -> None:
+        self.total: torch.Tensor | None = None
+        self.count = 0  # samples; a host int, known without reading the device
+
+    def add(self, value: torch.Tensor, count: int) -> None:
+        weighted = value.detach().double() * count
+        self.total = weighted if self.total is None else self.total + weighted
+        self.count += int(count)
+
+    def update(self, preds: Any, target: Any) -> None:
+        assert self.fn is not None
+        value = torch.as_tensor(self.fn(preds, target))
+        n = target.shape[0] if isinstance(target, torch.Tensor) and target.dim() else 1
+        self.add(value.float().mean(), n)
+
+    def compute(self) -> torch.Tensor:
+        if self.total is None:
+            return torch.tensor(float("nan"), dtype=torch.float64)
+        return self.total / self.count
+
+    def to(self, device: torch.device) -> Mean:
+        return self
+
+
+class Fraction:
+    """Share of hits over all counted items: ``sum(hits) / sum(counted)``."""
+
+    def __init__(self, hits: Callable[[Any, Any], tuple[torch.Tensor, torch.Tensor]]) -> None:
+        self.hits = hits
+        self.reset()
+
+    def reset(self) -> None:
+        self.num: torch.Tensor | int = 0
+        self.den: torch.Tensor | int = 0
+
+    def update(self, preds: Any, target: Any) -> None:
+        hit, counted = self.hits(preds, target)
+        self.num = self.num + hit.sum()
+        self.den = self.den + counted.sum()
+
+    def compute(self) -> torch.Tensor:
+        return torch.as_tensor(self.num, dtype=torch.float64) / max(torch.as_tensor(self.den), 1)
+
+    def to(self, device: torch.device) -> Fraction:
+        return self
+
+
+class Overlap:
+    """Dice and IoU over a whole set: per-class intersection and sizes, summed on the device."""
+
+    def __init__(self, num_classes: int, kind: str, skip_background: bool) -> None:
+        self.num_classes, self.kind, self.skip_background = num_classes, kind, skip_background
+        self.reset()
+
+    def reset(self) -> None:
+        self.inter: torch.Tensor | int = 0
+        self.pred: torch.Tensor | int = 0
+        self.true: torch.Tensor | int = 0
+
+    def update(self, preds: torch.Tensor, target: torch.Tensor) -> None:
+        # preds and target are class ids of the same shape (B, ...)
+        classes = torch.arange(self.num_classes, device=preds.device).view(-1, 1)
+        p = preds.reshape(1, -1) == classes
+        t = target.reshape(1, -1) == classes
+        self.inter = self.inter + (p & t).sum(1)
+        self.pred = self.pred + p.sum(1)
+        self.true = self.true + t.sum(1)
+
+    def compute(self) -> torch.Tensor:
+        inter, pred, true = (
+            torch.as_tensor(v).double() for v in (self.inter, self.pred, self.true)
+        )
+        if self.kind == "dice":
+            score = 2 * inter / (pred + true).clamp(min=1)
+        else:
+            score = inter / (pred + true - inter).clamp(min=1)
+        present = (true > 0) | (pred > 0)
+        if self.skip_background and self.num_classes > 1:
+            present[0] = False
+        return score[present].mean() if present.any() else torch.tensor(1.0, dtype=torch.float64)
+
+    def to(self, device: torch.device) -> Overlap:
+        return self
+
+
+class MetricSet:
+    """Named metrics updated together; ``compute`` is where they reach the host."""
+
+    def __init__(self, metrics: dict[str, Any], device: torch.device) -> None:
+        self.metrics = {name: m.to(device) for name, m in metrics.items()}
+
+    def update(self, preds: Any, target: Any) -> None:
+        for m in self.metrics.values():
+            m.update(preds, target)
+
+    def compute(self) -> dict[str, float]:
+        """Read every metric once (the intended sync of an evaluation)."""
+        values = [torch.as_tensor(m.compute()).double().reshape(()) for m in self.metrics.values()]
+        if not values:
+            return {}
+        host = torch.stack([v.cpu() for v in values]).tolist()
+        return dict(zip(self.metrics, host, strict=True))
+
+    def reset(self) -> None:
+        for m in self.metrics.values():
+            m.reset()
+
+    def __len__(self) -> int:
+        return len(self.metrics)

@@ -1,0 +1,117 @@
+"""Optimizer from a spec: parameter groups without decay on biases, norms and embeddings,
+and per-module learning rates."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from .config import OptimConfig
+from .errors import ConfigError
+
+_NO_DECAY_MODULES = (
+    nn.Embedding, nn.EmbeddingBag, nn.LayerNorm, nn.GroupNorm, nn.LocalResponseNorm,
+    nn.modules.batchnorm._BatchNorm, nn.modules.instancenorm._InstanceNorm,
+)  # fmt: skip
+
+
+def _no_decay_names(model: nn.Module) -> set[str]:
+    """Parameters that weight decay should not shrink: biases, norm scales, embeddings."""
+    names = set()
+    for mod_name, module in model.named_modules():
+        for p_name, p in module.named_parameters(recurse=False):
+            full = f"{mod_name}.{p_name}" if mod_name else p_name
+            if isinstance(module, _NO_DECAY_MODULES) or p.ndim <= 1:
+                names.add(full)
+    rms = getattr(nn, "RMSNorm", None)
+    if rms is not None:
+        for mod_name, module in model.named_modules():
+            if isinstance(module, rms):
+                names.update(
+                    f"{mod_name}.{n}" if mod_name else n for n, _ in module.named_parameters()
+                )
+    return names
+
+
+def _group_lr(name: str, cfg: OptimConfig) -> float:
+    """The learning rate of the longest ``lr_groups`` prefix that names this parameter."""
+    best, lr = -1, cfg.lr
+    for prefix, group_lr in cfg.lr_groups.items():
+        if (name == prefix or name.startswith(prefix + ".")) and len(prefix) > best:
+            best, lr = len(prefix), float(group_lr)
+    return lr
+
+
+def param_groups(model: nn.Module, cfg: OptimConfig) -> list[dict[str, Any]]:
+    """Group trainable parameters by (learning rate, decays or not)."""
+    no_decay = set() if cfg.decay_all else _no_decay_names(model)
+    for prefix in cfg.lr_groups:
+        if not any(n == prefix or n.startswith(prefix + ".") for n, _ in model.named_parameters()):
+            raise ConfigError(
+                f"optim.lr_groups prefix '{prefix}' names no parameter of the model",
+                where=f"optim.lr_groups.{prefix}",
+                fix="use a module name from model.named_modules(), e.g. 'backbone' or 'head'",
+            )
+    groups: dict[tuple[float, bool], dict[str, Any]] = {}
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        decays = name not in no_decay
+        lr = _group_lr(name, cfg)
+        key = (lr, decays)
+        if key not in groups:
+            groups[key] = {"params": [], "names": [], "lr": lr,
+                           "weight_decay": cfg.weight_decay if decays else 0.0}  # fmt: skip
+        groups[key]["params"].append(p)
+        groups[key]["names"].append(name)
+    if not groups:
+        raise ConfigError(
+            "the model has no trainable parameters",
+            where="model",
+            fix="check requires_grad on the parameters you want to train",
+        )
+    return list(groups.values())
+
+
+def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
+    """An optimizer named by ``cfg.name`` over grouped parameters."""
+    groups = param_groups(model, cfg)
+    for g in groups:
+        g.pop("names")
+    impl = {}
+    if cfg.implementation == "fused":
+        impl = {"fused": True}
+    elif cfg.implementation == "foreach":
+        impl = {"foreach": True}
+    elif cfg.implementation == "for_loop":
+        impl = {"foreach": False}
+    betas = tuple(cfg.betas)
+    o = torch.optim
+    name = cfg.name
+    if name == "sgd":
+        return o.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov, **impl)
+    if name == "adam":
+        return o.Adam(groups, lr=cfg.lr, betas=betas, eps=cfg.eps, **impl)
+    if name == "adamw":
+        return o.AdamW(groups, lr=cfg.lr, betas=betas, eps=cfg.eps, **impl)
+    if name == "radam":
+        return o.RAdam(groups, lr=cfg.lr, betas=betas, eps=cfg.eps, decoupled_weight_decay=True,
+                       **_no_fused(impl, name))  # fmt: skip
+    if name == "rmsprop":
+        return o.RMSprop(groups, lr=cfg.lr, momentum=cfg.momentum, eps=cfg.eps,
+                         **_no_fused(impl, name))  # fmt: skip
+    if name == "adagrad":
+        return o.Adagrad(groups, lr=cfg.lr, eps=cfg.eps, **impl)
+    raise ConfigError(f"unknown optimizer '{name}'", where="optim.name", fix="see OPTIMIZERS")
+
+
+def _no_fused(impl: dict[str, Any], name: str) -> dict[str, Any]:
+    if impl.get("fused"):
+        raise ConfigError(
+            f"torch has no fused '{name}'",
+            where="optim.implementation",
+            fix="use 'auto' or 'foreach'",
+        )
+    return impl

@@ -1,0 +1,82 @@
+"""Autocast, GradScaler (fp16 only), backward, unscale + clip, and the optimizer step."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+
+from .errors import ConfigError
+
+_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def resolve(precision: str, device: torch.device) -> str:
+    """``auto`` is fp32 on CPU, bf16 on CUDA where supported, fp16 on other CUDA devices."""
+    if precision == "auto":
+        if device.type != "cuda":
+            return "fp32"
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    if precision == "fp16" and device.type != "cuda":
+        raise ConfigError(
+            f"precision='fp16' needs a CUDA device, this run is on {device.type}",
+            where="train.precision",
+            fix="use precision='bf16' (works on CPU) or 'fp32'",
+        )
+    return precision
+
+
+class Precision:
+    """Everything that changes with the numeric precision of a run, in one place."""
+
+    def __init__(self, precision: str, device: torch.device) -> None:
+        self.mode = resolve(precision, device)
+        self.device = device
+        self.dtype = _DTYPES.get(self.mode)
+        self.scaler = torch.amp.GradScaler(device.type) if self.mode == "fp16" else None
+
+    @contextlib.contextmanager
+    def autocast(self) -> Iterator[None]:
+        if self.dtype is None:
+            yield
+            return
+        with torch.autocast(device_type=self.device.type, dtype=self.dtype):
+            yield
+
+    def backward(self, loss: torch.Tensor) -> None:
+        (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
+
+    def unscale_and_clip(
+        self, optimizer: torch.optim.Optimizer, params: list[torch.Tensor],
+        clip_norm: float, clip_value: float,
+    ) -> torch.Tensor:  # fmt: skip
+        """Unscale (fp16), measure the global grad norm before clipping, clip; no host sync."""
+        if self.scaler is not None:
+            self.scaler.unscale_(optimizer)
+        grads = [p.grad for p in params if p.grad is not None]
+        if not grads:
+            return torch.zeros((), device=self.device)
+        if clip_norm > 0:
+            norm = torch.nn.utils.clip_grad_norm_(params, clip_norm)
+        else:
+            norm = torch.nn.utils.get_total_norm(grads)
+        if clip_value > 0:
+            torch.nn.utils.clip_grad_value_(params, clip_value)
+        return norm
+
+    def step(self, optimizer: torch.optim.Optimizer) -> None:
+        """Optimizer step, through the scaler under fp16 (which skips on inf/NaN grads)."""
+        if self.scaler is not None:
+            self.scaler.step(optimizer)
+            self.scaler.update()
+        else:
+            optimizer.step()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"mode": self.mode, "scaler": self.scaler.state_dict() if self.scaler else {}}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if self.scaler is not None and state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])

@@ -1,0 +1,109 @@
+"""Built-in recipes (NAME.toml beside this file) and running any recipe.
+
+Listing and showing recipes import no torch; running one builds its model and data from the
+import paths it names (``package.module:factory``).
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+import tomllib
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ..config import RunConfig
+from ..errors import ConfigError
+
+if TYPE_CHECKING:
+    from ..api import FitResult
+    from ..log import Console
+
+HERE = Path(__file__).parent
+DEFAULT = "mnist1d-cnn"
+
+
+def names() -> list[str]:
+    return sorted(p.stem for p in HERE.glob("*.toml"))
+
+
+def describe() -> list[tuple[str, str]]:
+    """(name, description) of every built-in recipe."""
+    out = []
+    for name in names():
+        data = tomllib.loads((HERE / f"{name}.toml").read_text())
+        out.append((name, data.get("description", "")))
+    return out
+
+
+def source(name_or_path: str) -> tuple[str, str]:
+    """(name, TOML text) of a built-in recipe name or a recipe file path."""
+    path = Path(name_or_path)
+    if path.suffix == ".toml" or path.exists():
+        if not path.is_file():
+            raise ConfigError(f"no recipe file {path}", where=str(path),
+                              fix="check the path, or run `surefit recipes` for built-in names")  # fmt: skip
+        return path.stem, path.read_text()
+    if name_or_path in names():
+        return name_or_path, (HERE / f"{name_or_path}.toml").read_text()
+    import difflib
+
+    close = difflib.get_close_matches(name_or_path, names(), n=1)
+    raise ConfigError(
+        f"no recipe named '{name_or_path}'",
+        where="recipe",
+        fix=(f"did you mean '{close[0]}'? " if close else "")
+        + f"built-in recipes: {', '.join(names())}; or give a path to a .toml file",
+    )
+
+
+def resolve(path: str, key: str) -> Any:
+    """Import ``package.module:attribute``; a failure names the recipe key."""
+    module_name, sep, attr = path.partition(":")
+    if not sep or not module_name or not attr:
+        raise ConfigError(f"'{path}' is not an import path", where=key,
+                          fix="write it as 'package.module:factory'")  # fmt: skip
+    if "" not in sys.path and "." not in sys.path:
+        sys.path.insert(0, "")  # like `python -m`: the user's own packages in the working folder
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ConfigError(f"cannot import '{module_name}': {exc}", where=key,
+                          fix="check the module name and that it is importable from here") from None  # fmt: skip
+    try:
+        return getattr(module, attr)
+    except AttributeError:
+        raise ConfigError(f"module '{module_name}' has no '{attr}'", where=key,
+                          fix="check the factory's name") from None  # fmt: skip
+
+
+def _split(data: Any) -> tuple[Any, Any, Any]:
+    if isinstance(data, dict):
+        unknown = set(data) - {"train", "val", "test"}
+        if "train" not in data or unknown:
+            raise ConfigError(
+                "a data factory must return {'train': ..., 'val': ..., 'test': ...}",
+                where="data.name",
+                fix="return a dict with 'train' and optionally 'val' and 'test'",
+            )
+        return data["train"], data.get("val"), data.get("test")
+    if isinstance(data, tuple) and len(data) in (2, 3) and isinstance(data[0], (tuple, list)):
+        return (*data, None)[:3]  # type: ignore[return-value]
+    raise ConfigError("a data factory must return a dict {'train', 'val', 'test'}",
+                      where="data.name", fix="see docs/recipes.md")  # fmt: skip
+
+
+def run(cfg: RunConfig, console: Console | None = None) -> FitResult:
+    """Build the recipe's model and data from their factories and train."""
+    from ..api import Run
+    from ..state import seed_everything
+
+    for key, value in (("model.name", cfg.model.name), ("data.name", cfg.data.name)):
+        if not value:
+            raise ConfigError(f"the recipe sets no {key}", where=key,
+                              fix=f"set {key} = 'package.module:factory'")  # fmt: skip
+    seed_everything(cfg.train.seed)  # the model's initial weights follow the run's seed
+    model = resolve(cfg.model.name, "model.name")(**cfg.model.args)
+    train, val, test = _split(resolve(cfg.data.name, "data.name")(**cfg.data.args))
+    teacher = resolve(cfg.task.teacher, "task.teacher")() if cfg.task.teacher else None
+    return Run(cfg, model, train, val, test, teacher=teacher, console=console).execute()

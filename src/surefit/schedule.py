@@ -1,0 +1,144 @@
+"""Learning-rate schedules by name, each with the unit it steps in.
+
+The user never decides where ``scheduler.step()`` goes: ``unit`` is "step" (after every optimizer
+step), "epoch" (after every epoch) or "metric" (after every evaluation, with the monitored value).
+All are ``torch.optim.lr_scheduler`` objects; the warmup/cosine shapes are closed-form multipliers
+for ``LambdaLR`` (per-group floors follow each group's own learning rate, and there is no
+recursive drift).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch.optim import lr_scheduler as lrs
+
+from .config import ScheduleConfig
+
+
+@dataclass
+class Constant:
+    def __call__(self, step: int) -> float:
+        return 1.0
+
+
+@dataclass
+class WarmupCosine:
+    """Linear warmup to the peak over ``warmup`` steps, then cosine to ``min_ratio`` at ``total``."""
+
+    warmup: int
+    total: int
+    min_ratio: float
+
+    def __call__(self, step: int) -> float:
+        if step < self.warmup:
+            return (step + 1) / self.warmup
+        progress = min(1.0, (step - self.warmup) / max(1, self.total - self.warmup - 1))
+        return self.min_ratio + (1 - self.min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+@dataclass
+class WarmupLinear:
+    """Linear warmup to the peak, then linear decay to ``min_ratio`` at ``total``."""
+
+    warmup: int
+    total: int
+    min_ratio: float
+
+    def __call__(self, step: int) -> float:
+        if step < self.warmup:
+            return (step + 1) / self.warmup
+        progress = min(1.0, (step - self.warmup) / max(1, self.total - self.warmup - 1))
+        return 1 - (1 - self.min_ratio) * progress
+
+
+def warmup_steps(cfg: ScheduleConfig, total_steps: int) -> int:
+    """Warmup as optimizer steps: a fraction of all steps below 1, a step count from 1 up."""
+    if cfg.warmup < 1:
+        return int(round(cfg.warmup * total_steps))
+    return int(cfg.warmup)
+
+
+class Schedule:
+    """A torch scheduler and the unit it steps in."""
+
+    def __init__(self, scheduler: Any, unit: str, total_steps: int) -> None:
+        self.scheduler = scheduler
+        self.unit = unit
+        self.total_steps = total_steps
+
+    def after_optimizer_step(self) -> None:
+        if self.unit != "step":
+            return
+        # OneCycleLR raises past its last step; a run may outlive an estimate of its length
+        if (
+            isinstance(self.scheduler, lrs.OneCycleLR)
+            and self.scheduler.last_epoch + 1 >= self.total_steps
+        ):
+            return
+        self.scheduler.step()
+
+    def after_epoch(self) -> None:
+        if self.unit == "epoch":
+            self.scheduler.step()
+
+    def after_eval(self, value: float | None) -> None:
+        if self.unit == "metric" and value is not None:
+            self.scheduler.step(value)
+
+    def lrs(self) -> list[float]:
+        return [g["lr"] for g in self.scheduler.optimizer.param_groups]
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.scheduler.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.scheduler.load_state_dict(state)
+
+
+def build_schedule(
+    cfg: ScheduleConfig, optimizer: torch.optim.Optimizer, *, total_steps: int,
+    steps_per_epoch: int, mode: str = "min",
+) -> Schedule:  # fmt: skip
+    """The schedule ``cfg.name`` over ``total_steps`` optimizer steps."""
+    total = max(1, total_steps)
+    warm = min(warmup_steps(cfg, total), total)
+    name = cfg.name
+    if name == "constant":
+        return Schedule(lrs.LambdaLR(optimizer, Constant()), "step", total)
+    if name in ("warmup_cosine", "cosine"):
+        shape = WarmupCosine(warm if name == "warmup_cosine" else 0, total, cfg.min_lr_ratio)
+        return Schedule(lrs.LambdaLR(optimizer, shape), "step", total)
+    if name == "warmup_linear":
+        return Schedule(
+            lrs.LambdaLR(optimizer, WarmupLinear(warm, total, cfg.min_lr_ratio)), "step", total
+        )
+    if name == "onecycle":
+        peaks = [g["lr"] for g in optimizer.param_groups]
+        pct = warm / total if warm else 0.3
+        sched = lrs.OneCycleLR(optimizer, max_lr=peaks, total_steps=total, pct_start=pct)
+        return Schedule(sched, "step", total)
+    if name == "step":
+        return Schedule(
+            lrs.StepLR(optimizer, step_size=cfg.step_size, gamma=cfg.gamma), "epoch", total
+        )
+    if name == "multistep":
+        sched = lrs.MultiStepLR(optimizer, milestones=list(cfg.milestones), gamma=cfg.gamma)
+        return Schedule(sched, "epoch", total)
+    if name == "exponential":
+        return Schedule(lrs.ExponentialLR(optimizer, gamma=cfg.gamma), "epoch", total)
+    if name == "plateau":
+        sched = lrs.ReduceLROnPlateau(optimizer, mode=mode, factor=cfg.plateau_factor,
+                                      patience=cfg.plateau_patience)  # fmt: skip
+        return Schedule(sched, "metric", total)
+    if name == "cosine_restarts":
+        first = cfg.restart_steps or max(1, steps_per_epoch)
+        floor = cfg.min_lr_ratio * optimizer.param_groups[0]["lr"]
+        sched = lrs.CosineAnnealingWarmRestarts(
+            optimizer, T_0=first, T_mult=cfg.restart_mult, eta_min=floor
+        )
+        return Schedule(sched, "step", total)
+    raise ValueError(name)  # unreachable: config.validate checks the name

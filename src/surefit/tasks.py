@@ -1,0 +1,489 @@
+"""Task -> loss, output checks and metrics.
+
+A task knows how a batch becomes a loss: ``compute(net, batch) -> (loss, preds, target)``, where
+``preds``/``target`` are what its metrics read. Checks run once, on the first batch, before any
+optimizer step, and raise a ``DataError`` that names the fix.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import TaskConfig
+from .errors import ConfigError, DataError
+from .metrics import Fraction, Mean, MetricSet, Overlap
+
+LossFn = Callable[[Any, Any], torch.Tensor]
+
+
+def _float_target(target: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    return target if target.dtype == like.dtype else target.to(like.dtype)
+
+
+class Task:
+    """Base task: ``outputs = net(*inputs)``, ``loss = loss_fn(outputs, target)``."""
+
+    name = "custom"
+    metric_names: tuple[str, ...] = ()
+
+    def __init__(self, cfg: TaskConfig | None = None, loss: LossFn | None = None) -> None:
+        self.cfg = cfg or TaskConfig()
+        self.custom_loss = loss
+        self.device = torch.device("cpu")
+
+    def to(self, device: torch.device) -> Task:
+        self.device = device
+        return self
+
+    # -- the step ------------------------------------------------------------------------------
+    def split(self, batch: Any) -> tuple[tuple, Any]:
+        """Inputs and target of a batch: all but the last element are the model's inputs."""
+        if isinstance(batch, dict):
+            target = batch.get("labels", batch.get("y", batch.get("target")))
+            inputs = {k: v for k, v in batch.items() if k not in ("labels", "y", "target")}
+            return (inputs,), target
+        if not isinstance(batch, (tuple, list)) or len(batch) < 2:
+            raise DataError(
+                f"a batch must be (inputs..., target), got {type(batch).__name__}",
+                where="train batch",
+                fix="yield (x, y) pairs, or pass step=fn to handle batches yourself",
+            )
+        return tuple(batch[:-1]), batch[-1]
+
+    def forward(self, net: nn.Module, inputs: tuple) -> Any:
+        if len(inputs) == 1 and isinstance(inputs[0], dict):
+            return net(**inputs[0])
+        return net(*inputs)
+
+    def compute(self, net: nn.Module, batch: Any) -> tuple[torch.Tensor, Any, Any]:
+        inputs, target = self.split(batch)
+        outputs = self.forward(net, inputs)
+        return self.loss(outputs, target), outputs, target
+
+    def loss(self, outputs: Any, target: Any) -> torch.Tensor:
+        if self.custom_loss is not None:
+            return self.custom_loss(outputs, target)
+        return self.default_loss(outputs, target)
+
+    def default_loss(self, outputs: Any, target: Any) -> torch.Tensor:
+        raise ConfigError(
+            "task 'custom' has no loss of its own",
+            where="fit(task=...)",
+            fix="pass loss=callable(outputs, target), a task name, or step=fn",
+        )
+
+    # -- checks and metrics ----------------------------------------------------------------------
+    def check(self, outputs: Any, target: Any, where: str) -> None:
+        """Raise a DataError when outputs and targets do not fit this task (first batch)."""
+
+    def check_targets(self, targets: torch.Tensor, num_outputs: int, where: str) -> None:
+        """Whole-set target checks for in-memory data (one read at set-up)."""
+
+    def metric_inputs(self, preds: Any, target: Any) -> tuple[Any, Any]:
+        return preds, target
+
+    def build_metrics(self, outputs: Any, names: list[str] | None) -> dict[str, Any]:
+        return {}
+
+    def metrics(self, outputs: Any, wanted: Any, device: torch.device) -> MetricSet:
+        """The metric set for evaluation; ``outputs`` is a sample output for sizes."""
+        if isinstance(wanted, dict):
+            built = {k: v if hasattr(v, "update") else Mean(v) for k, v in wanted.items()}
+            return MetricSet(built, device)
+        names = list(wanted) if wanted else None
+        built = self.build_metrics(outputs, names)
+        if names:
+            unknown = [n for n in names if n not in built]
+            if unknown:
+                raise ConfigError(
+                    f"unknown metric(s) {unknown} for task '{self.name}'",
+                    where="metrics",
+                    fix=f"choose from {sorted(built)}",
+                )
+            built = {n: built[n] for n in names}
+        return MetricSet(built, device)
+
+
+def _tm(cls_name: str, **kwargs: Any) -> Any:
+    import torchmetrics
+
+    cls = getattr(torchmetrics.classification, cls_name, None) or getattr(
+        torchmetrics.regression, cls_name
+    )
+    if "classification" in cls.__module__:
+        kwargs["validate_args"] = False
+    return cls(**kwargs)
+
+
+class Multiclass(Task):
+    """Class ids (B,) against logits (B, C): cross-entropy with smoothing and class weights."""
+
+    name = "multiclass"
+
+    def __init__(self, cfg: TaskConfig | None = None, loss: LossFn | None = None) -> None:
+        super().__init__(cfg, loss)
+        self._weight: torch.Tensor | None = None
+
+    def default_loss(self, outputs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        if self.cfg.class_weights and self._weight is None:
+            self._weight = torch.tensor(
+                self.cfg.class_weights, dtype=torch.float32, device=outputs.device
+            )
+        weight = None if self._weight is None else self._weight.to(outputs.dtype)
+        return F.cross_entropy(outputs, target, weight=weight,
+                               label_smoothing=self.cfg.label_smoothing,
+                               ignore_index=self.cfg.ignore_index)  # fmt: skip
+
+    def check(self, outputs: Any, target: Any, where: str) -> None:
+        if not isinstance(outputs, torch.Tensor) or outputs.dim() < 2:
+            shape = tuple(outputs.shape) if isinstance(outputs, torch.Tensor) else type(outputs)
+            raise DataError(
+                f"task='{self.name}' needs logits of shape (batch, classes), the model gave {shape}",
+                where=f"{where}, model outputs",
+                fix="end the model with nn.Linear(features, num_classes) (no softmax)",
+            )
+        if target.is_floating_point() and target.shape != outputs.shape:
+            raise DataError(
+                f"targets are {str(target.dtype).replace('torch.', '')} but task='{self.name}' "
+                "needs integer class ids",
+                where=f"{where}, targets",
+                fix="pass y.long(), or use task='multilabel' for 0/1 float targets "
+                "(or 'regression' for real values)",
+            )
+        if not target.is_floating_point() and target.shape[0] != outputs.shape[0]:
+            raise DataError(
+                f"{outputs.shape[0]} outputs for {target.shape[0]} targets",
+                where=where,
+                fix="the model must return one row of logits per sample",
+            )
+        if self.cfg.class_weights and len(self.cfg.class_weights) != outputs.shape[1]:
+            raise ConfigError(
+                f"{len(self.cfg.class_weights)} class weights for {outputs.shape[1]} classes",
+                where="task.class_weights",
+                fix="give one weight per class",
+            )
+        if not target.is_floating_point():
+            self.check_targets(target, outputs.shape[1], where)
+
+    def check_targets(self, targets: torch.Tensor, num_outputs: int, where: str) -> None:
+        if targets.is_floating_point():
+            return
+        valid = targets[targets != self.cfg.ignore_index]
+        if valid.numel() == 0:
+            return
+        lo, hi = int(valid.min()), int(valid.max())  # one read at set-up, not per step
+        if lo < 0 or hi >= num_outputs:
+            raise DataError(
+                f"class ids range over [{lo}, {hi}] but the model outputs {num_outputs} classes",
+                where=f"{where}, targets",
+                fix=f"give the model's last layer {hi + 1} outputs, or relabel the targets "
+                f"to 0..{num_outputs - 1}",
+            )
+
+    def metric_inputs(self, preds: Any, target: Any) -> tuple[Any, Any]:
+        return preds.detach(), target
+
+    def build_metrics(self, outputs: Any, names: list[str] | None) -> dict[str, Any]:
+        classes = outputs.shape[1]
+        kw = dict(num_classes=classes, average="micro", ignore_index=self.cfg.ignore_index)
+        metrics: dict[str, Any] = {"accuracy": _tm("MulticlassAccuracy", **kw)}
+        top_k = self.cfg.top_k or (5 if classes >= 10 else 0)
+        if 1 < top_k < classes:
+            metrics[f"top{top_k}"] = _tm("MulticlassAccuracy", top_k=top_k, **kw)
+        if names and "f1_macro" in names:  # on request only: not a default of this task
+            metrics["f1_macro"] = _tm("MulticlassF1Score", num_classes=classes, average="macro")
+        return metrics
+
+
+class Binary(Task):
+    """0/1 targets against one logit per sample: BCE with logits and pos_weight."""
+
+    name = "binary"
+
+    def default_loss(self, outputs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        target = _float_target(target, outputs)
+        if target.shape != outputs.shape and target.numel() == outputs.numel():
+            target = target.reshape(outputs.shape)  # (B,) vs (B, 1) is unambiguous for 0/1 labels
+        pos = self.cfg.pos_weight
+        pw = torch.tensor(pos, dtype=outputs.dtype, device=outputs.device) if pos else None
+        return F.binary_cross_entropy_with_logits(outputs, target, pos_weight=pw)
+
+    def check(self, outputs: Any, target: Any, where: str) -> None:
+        if outputs.numel() != target.numel():
+            raise DataError(
+                f"model outputs {tuple(outputs.shape)} do not match targets {tuple(target.shape)}",
+                where=where,
+                fix="task='binary' needs one logit per sample: end the model with "
+                "nn.Linear(features, 1)"
+                if self.name == "binary"
+                else "the model needs one logit per label",
+            )
+        if bool(((target != 0) & (target != 1)).any()):  # one read, at the first-batch check
+            raise DataError(
+                f"task='{self.name}' needs 0/1 targets, got other values",
+                where=f"{where}, targets",
+                fix="map labels to 0/1, or use task='multiclass' for class ids or "
+                "'regression' for real values",
+            )
+
+    def metric_inputs(self, preds: Any, target: Any) -> tuple[Any, Any]:
+        hard = (torch.sigmoid(preds.detach().float()) > self.cfg.threshold).long()
+        return hard.reshape(target.shape) if hard.numel() == target.numel() else hard, target.long()
+
+    def build_metrics(self, outputs: Any, names: list[str] | None) -> dict[str, Any]:
+        return {"accuracy": _tm("BinaryAccuracy"), "f1": _tm("BinaryF1Score")}
+
+
+class Multilabel(Binary):
+    """Several independent 0/1 labels per sample (B, L): BCE with logits per label."""
+
+    name = "multilabel"
+
+    def metric_inputs(self, preds: Any, target: Any) -> tuple[Any, Any]:
+        return (torch.sigmoid(preds.detach().float()) > self.cfg.threshold).long(), target.long()
+
+    def build_metrics(self, outputs: Any, names: list[str] | None) -> dict[str, Any]:
+        labels = outputs.shape[-1]
+        return {
+            "f1": _tm("MultilabelF1Score", num_labels=labels, average="micro"),
+            "f1_macro": _tm("MultilabelF1Score", num_labels=labels, average="macro"),
+            "accuracy": _tm("MultilabelAccuracy", num_labels=labels, average="micro"),
+        }
+
+
+class Regression(Task):
+    """Real-valued targets: MSE (default), L1, Huber(delta) or SmoothL1."""
+
+    name = "regression"
+
+    def default_loss(self, outputs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        target = _float_target(target, outputs)
+        kind = self.cfg.loss or "mse"
+        if kind == "l1":
+            return F.l1_loss(outputs, target)
+        if kind == "huber":
+            return F.huber_loss(outputs, target, delta=self.cfg.huber_delta)
+        if kind == "smooth_l1":
+            return F.smooth_l1_loss(outputs, target, beta=self.cfg.huber_delta)
+        return F.mse_loss(outputs, target)
+
+    def check(self, outputs: Any, target: Any, where: str) -> None:
+        if outputs.shape != target.shape:
+            fix = "compare like with like"
+            if outputs.dim() == target.dim() + 1 and outputs.shape[-1] == 1:
+                fix = "return output.squeeze(-1) from the model, or pass y.unsqueeze(1) as targets"
+            elif target.dim() == outputs.dim() + 1 and target.shape[-1] == 1:
+                fix = "pass y.squeeze(-1) as targets, or make the model return (batch, 1)"
+            raise DataError(
+                f"model outputs {tuple(outputs.shape)} and targets {tuple(target.shape)} differ in "
+                "shape; the loss would broadcast them silently into a wrong value",
+                where=where,
+                fix=fix,
+            )
+
+    def metric_inputs(self, preds: Any, target: Any) -> tuple[Any, Any]:
+        return preds.detach().float(), target.float()
+
+    def build_metrics(self, outputs: Any, names: list[str] | None) -> dict[str, Any]:
+        outs = outputs.shape[-1] if outputs.dim() > 1 else 1
+        return {
+            "mae": _tm("MeanAbsoluteError", num_outputs=outs)
+            if outs > 1
+            else _tm("MeanAbsoluteError"),
+            "rmse": _tm("MeanSquaredError", squared=False, num_outputs=outs),
+            "r2": _tm("R2Score", **({"multioutput": "uniform_average"} if outs > 1 else {})),
+        }
+
+
+class LanguageModel(Task):
+    """Next-token ids (B, T) against logits (B, T, V): token cross-entropy with ignore_index."""
+
+    name = "lm"
+
+    def default_loss(self, outputs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(outputs.flatten(0, -2), target.flatten(),
+                               ignore_index=self.cfg.ignore_index,
+                               label_smoothing=self.cfg.label_smoothing)  # fmt: skip
+
+    def check(self, outputs: Any, target: Any, where: str) -> None:
+        if outputs.dim() != target.dim() + 1 or outputs.shape[:-1] != target.shape:
+            raise DataError(
+                f"task='lm' needs logits (B, T, V) for targets (B, T); got {tuple(outputs.shape)} "
+                f"and {tuple(target.shape)}",
+                where=where,
+                fix="return the logits of every position from the model",
+            )
+        Multiclass.check_targets(self, target, outputs.shape[-1], where)  # type: ignore[arg-type]
+
+    def check_targets(self, targets: torch.Tensor, num_outputs: int, where: str) -> None:
+        Multiclass.check_targets(self, targets, num_outputs, where)  # type: ignore[arg-type]
+
+    def metric_inputs(self, preds: Any, target: Any) -> tuple[Any, Any]:
+        return preds.detach().argmax(-1), target
+
+    def build_metrics(self, outputs: Any, names: list[str] | None) -> dict[str, Any]:
+        ignore = self.cfg.ignore_index
+
+        def hits(p: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            keep = t != ignore
+            return (p == t) & keep, keep
+
+        # perplexity is exp(val_loss), added by the evaluator from the loss it already has
+        return {"accuracy": Fraction(hits)}
+
+
+class Segmentation(Task):
+    """Per-pixel classes: CE (or BCE for one channel) mixed with soft Dice for imbalanced masks."""
+
+    name = "segmentation"
+
+    def default_loss(self, outputs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        w = self.cfg.dice_weight
+        if outputs.shape[1] == 1:
+            target = _float_target(target, outputs).reshape(outputs.shape)
+            base = F.binary_cross_entropy_with_logits(outputs, target)
+            probs, onehot = torch.sigmoid(outputs), target
+        else:
+            base = F.cross_entropy(outputs, target, ignore_index=self.cfg.ignore_index)
+            probs = outputs.softmax(1)
+            onehot = F.one_hot(target.clamp(min=0), outputs.shape[1]).movedim(-1, 1).to(probs.dtype)
+        dims = (0, *range(2, outputs.dim()))
+        inter = (probs * onehot).sum(dims)
+        dice = 1 - (2 * inter + 1) / (probs.sum(dims) + onehot.sum(dims) + 1)
+        return (1 - w) * base + w * dice.mean()
+
+    def check(self, outputs: Any, target: Any, where: str) -> None:
+        if outputs.dim() < 3:
+            raise DataError(
+                f"task='segmentation' needs outputs (B, C, H, ...), got {tuple(outputs.shape)}",
+                where=where,
+                fix="return per-pixel logits with the class channel second",
+            )
+        if outputs.shape[1] > 1:
+            Multiclass.check_targets(self, target, outputs.shape[1], where)  # type: ignore[arg-type]
+
+    def metric_inputs(self, preds: Any, target: Any) -> tuple[Any, Any]:
+        preds = preds.detach()
+        if preds.shape[1] == 1:
+            hard = (torch.sigmoid(preds.float()) > self.cfg.threshold).long().squeeze(1)
+            return hard, target.reshape(hard.shape).long()
+        return preds.argmax(1), target
+
+    def build_metrics(self, outputs: Any, names: list[str] | None) -> dict[str, Any]:
+        classes = max(outputs.shape[1], 2)
+        return {"dice": Overlap(classes, "dice", True), "iou": Overlap(classes, "iou", True)}
+
+
+class Ranking(Task):
+    """Batches (x1, x2, y) with y = +1 when x1 should rank higher: MarginRankingLoss on scores."""
+
+    name = "ranking"
+
+    def compute(self, net: nn.Module, batch: Any) -> tuple[torch.Tensor, Any, Any]:
+        x1, x2, y = batch
+        s1, s2 = net(x1).reshape(-1), net(x2).reshape(-1)
+        diff = s1 - s2
+        return self.loss(diff, y), diff, y
+
+    def default_loss(self, diff: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        # MarginRankingLoss(s1, s2, y) == mean(relu(-y * (s1 - s2) + margin))
+        return F.margin_ranking_loss(diff, torch.zeros_like(diff), _float_target(y, diff),
+                                     margin=self.cfg.margin)  # fmt: skip
+
+    def build_metrics(self, outputs: Any, names: list[str] | None) -> dict[str, Any]:
+        return {"ranking_accuracy": Fraction(lambda d, y: ((d * y) > 0, torch.ones_like(d)))}
+
+
+class Triplet(Task):
+    """Batches (anchor, positive, negative) of inputs: TripletMarginLoss on the embeddings."""
+
+    name = "triplet"
+
+    def compute(self, net: nn.Module, batch: Any) -> tuple[torch.Tensor, Any, Any]:
+        a, p, n = (net(x) for x in batch)
+        loss = F.triplet_margin_loss(a, p, n, margin=self.cfg.margin)
+        d_ap, d_an = F.pairwise_distance(a, p), F.pairwise_distance(a, n)
+        return loss, d_an - d_ap, None
+
+    def build_metrics(self, outputs: Any, names: list[str] | None) -> dict[str, Any]:
+        return {"triplet_accuracy": Fraction(lambda gap, _: (gap > 0, torch.ones_like(gap)))}
+
+
+class Distillation(Multiclass):
+    """KL to a frozen teacher's softened outputs (scaled by T^2), mixed with the label loss."""
+
+    name = "distillation"
+
+    def __init__(self, cfg: TaskConfig | None = None, loss: LossFn | None = None,
+                 teacher: nn.Module | None = None) -> None:  # fmt: skip
+        super().__init__(cfg, loss)
+        if teacher is None:
+            raise ConfigError(
+                "task='distillation' needs a teacher model",
+                where="fit(teacher=...)",
+                fix="pass teacher=trained_model (or task.teacher in a recipe)",
+            )
+        self.teacher = teacher.eval().requires_grad_(False)
+
+    def to(self, device: torch.device) -> Distillation:
+        self.teacher.to(device)
+        return super().to(device)  # type: ignore[return-value]
+
+    def compute(self, net: nn.Module, batch: Any) -> tuple[torch.Tensor, Any, Any]:
+        inputs, target = self.split(batch)
+        outputs = self.forward(net, inputs)
+        self.teacher.eval()
+        with torch.no_grad():  # no_grad, not inference_mode: the soft targets enter autograd
+            teacher_out = self.forward(self.teacher, inputs)
+        t = self.cfg.temperature
+        soft = F.kl_div(F.log_softmax(outputs / t, -1), F.log_softmax(teacher_out / t, -1),
+                        reduction="batchmean", log_target=True) * (t * t)  # fmt: skip
+        hard = self.loss(outputs, target)
+        return self.cfg.alpha * soft + (1 - self.cfg.alpha) * hard, outputs, target
+
+
+TASK_CLASSES: dict[str, type[Task]] = {
+    cls.name: cls
+    for cls in (
+        Task,
+        Multiclass,
+        Binary,
+        Multilabel,
+        Regression,
+        LanguageModel,
+        Segmentation,
+        Ranking,
+        Triplet,
+        Distillation,
+    )  # fmt: skip
+}
+
+
+def infer_task(target: Any) -> str:
+    """multiclass for integer class ids, regression for real values."""
+    if isinstance(target, torch.Tensor):
+        return "regression" if target.is_floating_point() else "multiclass"
+    raise ConfigError(
+        "cannot infer the task from the data",
+        where="fit(task=...)",
+        fix="pass task='multiclass', 'binary', 'multilabel', 'regression', ... or step=fn",
+    )
+
+
+def build_task(
+    cfg: TaskConfig, loss: LossFn | None = None, teacher: nn.Module | None = None
+) -> Task:
+    cls = TASK_CLASSES[cfg.name]
+    if cls is Distillation:
+        return Distillation(cfg, loss, teacher=teacher)
+    return cls(cfg, loss)
+
+
+def perplexity(loss: float) -> float:
+    return math.exp(min(loss, 50.0))

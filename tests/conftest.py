@@ -1,0 +1,57 @@
+"""Shared test set-up: one torch thread, a private cache, and tiny models and data."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+torch.set_num_threads(1)
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def shared_data(name: str) -> Path | None:
+    """A file of the shared data folder beside the project, when present."""
+    for base in (ROOT.parent / "shared" / "data", ROOT / "shared" / "data"):
+        if (base / name).is_file():
+            return base / name
+    return None
+
+
+@pytest.fixture(autouse=True)
+def _isolated(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    cache = tmp_path_factory.getbasetemp() / "cache"
+    cache.mkdir(exist_ok=True)
+    monkeypatch.setenv("SUREFIT_CACHE", str(cache))
+
+
+@pytest.fixture
+def mnist1d_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The default MNIST-1D in the test cache: copied from shared data, or generated offline."""
+    from surefit.recipes import mnist1d
+
+    cache = tmp_path_factory.getbasetemp() / "cache"
+    cache.mkdir(exist_ok=True)
+    src = shared_data("mnist1d.npz")
+    target = cache / mnist1d.cache_name()
+    if src is not None and not target.exists():
+        shutil.copyfile(src, target)
+    return cache
+
+
+def make_classification(n: int = 256, features: int = 8, classes: int = 3, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, features, generator=g)
+    w = torch.randn(features, classes, generator=g)
+    y = (x @ w).argmax(1)
+    return x, y
+
+
+def mlp(features: int = 8, out: int = 3, hidden: int = 16, seed: int = 0) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    return torch.nn.Sequential(
+        torch.nn.Linear(features, hidden), torch.nn.Tanh(), torch.nn.Linear(hidden, out)
+    )
