@@ -164,7 +164,9 @@ def _preflight(trainer: Trainer, parts: Parts) -> None:
                                 fix="pass a non-empty data set")  # fmt: skip
             net.eval()
             with torch.inference_mode(), parts.precision.autocast():
-                _, outputs, target = task.compute(net, batch)
+                outputs, target = task.preview(net, batch)
+            if outputs is None:
+                continue
             task.check(outputs, target, f"{name} batch 0")
             if (
                 isinstance(data, TensorData)

@@ -191,6 +191,10 @@ def _did_you_mean(bad: str, choices: list[str]) -> str:
     return f"did you mean '{close[0]}'?" if close else f"known keys: {', '.join(choices)}"
 
 
+_A = {int: "an int", float: "a float", bool: "a bool", str: "a string", list: "a list",
+      dict: "a table"}  # fmt: skip
+
+
 def _coerce(key: str, value: Any, annotation: Any) -> Any:
     """Check ``value`` against a field's annotation; ints are accepted for floats."""
     expected = {"int": int, "float": float, "bool": bool, "str": str, "list": list, "dict": dict}
@@ -202,9 +206,9 @@ def _coerce(key: str, value: Any, annotation: Any) -> Any:
     if typ is None or (isinstance(value, typ) and not (typ is int and isinstance(value, bool))):
         return value
     raise ConfigError(
-        f"'{key}' must be {typ.__name__}, got {type(value).__name__} {value!r}",
+        f"'{key}' must be {_A[typ]}, got {type(value).__name__} {value!r}",
         where=key,
-        fix=f"give '{key}' a {typ.__name__} value",
+        fix=f"give '{key}' {_A[typ]} value",
     )
 
 
@@ -296,7 +300,8 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
             )
         section, dot, name = key.partition(".")
         if not dot and key in META_KEYS:
-            data[key] = raw
+            value = _parse_value(raw.strip())
+            data[key] = value if isinstance(value, str) else raw.strip()
             continue
         if section not in SECTIONS or not name or "." in name:
             raise ConfigError(
@@ -352,7 +357,8 @@ def validate(c: RunConfig) -> None:
     _require(0 <= c.task.dice_weight <= 1, "task.dice_weight", c.task.dice_weight, "[0, 1]")
     _require(c.optim.lr > 0, "optim.lr", c.optim.lr, "a learning rate > 0, e.g. 1e-3")
     _require(c.optim.weight_decay >= 0, "optim.weight_decay", c.optim.weight_decay, ">= 0")
-    _require(len(c.optim.betas) == 2 and all(0 <= b < 1 for b in c.optim.betas),
+    _require(len(c.optim.betas) == 2 and all(isinstance(b, (int, float)) and not isinstance(b, bool)
+                                             and 0 <= b < 1 for b in c.optim.betas),
              "optim.betas", c.optim.betas, "two values in [0, 1), e.g. [0.9, 0.999]")  # fmt: skip
     for prefix, lr in c.optim.lr_groups.items():
         ok = isinstance(lr, (int, float)) and not isinstance(lr, bool) and lr > 0

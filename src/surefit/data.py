@@ -279,14 +279,14 @@ def split_validation(
         raise ConfigError(f"val fraction {val} is outside (0, 1)", where="val", fix="e.g. val=0.1")
     if n_val >= n or n_val < 1:
         raise ConfigError(
-            f"a validation split of {n_val} samples leaves {n - n_val} of {n} for training",
+            f"a validation split of {n_val} samples leaves {max(n - n_val, 0)} of {n} for training",
             where="val",
             fix="use a validation fraction such as 0.1, or pass a validation set",
         )
     gen = torch.Generator().manual_seed(derive_seed(seed, -1))
     targets = data.tensors[-1] if isinstance(data, TensorData) else None
     if stratify and targets is not None and targets.dim() == 1 and not targets.is_floating_point():
-        val_idx = _stratified(targets.cpu(), n_val / n, gen)
+        val_idx = _stratified(targets.cpu(), n_val, gen)
     else:
         val_idx = torch.randperm(n, generator=gen)[:n_val]
     mask = torch.ones(n, dtype=torch.bool)
@@ -301,10 +301,16 @@ def split_validation(
             DatasetData(sub(data.dataset, val_idx.tolist()), "val"))  # fmt: skip
 
 
-def _stratified(targets: torch.Tensor, fraction: float, gen: torch.Generator) -> torch.Tensor:
+def _stratified(targets: torch.Tensor, n_val: int, gen: torch.Generator) -> torch.Tensor:
+    """Exactly ``n_val`` indices, shared out between classes by largest remainder."""
+    classes, counts = torch.unique(targets, return_counts=True)
+    quota = counts.double() * n_val / len(targets)
+    take = quota.floor().long()
+    short = n_val - int(take.sum())
+    if short > 0:
+        take[torch.argsort(quota - take, descending=True)[:short]] += 1
     picks = []
-    for c in torch.unique(targets):
+    for c, k in zip(classes.tolist(), take.tolist(), strict=True):
         idx = (targets == c).nonzero().squeeze(1)
-        k = int(round(fraction * len(idx)))
         picks.append(idx[torch.randperm(len(idx), generator=gen)[:k]])
     return torch.cat(picks)

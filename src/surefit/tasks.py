@@ -66,6 +66,11 @@ class Task:
         outputs = self.forward(net, inputs)
         return self.loss(outputs, target), outputs, target
 
+    def preview(self, net: nn.Module, batch: Any) -> tuple[Any, Any]:
+        """(outputs, target) of a batch without the loss, for the checks that precede it."""
+        inputs, target = self.split(batch)
+        return self.forward(net, inputs), target
+
     def loss(self, outputs: Any, target: Any) -> torch.Tensor:
         if self.custom_loss is not None:
             return self.custom_loss(outputs, target)
@@ -130,11 +135,12 @@ class Multiclass(Task):
         super().__init__(cfg, loss)
         self._weight: torch.Tensor | None = None
 
+    def to(self, device: torch.device) -> Multiclass:
+        if self.cfg.class_weights:  # built here, never under the preflight's inference mode
+            self._weight = torch.tensor(self.cfg.class_weights, dtype=torch.float32, device=device)
+        return super().to(device)  # type: ignore[return-value]
+
     def default_loss(self, outputs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        if self.cfg.class_weights and self._weight is None:
-            self._weight = torch.tensor(
-                self.cfg.class_weights, dtype=torch.float32, device=outputs.device
-            )
         weight = None if self._weight is None else self._weight.to(outputs.dtype)
         return F.cross_entropy(outputs, target, weight=weight,
                                label_smoothing=self.cfg.label_smoothing,
@@ -197,7 +203,10 @@ class Multiclass(Task):
         if 1 < top_k < classes:
             metrics[f"top{top_k}"] = _tm("MulticlassAccuracy", top_k=top_k, **kw)
         if names and "f1_macro" in names:  # on request only: not a default of this task
-            metrics["f1_macro"] = _tm("MulticlassF1Score", num_classes=classes, average="macro")
+            metrics["f1_macro"] = _tm(
+                "MulticlassF1Score", num_classes=classes, average="macro",
+                ignore_index=self.cfg.ignore_index,
+            )  # fmt: skip
         return metrics
 
 
@@ -293,10 +302,8 @@ class Regression(Task):
     def build_metrics(self, outputs: Any, names: list[str] | None) -> dict[str, Any]:
         outs = outputs.shape[-1] if outputs.dim() > 1 else 1
         return {
-            "mae": _tm("MeanAbsoluteError", num_outputs=outs)
-            if outs > 1
-            else _tm("MeanAbsoluteError"),
-            "rmse": _tm("MeanSquaredError", squared=False, num_outputs=outs),
+            "mae": _Flat(_tm("MeanAbsoluteError")),
+            "rmse": _Flat(_tm("MeanSquaredError", squared=False)),
             "r2": _tm("R2Score", **({"multioutput": "uniform_average"} if outs > 1 else {})),
         }
 
@@ -353,6 +360,8 @@ class Segmentation(Task):
             base = F.cross_entropy(outputs, target, ignore_index=self.cfg.ignore_index)
             probs = outputs.softmax(1)
             onehot = F.one_hot(target.clamp(min=0), outputs.shape[1]).movedim(-1, 1).to(probs.dtype)
+            valid = (target != self.cfg.ignore_index).unsqueeze(1).to(probs.dtype)
+            probs, onehot = probs * valid, onehot * valid  # ignored pixels count in no class
         dims = (0, *range(2, outputs.dim()))
         inter = (probs * onehot).sum(dims)
         dice = 1 - (2 * inter + 1) / (probs.sum(dims) + onehot.sum(dims) + 1)
@@ -373,7 +382,8 @@ class Segmentation(Task):
         if preds.shape[1] == 1:
             hard = (torch.sigmoid(preds.float()) > self.cfg.threshold).long().squeeze(1)
             return hard, target.reshape(hard.shape).long()
-        return preds.argmax(1), target
+        keep = target != self.cfg.ignore_index
+        return preds.argmax(1)[keep], target[keep]
 
     def build_metrics(self, outputs: Any, names: list[str] | None) -> dict[str, Any]:
         classes = max(outputs.shape[1], 2)
@@ -384,6 +394,9 @@ class Ranking(Task):
     """Batches (x1, x2, y) with y = +1 when x1 should rank higher: MarginRankingLoss on scores."""
 
     name = "ranking"
+
+    def preview(self, net: nn.Module, batch: Any) -> tuple[Any, Any]:
+        return None, None
 
     def compute(self, net: nn.Module, batch: Any) -> tuple[torch.Tensor, Any, Any]:
         x1, x2, y = batch
@@ -405,9 +418,15 @@ class Triplet(Task):
 
     name = "triplet"
 
+    def preview(self, net: nn.Module, batch: Any) -> tuple[Any, Any]:
+        return None, None
+
     def compute(self, net: nn.Module, batch: Any) -> tuple[torch.Tensor, Any, Any]:
         a, p, n = (net(x) for x in batch)
-        loss = F.triplet_margin_loss(a, p, n, margin=self.cfg.margin)
+        if self.custom_loss is not None:
+            loss = self.custom_loss((a, p, n), None)
+        else:
+            loss = F.triplet_margin_loss(a, p, n, margin=self.cfg.margin)
         d_ap, d_an = F.pairwise_distance(a, p), F.pairwise_distance(a, n)
         return loss, d_an - d_ap, None
 
@@ -487,3 +506,23 @@ def build_task(
 
 def perplexity(loss: float) -> float:
     return math.exp(min(loss, 50.0))
+
+
+class _Flat:
+    """A torchmetrics metric fed flattened values: one number over every output of a sample."""
+
+    def __init__(self, metric: Any) -> None:
+        self.metric = metric
+
+    def update(self, preds: torch.Tensor, target: torch.Tensor) -> None:
+        self.metric.update(preds.reshape(-1), target.reshape(-1))
+
+    def compute(self) -> torch.Tensor:
+        return self.metric.compute()
+
+    def reset(self) -> None:
+        self.metric.reset()
+
+    def to(self, device: torch.device) -> _Flat:
+        self.metric.to(device)
+        return self

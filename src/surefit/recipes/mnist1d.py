@@ -73,7 +73,7 @@ class ConvNet(nn.Module):
         return self.head(self.features(x.unsqueeze(1)).flatten(1))
 
 
-def cnn(channels: int = 25, classes: int = 10) -> nn.Module:
+def cnn(channels: int = 64, classes: int = 10) -> nn.Module:
     return ConvNet(channels=channels, classes=classes)
 
 

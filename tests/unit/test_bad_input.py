@@ -1,0 +1,237 @@
+"""Wrong input through ``surefit.fit``: an error that names the problem and the fix, raised before
+the first optimizer step, with nothing written and the model untouched."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import surefit as sf
+from surefit.data import TensorData, split_validation
+from surefit.errors import SurefitError
+from tests.conftest import make_classification, mlp
+
+N = 100
+
+
+class Spy(sf.Callback):
+    """Records whether training started at all."""
+
+    def __init__(self) -> None:
+        self.events: list[str] = []
+
+    def on_fit_start(self, run) -> None:
+        self.events.append("on_fit_start")
+
+    def on_step_end(self, run) -> None:
+        self.events.append("on_step_end")
+
+
+def fails_early(error: type[SurefitError], model: nn.Module, train, tmp_path: Path, **kw):
+    """Run fit() expecting ``error``; check nothing was stepped, written or changed."""
+    run_dir = tmp_path / "run"
+    before = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    spy = Spy()
+    kw = {"epochs": 1, "batch_size": 16, "device": "cpu", "progress": "off", **kw}
+    with pytest.raises(error) as info:
+        sf.fit(model, train, run_dir=run_dir, callbacks=[*kw.pop("callbacks", []), spy], **kw)
+    assert spy.events == [], "training started before the error"
+    assert not run_dir.exists(), "the failed run wrote into run_dir"
+    after = model.state_dict()
+    assert after.keys() == before.keys()
+    assert all(torch.equal(before[k], after[k]) for k in before), "the weights changed"
+    err = info.value
+    assert err.what and err.where and err.fix, "an error must say what, where and how to fix"
+    assert "fix:" in str(err)
+    return err
+
+
+def class_ids(n: int = N, classes: int = 3) -> torch.Tensor:
+    return torch.arange(n) % classes  # every class in the first batch
+
+
+def inputs(n: int = N) -> torch.Tensor:
+    return make_classification(n)[0]
+
+
+# -- targets that do not fit the task or the model -------------------------------------------------
+
+
+def test_float_targets_with_multiclass(tmp_path):
+    y = class_ids().float()
+    err = fails_early(sf.DataError, mlp(out=3), (inputs(), y), tmp_path, task="multiclass")
+    assert "float32" in err.what and "integer class ids" in err.what
+    assert "targets" in err.where
+    assert "y.long()" in err.fix
+
+
+def test_float_val_targets_with_multiclass(tmp_path):
+    x, y = inputs(), class_ids()
+    err = fails_early(sf.DataError, mlp(out=3), (x, y), tmp_path, val=(x, y.float()),
+                      task="multiclass")  # fmt: skip
+    assert "integer class ids" in err.what and "val" in err.where
+
+
+@pytest.mark.parametrize("task", ["multiclass", "auto"])
+def test_labels_beyond_the_model_outputs(tmp_path, task):
+    err = fails_early(sf.DataError, mlp(out=2), (inputs(), class_ids(classes=3)), tmp_path,
+                      task=task)  # fmt: skip
+    assert "[0, 2]" in err.what and "outputs 2 classes" in err.what
+    assert "3 outputs" in err.fix and "0..1" in err.fix
+
+
+def test_negative_labels(tmp_path):
+    y = class_ids() - 1
+    err = fails_early(sf.DataError, mlp(out=3), (inputs(), y), tmp_path, task="multiclass")
+    assert "[-1, 1]" in err.what
+
+
+def test_labels_beyond_the_model_outputs_after_the_first_batch(tmp_path):
+    # the first batches are valid, so the loss computes; the whole-set check must still catch it
+    y = torch.zeros(N, dtype=torch.long)
+    y[-5:] = 2
+    err = fails_early(sf.DataError, mlp(out=2), (inputs(), y), tmp_path, task="multiclass")
+    assert "[0, 2]" in err.what and "outputs 2 classes" in err.what
+    assert "train" in err.where and "3 outputs" in err.fix
+
+
+# the preflight computes the loss before its shape check, so torch warns first; the error is ours
+SHAPE_WARNING = "ignore:Using a target size:UserWarning"
+
+
+@pytest.mark.filterwarnings(SHAPE_WARNING)
+@pytest.mark.parametrize("task", ["regression", "auto"])
+def test_regression_outputs_b1_against_targets_b(tmp_path, task):
+    y = torch.randn(N)
+    err = fails_early(sf.DataError, mlp(out=1), (inputs(), y), tmp_path, task=task)
+    assert "(16, 1)" in err.what and "(16,)" in err.what and "broadcast" in err.what
+    assert "squeeze(-1)" in err.fix and "unsqueeze(1)" in err.fix
+
+
+@pytest.mark.filterwarnings(SHAPE_WARNING)
+def test_regression_outputs_b_against_targets_b1(tmp_path):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 1), nn.Flatten(0))
+    err = fails_early(sf.DataError, model, (inputs(), torch.randn(N, 1)), tmp_path,
+                      task="regression")  # fmt: skip
+    assert "(16,)" in err.what and "(16, 1)" in err.what
+    assert "y.squeeze(-1)" in err.fix
+
+
+# -- sizes -----------------------------------------------------------------------------------------
+
+
+def test_empty_dataset(tmp_path):
+    x, y = inputs(), class_ids()
+    err = fails_early(sf.DataError, mlp(), (x[:0], y[:0]), tmp_path)
+    assert "empty" in err.what and "0 samples" in err.what
+    assert err.where == "train" and "non-empty" in err.fix
+
+
+def test_empty_dataset_object(tmp_path):
+    empty = torch.utils.data.TensorDataset(torch.zeros(0, 8), torch.zeros(0, dtype=torch.long))
+    err = fails_early(sf.DataError, mlp(), empty, tmp_path, task="multiclass")
+    assert "empty" in err.what and "non-empty" in err.fix
+
+
+def test_empty_validation_set(tmp_path):
+    x, y = inputs(), class_ids()
+    err = fails_early(sf.DataError, mlp(), (x, y), tmp_path, val=(x[:0], y[:0]))
+    assert "empty" in err.what and err.where == "val"
+
+
+@pytest.mark.parametrize("as_numpy", [False, True], ids=["torch", "numpy"])
+def test_inputs_and_targets_of_different_lengths(tmp_path, as_numpy):
+    x, y = inputs(), class_ids()[:50]
+    data = (x.numpy(), y.numpy()) if as_numpy else (x, y)
+    err = fails_early(sf.DataError, mlp(), data, tmp_path)
+    assert "different lengths" in err.what and "[100, 50]" in err.what
+    assert err.where == "train" and "one row per sample" in err.fix
+
+
+def test_validation_inputs_and_targets_of_different_lengths(tmp_path):
+    x, y = inputs(), class_ids()
+    err = fails_early(sf.DataError, mlp(), (x, y), tmp_path, val=(x, y[:3]))
+    assert "different lengths" in err.what and err.where == "val"
+
+
+@pytest.mark.parametrize(
+    ("val", "named"),
+    [(1.5, "1.5"), (1.0, "1.0"), (0.0, "0.0"), (-0.2, "-0.2"), (10_000, "10000"), (N, "100")],
+)
+def test_validation_split_larger_than_the_data(tmp_path, val, named):
+    err = fails_early(sf.ConfigError, mlp(), (inputs(), class_ids()), tmp_path, val=val)
+    assert err.where == "val" and named in err.what
+    assert "0.1" in err.fix
+
+
+def test_validation_split_of_10000_names_both_sizes(tmp_path):
+    err = fails_early(sf.ConfigError, mlp(), (inputs(), class_ids()), tmp_path, val=10_000)
+    assert "10000 samples" in err.what and f"of {N}" in err.what
+    assert "validation set" in err.fix
+
+
+def test_val_fraction_out_of_range_as_keyword(tmp_path):
+    err = fails_early(sf.ConfigError, mlp(), (inputs(), class_ids()), tmp_path, val_fraction=1.5)
+    assert err.where == "data.val_fraction" and "[0, 1)" in err.fix
+
+
+def test_integer_validation_split_takes_exactly_that_many():
+    data = TensorData((inputs(), class_ids()), "train")
+    train, val = split_validation(data, 99, seed=0, stratify=True)
+    assert (train.num_samples, val.num_samples) == (1, 99)
+
+
+# -- names -----------------------------------------------------------------------------------------
+
+
+def test_unknown_optimizer_name(tmp_path):
+    err = fails_early(sf.ConfigError, mlp(), (inputs(), class_ids()), tmp_path, optimizer="adamm")
+    assert err.where == "optim.name" and "'adamm'" in err.what
+    assert "did you mean 'adam'?" in err.fix
+    assert "sgd, adam, adamw, radam, rmsprop, adagrad" in err.fix
+
+
+def test_unknown_fit_keyword(tmp_path):
+    err = fails_early(sf.ConfigError, mlp(), (inputs(), class_ids()), tmp_path, learnig_rate=0.1)
+    assert err.where == "fit()" and "'learnig_rate'" in err.what
+
+
+class Typo(sf.Callback):
+    def on_epoch_ned(self, run) -> None:  # meant on_epoch_end
+        pass
+
+
+class PlainTypo:  # not a Callback subclass: checked all the same
+    def on_step_edn(self, run) -> None:
+        pass
+
+
+@pytest.mark.parametrize(
+    ("callback", "hook", "meant"),
+    [(Typo(), "on_epoch_ned", "on_epoch_end"), (PlainTypo(), "on_step_edn", "on_step_end")],
+)
+def test_callback_with_a_misspelled_hook(tmp_path, callback, hook, meant):
+    err = fails_early(sf.ConfigError, mlp(), (inputs(), class_ids()), tmp_path,
+                      callbacks=[callback])  # fmt: skip
+    assert f"'{hook}'" in err.what and "not an event" in err.what
+    assert hook in err.where
+    assert f"did you mean '{meant}'?" in err.fix
+
+
+def test_a_single_array_is_not_data(tmp_path):
+    err = fails_early(sf.DataError, mlp(), np.zeros((N, 8), dtype=np.float32), tmp_path)
+    assert "single array" in err.what and "(x, y)" in err.fix
+
+
+def test_valid_input_passes_the_same_checks(tmp_path):
+    # the control: the same set-up with good data trains and writes its run directory
+    model = mlp()
+    result = sf.fit(model, (inputs(), class_ids()), val=0.2, run_dir=tmp_path / "run", epochs=1,
+                    batch_size=16, device="cpu", progress="off")  # fmt: skip
+    assert result.steps == 5
+    assert (tmp_path / "run" / "metrics.jsonl").is_file()
