@@ -37,16 +37,31 @@ DEFAULT: Any = _Default()
 
 # fit() keyword -> recipe key; these names are the public contract
 KEYWORDS = {
-    "task": "task.name", "optimizer": "optim.name", "lr": "optim.lr",
-    "weight_decay": "optim.weight_decay", "schedule": "schedule.name", "warmup": "schedule.warmup",
-    "epochs": "train.epochs", "max_steps": "train.max_steps", "batch_size": "data.batch_size",
-    "accumulate": "train.accumulate", "clip_norm": "train.clip_norm",
-    "clip_value": "train.clip_value", "precision": "train.precision", "seed": "train.seed",
-    "deterministic": "train.deterministic", "device": "train.device", "compile": "train.compile",
-    "run_dir": "train.run_dir", "resume": "checkpoint.resume",
-    "checkpoint_every": "checkpoint.every_steps", "keep_last": "checkpoint.keep_last",
-    "loggers": "log.loggers", "log_every": "log.every_steps", "progress": "log.progress",
-}  # fmt: skip
+    "task": "task.name",
+    "optimizer": "optim.name",
+    "lr": "optim.lr",
+    "weight_decay": "optim.weight_decay",
+    "schedule": "schedule.name",
+    "warmup": "schedule.warmup",
+    "epochs": "train.epochs",
+    "max_steps": "train.max_steps",
+    "batch_size": "data.batch_size",
+    "accumulate": "train.accumulate",
+    "clip_norm": "train.clip_norm",
+    "clip_value": "train.clip_value",
+    "precision": "train.precision",
+    "seed": "train.seed",
+    "deterministic": "train.deterministic",
+    "device": "train.device",
+    "compile": "train.compile",
+    "run_dir": "train.run_dir",
+    "resume": "checkpoint.resume",
+    "checkpoint_every": "checkpoint.every_steps",
+    "keep_last": "checkpoint.keep_last",
+    "loggers": "log.loggers",
+    "log_every": "log.every_steps",
+    "progress": "log.progress",
+}
 
 
 def _option_keys() -> dict[str, str]:
@@ -105,8 +120,9 @@ def build_config(base: RunConfig | dict | str | Path | None = None, **keywords: 
         key = KEYWORDS.get(name) or options.get(name)
         if key is None:
             known = sorted(set(KEYWORDS) | set(options))
-            raise ConfigError(f"unknown keyword '{name}'", where="fit()",
-                              fix=cfgmod._did_you_mean(name, known))  # fmt: skip
+            raise ConfigError(
+                f"unknown keyword '{name}'", where="fit()", fix=cfgmod._did_you_mean(name, known)
+            )
         section, _, field_name = key.partition(".")
         data.setdefault(section, {})
         data[section] = dict(data[section])
@@ -160,8 +176,9 @@ def _preflight(trainer: Trainer, parts: Parts) -> None:
                 iter(data.batches(cfg.data.batch_size, shuffle=False, device=parts.device)), None
             )
             if batch is None:
-                raise DataError(f"{name} data yielded no batches", where=name,
-                                fix="pass a non-empty data set")  # fmt: skip
+                raise DataError(
+                    f"{name} data yielded no batches", where=name, fix="pass a non-empty data set"
+                )
             net.eval()
             with torch.inference_mode(), parts.precision.autocast():
                 outputs, target = task.preview(net, batch)
@@ -185,16 +202,22 @@ def _prepare_run_dir(cfg: RunConfig) -> tuple[Path | None, CheckpointStore | Non
     """(run_dir, store, resuming) without writing anything yet."""
     if not cfg.train.run_dir:
         if cfg.checkpoint.resume == "must":
-            raise ConfigError("resume='must' needs a run_dir", where="run_dir",
-                              fix="pass run_dir= of the run to continue")  # fmt: skip
+            raise ConfigError(
+                "resume='must' needs a run_dir",
+                where="run_dir",
+                fix="pass run_dir= of the run to continue",
+            )
         return None, None, False
     run_dir = Path(cfg.train.run_dir)
     store = CheckpointStore(run_dir / "checkpoints", cfg.checkpoint.keep_last)
     has = store.has_checkpoint()
     mode = cfg.checkpoint.resume
     if mode == "must" and not has:
-        raise ConfigError(f"no checkpoint to resume from in {run_dir}", where="resume",
-                          fix="check the run directory, or use resume='auto'")  # fmt: skip
+        raise ConfigError(
+            f"no checkpoint to resume from in {run_dir}",
+            where="resume",
+            fix="check the run directory, or use resume='auto'",
+        )
     if mode == "never" and (has or (run_dir / "metrics.jsonl").exists()):
         raise ConfigError(
             f"{run_dir} already holds a run; starting afresh would mix two runs",
@@ -210,27 +233,47 @@ def fit(
     val: Any = None,
     test: Any = None,
     *,
-    task: str | Task = DEFAULT, loss: Any = None, metrics: Any = None,
-    optimizer: str | torch.optim.Optimizer = DEFAULT, lr: float = DEFAULT,
-    weight_decay: float = DEFAULT, schedule: str | Schedule = DEFAULT, warmup: float = DEFAULT,
-    epochs: int = DEFAULT, max_steps: int | None = DEFAULT, batch_size: int = DEFAULT,
-    accumulate: int = DEFAULT, clip_norm: float | None = DEFAULT, clip_value: float | None = DEFAULT,
-    precision: str = DEFAULT, seed: int = DEFAULT, deterministic: bool = DEFAULT,
-    device: str = DEFAULT, compile: bool = DEFAULT, run_dir: str | Path | None = DEFAULT,
-    resume: str | bool = DEFAULT, checkpoint_every: int | None = DEFAULT, keep_last: int = DEFAULT,
-    callbacks: list[Any] | None = None, step: Any = None, loggers: list[str] = DEFAULT,
-    teacher: nn.Module | None = None, config: RunConfig | dict | str | Path | None = None,
+    task: str | Task = DEFAULT,
+    loss: Any = None,
+    metrics: Any = None,
+    optimizer: str | torch.optim.Optimizer = DEFAULT,
+    lr: float = DEFAULT,
+    weight_decay: float = DEFAULT,
+    schedule: str | Schedule = DEFAULT,
+    warmup: float = DEFAULT,
+    epochs: int = DEFAULT,
+    max_steps: int | None = DEFAULT,
+    batch_size: int = DEFAULT,
+    accumulate: int = DEFAULT,
+    clip_norm: float | None = DEFAULT,
+    clip_value: float | None = DEFAULT,
+    precision: str = DEFAULT,
+    seed: int = DEFAULT,
+    deterministic: bool = DEFAULT,
+    device: str = DEFAULT,
+    compile: bool = DEFAULT,
+    run_dir: str | Path | None = DEFAULT,
+    resume: str | bool = DEFAULT,
+    checkpoint_every: int | None = DEFAULT,
+    keep_last: int = DEFAULT,
+    callbacks: list[Any] | None = None,
+    step: Any = None,
+    loggers: list[str] = DEFAULT,
+    teacher: nn.Module | None = None,
+    config: RunConfig | dict | str | Path | None = None,
     **options: Any,
-) -> FitResult:  # fmt: skip
+) -> FitResult:
     """Train ``model`` in place and return what came out.
 
     Keywords left out take the values of ``config`` (a recipe) or the defaults of docs/options.md;
     any other recipe key with a unique name is accepted as a keyword too (``label_smoothing=0.1``,
     ``patience=5``, ``val_fraction=0.1``...).
     """
-    names = dict(task=task if isinstance(task, str) or task is DEFAULT else DEFAULT,
-                 optimizer=optimizer if isinstance(optimizer, str) or optimizer is DEFAULT else DEFAULT,
-                 schedule=schedule if isinstance(schedule, str) or schedule is DEFAULT else DEFAULT)  # fmt: skip
+    names = dict(
+        task=task if isinstance(task, str) or task is DEFAULT else DEFAULT,
+        optimizer=optimizer if isinstance(optimizer, str) or optimizer is DEFAULT else DEFAULT,
+        schedule=schedule if isinstance(schedule, str) or schedule is DEFAULT else DEFAULT,
+    )
     if isinstance(loss, str):
         options["loss"] = loss
         loss = None
@@ -238,32 +281,75 @@ def fit(
         options["metrics"] = list(metrics)
         metrics = None
     cfg = build_config(
-        config, **names, lr=lr, weight_decay=weight_decay, warmup=warmup, epochs=epochs,
-        max_steps=max_steps, batch_size=batch_size, accumulate=accumulate, clip_norm=clip_norm,
-        clip_value=clip_value, precision=precision, seed=seed, deterministic=deterministic,
-        device=device, compile=compile, run_dir=run_dir, resume=resume,
-        checkpoint_every=checkpoint_every, keep_last=keep_last, loggers=loggers, **options,
-    )  # fmt: skip
+        config,
+        **names,
+        lr=lr,
+        weight_decay=weight_decay,
+        warmup=warmup,
+        epochs=epochs,
+        max_steps=max_steps,
+        batch_size=batch_size,
+        accumulate=accumulate,
+        clip_norm=clip_norm,
+        clip_value=clip_value,
+        precision=precision,
+        seed=seed,
+        deterministic=deterministic,
+        device=device,
+        compile=compile,
+        run_dir=run_dir,
+        resume=resume,
+        checkpoint_every=checkpoint_every,
+        keep_last=keep_last,
+        loggers=loggers,
+        **options,
+    )
     if not isinstance(model, nn.Module):
-        raise ConfigError(f"model must be a torch.nn.Module, got {type(model).__name__}",
-                          where="fit(model)", fix="pass the nn.Module to train")  # fmt: skip
+        raise ConfigError(
+            f"model must be a torch.nn.Module, got {type(model).__name__}",
+            where="fit(model)",
+            fix="pass the nn.Module to train",
+        )
     if train is None:
         raise ConfigError("no training data", where="fit(train=...)", fix="pass train=(x, y)")
-    return Run(cfg, model, train, val, test, task_obj=task if isinstance(task, Task) else None,
-               loss=loss, metrics=metrics or list(cfg.task.metrics) or None,
-               optimizer=optimizer if isinstance(optimizer, torch.optim.Optimizer) else None,
-               schedule=schedule if isinstance(schedule, Schedule) else None,
-               callbacks=list(callbacks or []), step=step, teacher=teacher).execute()  # fmt: skip
+    return Run(
+        cfg,
+        model,
+        train,
+        val,
+        test,
+        task_obj=task if isinstance(task, Task) else None,
+        loss=loss,
+        metrics=metrics or list(cfg.task.metrics) or None,
+        optimizer=optimizer if isinstance(optimizer, torch.optim.Optimizer) else None,
+        schedule=schedule if isinstance(schedule, Schedule) else None,
+        callbacks=list(callbacks or []),
+        step=step,
+        teacher=teacher,
+    ).execute()
 
 
 class Run:
     """Assembles the parts of one run from a config and the user's objects, and runs it."""
 
-    def __init__(self, cfg: RunConfig, model: nn.Module, train: Any, val: Any, test: Any, *,
-                 task_obj: Task | None = None, loss: Any = None, metrics: Any = None,
-                 optimizer: torch.optim.Optimizer | None = None, schedule: Schedule | None = None,
-                 callbacks: list[Any] | None = None, step: Any = None,
-                 teacher: nn.Module | None = None, console: Console | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        cfg: RunConfig,
+        model: nn.Module,
+        train: Any,
+        val: Any,
+        test: Any,
+        *,
+        task_obj: Task | None = None,
+        loss: Any = None,
+        metrics: Any = None,
+        optimizer: torch.optim.Optimizer | None = None,
+        schedule: Schedule | None = None,
+        callbacks: list[Any] | None = None,
+        step: Any = None,
+        teacher: nn.Module | None = None,
+        console: Console | None = None,
+    ) -> None:
         self.cfg, self.model, self.step = cfg, model, step
         self.task_obj, self.loss, self.metrics, self.teacher = task_obj, loss, metrics, teacher
         self.optimizer, self.schedule = optimizer, schedule
@@ -324,10 +410,24 @@ class Run:
             )
         console = self.console or Console(c.log.progress if is_rank_zero() else "off", c.epochs)
         log = RunLog(run_dir, list(c.log.loggers), console, enabled=is_rank_zero())
-        parts = Parts(model=self.model, task=task, optimizer=optimizer, schedule=None,  # type: ignore[arg-type]
-                      precision=precision, config=c, device=device, train=train, val=val, test=test,
-                      step=self.step, metrics=self.metrics, callbacks=callbacks, log=log,
-                      store=store, run_dir=run_dir)  # fmt: skip
+        parts = Parts(
+            model=self.model,
+            task=task,
+            optimizer=optimizer,
+            schedule=None,  # type: ignore[arg-type]
+            precision=precision,
+            config=c,
+            device=device,
+            train=train,
+            val=val,
+            test=test,
+            step=self.step,
+            metrics=self.metrics,
+            callbacks=callbacks,
+            log=log,
+            store=store,
+            run_dir=run_dir,
+        )
         trainer = Trainer(parts)
         from .callbacks import auto_mode
 
@@ -339,8 +439,11 @@ class Run:
             mode=auto_mode(monitor, c.train.mode),
         )
         if c.schedule.name == "plateau" and val is None:
-            raise ConfigError("schedule 'plateau' steps on a validation metric, but there is no val set",
-                              where="schedule.name", fix="pass val=..., or val_fraction=0.1")  # fmt: skip
+            raise ConfigError(
+                "schedule 'plateau' steps on a validation metric, but there is no val set",
+                where="schedule.name",
+                fix="pass val=..., or val_fraction=0.1",
+            )
         _preflight(trainer, parts)
         if resuming and store is not None:
             state, path = store.load_latest(
@@ -372,8 +475,13 @@ class Run:
         console.line(summary(result))
         return result
 
-    def _result(self, trainer: Trainer, test_metrics: dict[str, float], run_dir: Path | None,
-                store: CheckpointStore | None) -> FitResult:  # fmt: skip
+    def _result(
+        self,
+        trainer: Trainer,
+        test_metrics: dict[str, float],
+        run_dir: Path | None,
+        store: CheckpointStore | None,
+    ) -> FitResult:
         history = trainer.history
         best = next(
             (h for h in history if h["step"] == trainer.best.step), history[-1] if history else {}
@@ -387,10 +495,19 @@ class Run:
                 if best_path.exists()
                 else (store.folder / latest[0]["file"] if latest else None)
             )
-        return FitResult(history=history, best_metrics=best, final_metrics=history[-1] if history else {},
-                         test_metrics=test_metrics, best_step=trainer.best.step,
-                         stop_reason=trainer.stop_reason or "", steps=trainer.counters.optimizer_step,
-                         run_dir=run_dir, checkpoint=ckpt, config=self.cfg, model=self.model)  # fmt: skip
+        return FitResult(
+            history=history,
+            best_metrics=best,
+            final_metrics=history[-1] if history else {},
+            test_metrics=test_metrics,
+            best_step=trainer.best.step,
+            stop_reason=trainer.stop_reason or "",
+            steps=trainer.counters.optimizer_step,
+            run_dir=run_dir,
+            checkpoint=ckpt,
+            config=self.cfg,
+            model=self.model,
+        )
 
 
 def summary(result: FitResult) -> str:
@@ -398,8 +515,11 @@ def summary(result: FitResult) -> str:
     lines = [f"done: {result.stop_reason} ({result.steps} optimizer steps)"]
     best = {k: v for k, v in result.best_metrics.items() if k.startswith("val_")}
     if best:
-        lines.append("best:  " + "  ".join(f"{k} {_fmt(v)}" for k, v in best.items())
-                     + f"  (step {result.best_step})")  # fmt: skip
+        lines.append(
+            "best:  "
+            + "  ".join(f"{k} {_fmt(v)}" for k, v in best.items())
+            + f"  (step {result.best_step})"
+        )
     if result.test_metrics:
         lines.append(
             "test:  " + "  ".join(f"{k} {_fmt(v)}" for k, v in result.test_metrics.items())
@@ -410,10 +530,18 @@ def summary(result: FitResult) -> str:
 
 
 def evaluate(
-    model: nn.Module, data: Any, *, task: str | Task = "auto", loss: Any = None, metrics: Any = None,
-    batch_size: int = 256, device: str = "auto", precision: str = "fp32", step: Any = None,
+    model: nn.Module,
+    data: Any,
+    *,
+    task: str | Task = "auto",
+    loss: Any = None,
+    metrics: Any = None,
+    batch_size: int = 256,
+    device: str = "auto",
+    precision: str = "fp32",
+    step: Any = None,
     prefix: str = "test",
-) -> dict[str, float]:  # fmt: skip
+) -> dict[str, float]:
     """Loss and metrics of ``model`` over ``data``, in eval mode under inference mode."""
     dev = resolve_device(device)
     source = as_data(data, prefix).to(dev)
@@ -432,5 +560,14 @@ def evaluate(
         task_obj = build_task(dataclasses.replace(cfg.task, name=name), loss)
     task_obj.to(dev)
     named = metrics if not isinstance(metrics, (list, tuple)) else list(metrics)
-    return evaluate_data(model, source, task=task_obj, step=step, precision=Precision(precision, dev),
-                         metrics=named, device=dev, batch_size=batch_size, prefix=prefix)  # fmt: skip
+    return evaluate_data(
+        model,
+        source,
+        task=task_obj,
+        step=step,
+        precision=Precision(precision, dev),
+        metrics=named,
+        device=dev,
+        batch_size=batch_size,
+        prefix=prefix,
+    )

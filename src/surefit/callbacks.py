@@ -124,8 +124,13 @@ class Best:
 class EarlyStopping(Callback):
     """Stop when ``monitor`` has not improved by ``min_delta`` for ``patience`` evaluations."""
 
-    def __init__(self, monitor: str = "val_loss", mode: str = "auto", patience: int = 5,
-                 min_delta: float = 0.0) -> None:  # fmt: skip
+    def __init__(
+        self,
+        monitor: str = "val_loss",
+        mode: str = "auto",
+        patience: int = 5,
+        min_delta: float = 0.0,
+    ) -> None:
         if patience < 1:
             raise ConfigError(
                 f"patience={patience}", where="EarlyStopping", fix="use patience >= 1"

@@ -9,9 +9,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from . import __version__
+from . import __version__, recipes
 from . import config as cfgmod
-from . import recipes
 from .errors import SurefitError
 
 EXAMPLES = """examples:
@@ -42,34 +41,57 @@ def _parser() -> argparse.ArgumentParser:
         epilog="examples:\n  surefit fit\n  surefit fit mnist1d-cnn --set train.epochs=5\n"
         "  surefit fit my.toml --set optim.lr=3e-4 --run-dir runs/try1",
     )
-    fit.add_argument("recipe", nargs="?", default=recipes.DEFAULT,
-                     help=f"built-in recipe name or path to a .toml file (default: {recipes.DEFAULT})")  # fmt: skip
+    fit.add_argument(
+        "recipe",
+        nargs="?",
+        default=recipes.DEFAULT,
+        help=f"built-in recipe name or path to a .toml file (default: {recipes.DEFAULT})",
+    )
     _common(fit)
-    fit.add_argument("--run-dir", help="run directory (default: runs/NAME, or runs/NAME-2... "
-                     "when that one is taken)")  # fmt: skip
+    fit.add_argument(
+        "--run-dir",
+        help="run directory (default: runs/NAME, or runs/NAME-2... when that one is taken)",
+    )
 
     res = sub.add_parser(
         "resume",
         help="continue a stopped run from its newest good checkpoint",
-        description="Continue the run in RUN_DIR from its newest checkpoint, with the configuration "
+        description="Continue the run in RUN_DIR from its newest checkpoint, with the config "
         "it was started with (config.toml). --set train.epochs=N extends it.",
     )
     res.add_argument("run_dir", help="the run directory to continue")
     _common(res)
 
-    rec = sub.add_parser("recipes", help="list built-in recipes, or print one",
-                         description="List the built-in recipes, or print one as TOML to copy and edit.")  # fmt: skip
-    rec.add_argument("action", nargs="?", choices=["list", "show"], default="list",
-                     help="list (default) or show NAME")  # fmt: skip
+    rec = sub.add_parser(
+        "recipes",
+        help="list built-in recipes, or print one",
+        description="List the built-in recipes, or print one as TOML to copy and edit.",
+    )
+    rec.add_argument(
+        "action",
+        nargs="?",
+        choices=["list", "show"],
+        default="list",
+        help="list (default) or show NAME",
+    )
     rec.add_argument("name", nargs="?", help="recipe to show")
     return p
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a recipe key, e.g. --set optim.lr=1e-3 (repeatable)")  # fmt: skip
-    p.add_argument("--progress", choices=cfgmod.PROGRESS,
-                   help="progress display: bar, one line per epoch, or off (default: auto)")  # fmt: skip
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a recipe key, e.g. --set optim.lr=1e-3 (repeatable)",
+    )
+    p.add_argument(
+        "--progress",
+        choices=cfgmod.PROGRESS,
+        help="progress display: bar, one line per epoch, or off (default: auto)",
+    )
     p.add_argument("--device", help="device to train on: auto, cpu, cuda, cuda:1, mps")
 
 
@@ -111,8 +133,11 @@ def cmd_resume(args: argparse.Namespace) -> int:
     run_dir = Path(args.run_dir)
     config_path = run_dir / "config.toml"
     if not config_path.is_file():
-        raise ConfigError(f"{run_dir} holds no config.toml: it is not a surefit run directory",
-                          where=str(run_dir), fix="give the run directory that `surefit fit` made")  # fmt: skip
+        raise ConfigError(
+            f"{run_dir} holds no config.toml: it is not a surefit run directory",
+            where=str(run_dir),
+            fix="give the run directory that `surefit fit` made",
+        )
     cfg = _build(config_path.read_text(), run_dir.name, str(config_path), args)
     cfg = cfg.replace(train={"run_dir": str(run_dir)}, checkpoint={"resume": "must"})
     recipes.run(cfg)
@@ -124,8 +149,11 @@ def cmd_recipes(args: argparse.Namespace) -> int:
         if not args.name:
             from .errors import ConfigError
 
-            raise ConfigError("which recipe?", where="surefit recipes show",
-                              fix="surefit recipes show NAME (names: surefit recipes)")  # fmt: skip
+            raise ConfigError(
+                "which recipe?",
+                where="surefit recipes show",
+                fix="surefit recipes show NAME (names: surefit recipes)",
+            )
         sys.stdout.write(recipes.source(args.name)[1])
         return 0
     rows = recipes.describe()

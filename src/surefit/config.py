@@ -1,32 +1,48 @@
 """Typed run configuration: TOML recipes, ``--set`` overrides, and checks that name the key.
 
-This module imports nothing heavy (no torch), so ``surefit --help`` and ``surefit recipes`` stay fast.
+This module imports no torch, so ``surefit --help`` and ``surefit recipes`` stay fast.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import tomllib
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import tomllib
-
 from .errors import ConfigError
 
 TASKS = (
-    "auto", "multiclass", "binary", "multilabel", "regression", "lm",
-    "segmentation", "ranking", "triplet", "distillation", "custom",
-)  # fmt: skip
+    "auto",
+    "multiclass",
+    "binary",
+    "multilabel",
+    "regression",
+    "lm",
+    "segmentation",
+    "ranking",
+    "triplet",
+    "distillation",
+    "custom",
+)
 LOSSES = ("", "ce", "bce", "mse", "l1", "huber", "smooth_l1")
 OPTIMIZERS = ("sgd", "adam", "adamw", "radam", "rmsprop", "adagrad")
 SCHEDULES = (
-    "constant", "step", "multistep", "exponential", "cosine", "warmup_cosine",
-    "warmup_linear", "onecycle", "plateau", "cosine_restarts",
-)  # fmt: skip
+    "constant",
+    "step",
+    "multistep",
+    "exponential",
+    "cosine",
+    "warmup_cosine",
+    "warmup_linear",
+    "onecycle",
+    "plateau",
+    "cosine_restarts",
+)
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 PROGRESS = ("auto", "bar", "epoch", "off")
 RESUME = ("auto", "never", "must")
@@ -191,8 +207,14 @@ def _did_you_mean(bad: str, choices: list[str]) -> str:
     return f"did you mean '{close[0]}'?" if close else f"known keys: {', '.join(choices)}"
 
 
-_A = {int: "an int", float: "a float", bool: "a bool", str: "a string", list: "a list",
-      dict: "a table"}  # fmt: skip
+_A = {
+    int: "an int",
+    float: "a float",
+    bool: "a bool",
+    str: "a string",
+    list: "a list",
+    dict: "a table",
+}
 
 
 def _coerce(key: str, value: Any, annotation: Any) -> Any:
@@ -349,17 +371,28 @@ def validate(c: RunConfig) -> None:
         c.data.val_fraction,
         "a fraction in [0, 1), e.g. 0.1",
     )
-    _require(c.task.label_smoothing >= 0 and c.task.label_smoothing < 1,
-             "task.label_smoothing", c.task.label_smoothing, "a value in [0, 1)")  # fmt: skip
+    _require(
+        c.task.label_smoothing >= 0 and c.task.label_smoothing < 1,
+        "task.label_smoothing",
+        c.task.label_smoothing,
+        "a value in [0, 1)",
+    )
     _require(c.task.huber_delta > 0, "task.huber_delta", c.task.huber_delta, "a value > 0")
     _require(c.task.temperature > 0, "task.temperature", c.task.temperature, "a value > 0")
     _require(0 <= c.task.alpha <= 1, "task.alpha", c.task.alpha, "a value in [0, 1]")
     _require(0 <= c.task.dice_weight <= 1, "task.dice_weight", c.task.dice_weight, "[0, 1]")
     _require(c.optim.lr > 0, "optim.lr", c.optim.lr, "a learning rate > 0, e.g. 1e-3")
     _require(c.optim.weight_decay >= 0, "optim.weight_decay", c.optim.weight_decay, ">= 0")
-    _require(len(c.optim.betas) == 2 and all(isinstance(b, (int, float)) and not isinstance(b, bool)
-                                             and 0 <= b < 1 for b in c.optim.betas),
-             "optim.betas", c.optim.betas, "two values in [0, 1), e.g. [0.9, 0.999]")  # fmt: skip
+    _require(
+        len(c.optim.betas) == 2
+        and all(
+            isinstance(b, (int, float)) and not isinstance(b, bool) and 0 <= b < 1
+            for b in c.optim.betas
+        ),
+        "optim.betas",
+        c.optim.betas,
+        "two values in [0, 1), e.g. [0.9, 0.999]",
+    )
     for prefix, lr in c.optim.lr_groups.items():
         ok = isinstance(lr, (int, float)) and not isinstance(lr, bool) and lr > 0
         _require(ok, f"optim.lr_groups.{prefix}", lr, "a learning rate > 0")
@@ -380,8 +413,12 @@ def validate(c: RunConfig) -> None:
     _require(t.eval_every_steps >= 0, "train.eval_every_steps", t.eval_every_steps, ">= 0")
     _require(t.patience >= 0, "train.patience", t.patience, "0 (off) or evaluations >= 1")
     _require(c.checkpoint.keep_last >= 1, "checkpoint.keep_last", c.checkpoint.keep_last, ">= 1")
-    _require(c.checkpoint.every_steps >= 0, "checkpoint.every_steps", c.checkpoint.every_steps,
-             "0 (epoch ends) or steps >= 1")  # fmt: skip
+    _require(
+        c.checkpoint.every_steps >= 0,
+        "checkpoint.every_steps",
+        c.checkpoint.every_steps,
+        "0 (epoch ends) or steps >= 1",
+    )
     _require(c.log.every_steps >= 1, "log.every_steps", c.log.every_steps, "steps >= 1")
 
 

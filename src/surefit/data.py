@@ -98,9 +98,16 @@ class TensorData:
         return n // batch_size if drop_last else math.ceil(n / batch_size)
 
     def batches(
-        self, batch_size: int, *, epoch: int = 0, seed: int = 0, shuffle: bool = False,
-        start_batch: int = 0, drop_last: bool = False, device: torch.device | None = None,
-    ) -> Iterator[Batch]:  # fmt: skip
+        self,
+        batch_size: int,
+        *,
+        epoch: int = 0,
+        seed: int = 0,
+        shuffle: bool = False,
+        start_batch: int = 0,
+        drop_last: bool = False,
+        device: torch.device | None = None,
+    ) -> Iterator[Batch]:
         """Yield batches of epoch ``epoch`` from batch ``start_batch`` on."""
         count = self.num_batches(batch_size, drop_last)
         if not shuffle:
@@ -165,8 +172,9 @@ class DatasetData:
         n = self.num_samples
         return n // batch_size if drop_last else math.ceil(n / batch_size)
 
-    def _loader(self, batch_size: int, seed: int, shuffle: bool, drop_last: bool,
-                device: torch.device) -> tuple[DataLoader, EpochSampler]:  # fmt: skip
+    def _loader(
+        self, batch_size: int, seed: int, shuffle: bool, drop_last: bool, device: torch.device
+    ) -> tuple[DataLoader, EpochSampler]:
         key = (batch_size, seed, shuffle, drop_last)
         if key not in self._loaders:
             sampler = EpochSampler(self.num_samples, seed, shuffle)
@@ -185,9 +193,16 @@ class DatasetData:
         return self._loaders[key]
 
     def batches(
-        self, batch_size: int, *, epoch: int = 0, seed: int = 0, shuffle: bool = False,
-        start_batch: int = 0, drop_last: bool = False, device: torch.device | None = None,
-    ) -> Iterator[Batch]:  # fmt: skip
+        self,
+        batch_size: int,
+        *,
+        epoch: int = 0,
+        seed: int = 0,
+        shuffle: bool = False,
+        start_batch: int = 0,
+        drop_last: bool = False,
+        device: torch.device | None = None,
+    ) -> Iterator[Batch]:
         device = device or torch.device("cpu")
         loader, sampler = self._loader(batch_size, seed, shuffle, drop_last, device)
         sampler.set_epoch(epoch, start_batch * batch_size)
@@ -216,9 +231,16 @@ class LoaderData:
             return None
 
     def batches(
-        self, batch_size: int = 0, *, epoch: int = 0, seed: int = 0, shuffle: bool = False,
-        start_batch: int = 0, drop_last: bool = False, device: torch.device | None = None,
-    ) -> Iterator[Batch]:  # fmt: skip
+        self,
+        batch_size: int = 0,
+        *,
+        epoch: int = 0,
+        seed: int = 0,
+        shuffle: bool = False,
+        start_batch: int = 0,
+        drop_last: bool = False,
+        device: torch.device | None = None,
+    ) -> Iterator[Batch]:
         device = device or torch.device("cpu")
         sampler = getattr(self.loader, "sampler", None)
         if hasattr(sampler, "set_epoch"):  # e.g. DistributedSampler
@@ -230,8 +252,11 @@ class LoaderData:
                 continue
             yield _as_batch(to_device(batch, device, non_blocking=device.type == "cuda"))
         if empty and start_batch == 0:
-            raise DataError(f"{self.where} DataLoader yielded no batches", where=self.where,
-                            fix="check its dataset is not empty and drop_last is not dropping all")  # fmt: skip
+            raise DataError(
+                f"{self.where} DataLoader yielded no batches",
+                where=self.where,
+                fix="check its dataset is not empty and drop_last is not dropping all",
+            )
 
 
 def _as_batch(batch: Any) -> Any:
@@ -297,8 +322,10 @@ def split_validation(
         pick = lambda idx: TensorData(tuple(t[idx] for t in data.tensors), "split")  # noqa: E731
         return pick(train_idx), pick(val_idx)
     sub = torch.utils.data.Subset
-    return (DatasetData(sub(data.dataset, train_idx.tolist()), "train"),
-            DatasetData(sub(data.dataset, val_idx.tolist()), "val"))  # fmt: skip
+    return (
+        DatasetData(sub(data.dataset, train_idx.tolist()), "train"),
+        DatasetData(sub(data.dataset, val_idx.tolist()), "val"),
+    )
 
 
 def _stratified(targets: torch.Tensor, n_val: int, gen: torch.Generator) -> torch.Tensor:

@@ -40,9 +40,15 @@ def resolve_device(name: str) -> torch.device:
     try:
         device = torch.device(name)
     except RuntimeError:
-        raise ConfigError(f"unknown device '{name}'", where="train.device",
-                          fix="use 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'") from None  # fmt: skip
+        raise ConfigError(
+            f"unknown device '{name}'",
+            where="train.device",
+            fix="use 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'",
+        ) from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("device 'cuda' asked for, but CUDA is not available",
-                          where="train.device", fix="use device='auto' or 'cpu'")  # fmt: skip
+        raise ConfigError(
+            "device 'cuda' asked for, but CUDA is not available",
+            where="train.device",
+            fix="use device='auto' or 'cpu'",
+        )
     return device

@@ -97,8 +97,15 @@ class Console:
             return
         from tqdm.auto import tqdm
 
-        self.bar = tqdm(total=steps, initial=done, desc=f"epoch {epoch + 1}/{self.epochs}",
-                        file=self.stream, leave=False, dynamic_ncols=True, unit="step")  # fmt: skip
+        self.bar = tqdm(
+            total=steps,
+            initial=done,
+            desc=f"epoch {epoch + 1}/{self.epochs}",
+            file=self.stream,
+            leave=False,
+            dynamic_ncols=True,
+            unit="step",
+        )
 
     def step(self) -> None:
         if self.bar is not None:
@@ -135,8 +142,9 @@ def epoch_line(epoch: int, epochs: int, values: dict[str, Any]) -> str:
 class RunLog:
     """The run's sinks in one place: only rank zero writes (``enabled``)."""
 
-    def __init__(self, run_dir: Path | None, loggers: list[str], console: Console,
-                 enabled: bool = True) -> None:  # fmt: skip
+    def __init__(
+        self, run_dir: Path | None, loggers: list[str], console: Console, enabled: bool = True
+    ) -> None:
         unknown = [name for name in loggers if name not in KNOWN_LOGGERS]
         if unknown:
             raise ConfigError(

@@ -83,8 +83,18 @@ class _Accumulators:
         self.epoch_samples, self.epoch_steps, self.epoch_t0 = 0, 0, time.perf_counter()
 
     def state_dict(self) -> dict[str, Any]:
-        keys = ("loss", "norm", "norm_max", "clipped", "samples", "steps",
-                "epoch_loss", "epoch_norm", "epoch_samples", "epoch_steps")  # fmt: skip
+        keys = (
+            "loss",
+            "norm",
+            "norm_max",
+            "clipped",
+            "samples",
+            "steps",
+            "epoch_loss",
+            "epoch_norm",
+            "epoch_samples",
+            "epoch_steps",
+        )
         return {k: getattr(self, k) for k in keys}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -98,8 +108,11 @@ class _CallbackStates:
         self.callbacks = callbacks
 
     def state_dict(self) -> dict[str, Any]:
-        return {f"{i}:{type(c).__name__}": c.state_dict() for i, c in enumerate(self.callbacks)
-                if hasattr(c, "state_dict")}  # fmt: skip
+        return {
+            f"{i}:{type(c).__name__}": c.state_dict()
+            for i, c in enumerate(self.callbacks)
+            if hasattr(c, "state_dict")
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         for i, c in enumerate(self.callbacks):
@@ -140,11 +153,16 @@ class Trainer:
     def parts(self) -> dict[str, Any]:
         """The registry of named stateful parts a checkpoint holds."""
         parts: dict[str, Any] = {
-            "model": self.model, "optimizer": self.optimizer, "schedule": self.p.schedule,
-            "precision": self.p.precision, "counters": self.counters, "rng": RngState(),
-            "best": self.best, "callbacks": _CallbackStates(self.p.callbacks),
+            "model": self.model,
+            "optimizer": self.optimizer,
+            "schedule": self.p.schedule,
+            "precision": self.p.precision,
+            "counters": self.counters,
+            "rng": RngState(),
+            "best": self.best,
+            "callbacks": _CallbackStates(self.p.callbacks),
             "accumulators": self.acc,
-        }  # fmt: skip
+        }
         if self.p.log is not None:
             parts["log"] = self.p.log
         return parts
@@ -155,10 +173,13 @@ class Trainer:
         state = {name: part.state_dict() for name, part in self.parts().items()}
         state["history"] = self.history
         state["meta"] = {
-            "surefit_version": __version__, "torch_version": str(torch.__version__),
-            "config": self.cfg.to_dict(), "elapsed_s": self._elapsed(),
-            "last_eval_step": self.last_eval_step, "stop_reason": self.stop_reason or "",
-        }  # fmt: skip
+            "surefit_version": __version__,
+            "torch_version": str(torch.__version__),
+            "config": self.cfg.to_dict(),
+            "elapsed_s": self._elapsed(),
+            "last_eval_step": self.last_eval_step,
+            "stop_reason": self.stop_reason or "",
+        }
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -295,9 +316,17 @@ class Trainer:
     def evaluate(self, data: Any, prefix: str = "val") -> dict[str, float]:
         """Loss and metrics over ``data``, in eval and inference mode."""
         bs = self.cfg.data.eval_batch_size or 4 * self.cfg.data.batch_size
-        return evaluate_data(self.net, data, task=self.p.task, step=self.p.step,
-                             precision=self.p.precision, metrics=self.p.metrics,
-                             device=self.device, batch_size=bs, prefix=prefix)  # fmt: skip
+        return evaluate_data(
+            self.net,
+            data,
+            task=self.p.task,
+            step=self.p.step,
+            precision=self.p.precision,
+            metrics=self.p.metrics,
+            device=self.device,
+            batch_size=bs,
+            prefix=prefix,
+        )
 
     def _evaluate_and_track(self) -> dict[str, float]:
         c, a = self.counters, self.acc
@@ -319,8 +348,11 @@ class Trainer:
         if self.best.monitor not in record and self.p.val is not None:
             from .errors import ConfigError
 
-            raise ConfigError(f"monitor '{self.best.monitor}' is not among the evaluation metrics",
-                              where="train.monitor", fix=f"use one of: {', '.join(sorted(record))}")  # fmt: skip
+            raise ConfigError(
+                f"monitor '{self.best.monitor}' is not among the evaluation metrics",
+                where="train.monitor",
+                fix=f"use one of: {', '.join(sorted(record))}",
+            )
         self.p.schedule.after_eval(monitored)
         if self.best.update(monitored, c.optimizer_step):
             self._on_best()
@@ -392,9 +424,14 @@ class Trainer:
         done = c.batch_in_epoch // cfg.train.accumulate
         self._console().epoch_start(c.epoch, self.steps_per_epoch, done)
         batches = self.p.train.batches(
-            cfg.data.batch_size, epoch=c.epoch, seed=cfg.train.seed, shuffle=True,
-            start_batch=c.batch_in_epoch, drop_last=cfg.data.drop_last, device=self.device,
-        )  # fmt: skip
+            cfg.data.batch_size,
+            epoch=c.epoch,
+            seed=cfg.train.seed,
+            shuffle=True,
+            start_batch=c.batch_in_epoch,
+            drop_last=cfg.data.drop_last,
+            device=self.device,
+        )
         for window in self._windows(batches):
             norm = self._optimizer_step(window)
             self._after_step(window, norm)
@@ -436,9 +473,17 @@ def compute_batch(
 
 
 def evaluate_data(
-    net: nn.Module, data: Any, *, task: Task, step: StepFn | None, precision: Precision,
-    metrics: Any, device: torch.device, batch_size: int, prefix: str,
-) -> dict[str, float]:  # fmt: skip
+    net: nn.Module,
+    data: Any,
+    *,
+    task: Task,
+    step: StepFn | None,
+    precision: Precision,
+    metrics: Any,
+    device: torch.device,
+    batch_size: int,
+    prefix: str,
+) -> dict[str, float]:
     """Loss and metrics over ``data``: eval mode under inference mode, then the mode it had."""
     was_training = net.training
     net.eval()
@@ -458,8 +503,11 @@ def evaluate_data(
     finally:
         net.train(was_training)
     if total is None:
-        raise DataError(f"the {prefix} data yielded no batches", where=prefix,
-                        fix="pass a non-empty evaluation set")  # fmt: skip
+        raise DataError(
+            f"the {prefix} data yielded no batches",
+            where=prefix,
+            fix="pass a non-empty evaluation set",
+        )
     values = {"loss": (total / count).item()}  # the evaluation's intended sync
     if metric_set is not None:
         values.update(metric_set.compute())

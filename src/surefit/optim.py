@@ -12,9 +12,14 @@ from .config import OptimConfig
 from .errors import ConfigError
 
 _NO_DECAY_MODULES = (
-    nn.Embedding, nn.EmbeddingBag, nn.LayerNorm, nn.GroupNorm, nn.LocalResponseNorm,
-    nn.modules.batchnorm._BatchNorm, nn.modules.instancenorm._InstanceNorm,
-)  # fmt: skip
+    nn.Embedding,
+    nn.EmbeddingBag,
+    nn.LayerNorm,
+    nn.GroupNorm,
+    nn.LocalResponseNorm,
+    nn.modules.batchnorm._BatchNorm,
+    nn.modules.instancenorm._InstanceNorm,
+)
 
 
 def _no_decay_names(model: nn.Module) -> set[str]:
@@ -62,8 +67,12 @@ def param_groups(model: nn.Module, cfg: OptimConfig) -> list[dict[str, Any]]:
         lr = _group_lr(name, cfg)
         key = (lr, decays)
         if key not in groups:
-            groups[key] = {"params": [], "names": [], "lr": lr,
-                           "weight_decay": cfg.weight_decay if decays else 0.0}  # fmt: skip
+            groups[key] = {
+                "params": [],
+                "names": [],
+                "lr": lr,
+                "weight_decay": cfg.weight_decay if decays else 0.0,
+            }
         groups[key]["params"].append(p)
         groups[key]["names"].append(name)
     if not groups:
@@ -97,11 +106,18 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer
     if name == "adamw":
         return o.AdamW(groups, lr=cfg.lr, betas=betas, eps=cfg.eps, **impl)
     if name == "radam":
-        return o.RAdam(groups, lr=cfg.lr, betas=betas, eps=cfg.eps, decoupled_weight_decay=True,
-                       **_no_fused(impl, name))  # fmt: skip
+        return o.RAdam(
+            groups,
+            lr=cfg.lr,
+            betas=betas,
+            eps=cfg.eps,
+            decoupled_weight_decay=True,
+            **_no_fused(impl, name),
+        )
     if name == "rmsprop":
-        return o.RMSprop(groups, lr=cfg.lr, momentum=cfg.momentum, eps=cfg.eps,
-                         **_no_fused(impl, name))  # fmt: skip
+        return o.RMSprop(
+            groups, lr=cfg.lr, momentum=cfg.momentum, eps=cfg.eps, **_no_fused(impl, name)
+        )
     if name == "adagrad":
         return o.Adagrad(groups, lr=cfg.lr, eps=cfg.eps, **impl)
     raise ConfigError(f"unknown optimizer '{name}'", where="optim.name", fix="see OPTIMIZERS")

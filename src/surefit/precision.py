@@ -49,9 +49,12 @@ class Precision:
         (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
 
     def unscale_and_clip(
-        self, optimizer: torch.optim.Optimizer, params: list[torch.Tensor],
-        clip_norm: float, clip_value: float,
-    ) -> torch.Tensor:  # fmt: skip
+        self,
+        optimizer: torch.optim.Optimizer,
+        params: list[torch.Tensor],
+        clip_norm: float,
+        clip_value: float,
+    ) -> torch.Tensor:
         """Unscale (fp16), measure the global grad norm before clipping, clip; no host sync."""
         if self.scaler is not None:
             self.scaler.unscale_(optimizer)

@@ -27,7 +27,7 @@ class Constant:
 
 @dataclass
 class WarmupCosine:
-    """Linear warmup to the peak over ``warmup`` steps, then cosine to ``min_ratio`` at ``total``."""
+    """Linear warmup to the peak over ``warmup`` steps, then cosine to ``min_ratio``."""
 
     warmup: int
     total: int
@@ -100,9 +100,13 @@ class Schedule:
 
 
 def build_schedule(
-    cfg: ScheduleConfig, optimizer: torch.optim.Optimizer, *, total_steps: int,
-    steps_per_epoch: int, mode: str = "min",
-) -> Schedule:  # fmt: skip
+    cfg: ScheduleConfig,
+    optimizer: torch.optim.Optimizer,
+    *,
+    total_steps: int,
+    steps_per_epoch: int,
+    mode: str = "min",
+) -> Schedule:
     """The schedule ``cfg.name`` over ``total_steps`` optimizer steps."""
     total = max(1, total_steps)
     warm = min(warmup_steps(cfg, total), total)
@@ -131,8 +135,9 @@ def build_schedule(
     if name == "exponential":
         return Schedule(lrs.ExponentialLR(optimizer, gamma=cfg.gamma), "epoch", total)
     if name == "plateau":
-        sched = lrs.ReduceLROnPlateau(optimizer, mode=mode, factor=cfg.plateau_factor,
-                                      patience=cfg.plateau_patience)  # fmt: skip
+        sched = lrs.ReduceLROnPlateau(
+            optimizer, mode=mode, factor=cfg.plateau_factor, patience=cfg.plateau_patience
+        )
         return Schedule(sched, "metric", total)
     if name == "cosine_restarts":
         first = cfg.restart_steps or max(1, steps_per_epoch)

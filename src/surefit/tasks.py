@@ -142,15 +142,20 @@ class Multiclass(Task):
 
     def default_loss(self, outputs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         weight = None if self._weight is None else self._weight.to(outputs.dtype)
-        return F.cross_entropy(outputs, target, weight=weight,
-                               label_smoothing=self.cfg.label_smoothing,
-                               ignore_index=self.cfg.ignore_index)  # fmt: skip
+        return F.cross_entropy(
+            outputs,
+            target,
+            weight=weight,
+            label_smoothing=self.cfg.label_smoothing,
+            ignore_index=self.cfg.ignore_index,
+        )
 
     def check(self, outputs: Any, target: Any, where: str) -> None:
         if not isinstance(outputs, torch.Tensor) or outputs.dim() < 2:
             shape = tuple(outputs.shape) if isinstance(outputs, torch.Tensor) else type(outputs)
             raise DataError(
-                f"task='{self.name}' needs logits of shape (batch, classes), the model gave {shape}",
+                f"task='{self.name}' needs logits of shape (batch, classes), "
+                f"the model gave {shape}",
                 where=f"{where}, model outputs",
                 fix="end the model with nn.Linear(features, num_classes) (no softmax)",
             )
@@ -204,9 +209,11 @@ class Multiclass(Task):
             metrics[f"top{top_k}"] = _tm("MulticlassAccuracy", top_k=top_k, **kw)
         if names and "f1_macro" in names:  # on request only: not a default of this task
             metrics["f1_macro"] = _tm(
-                "MulticlassF1Score", num_classes=classes, average="macro",
+                "MulticlassF1Score",
+                num_classes=classes,
+                average="macro",
                 ignore_index=self.cfg.ignore_index,
-            )  # fmt: skip
+            )
         return metrics
 
 
@@ -314,9 +321,12 @@ class LanguageModel(Task):
     name = "lm"
 
     def default_loss(self, outputs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return F.cross_entropy(outputs.flatten(0, -2), target.flatten(),
-                               ignore_index=self.cfg.ignore_index,
-                               label_smoothing=self.cfg.label_smoothing)  # fmt: skip
+        return F.cross_entropy(
+            outputs.flatten(0, -2),
+            target.flatten(),
+            ignore_index=self.cfg.ignore_index,
+            label_smoothing=self.cfg.label_smoothing,
+        )
 
     def check(self, outputs: Any, target: Any, where: str) -> None:
         if outputs.dim() != target.dim() + 1 or outputs.shape[:-1] != target.shape:
@@ -406,8 +416,9 @@ class Ranking(Task):
 
     def default_loss(self, diff: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         # MarginRankingLoss(s1, s2, y) == mean(relu(-y * (s1 - s2) + margin))
-        return F.margin_ranking_loss(diff, torch.zeros_like(diff), _float_target(y, diff),
-                                     margin=self.cfg.margin)  # fmt: skip
+        return F.margin_ranking_loss(
+            diff, torch.zeros_like(diff), _float_target(y, diff), margin=self.cfg.margin
+        )
 
     def build_metrics(self, outputs: Any, names: list[str] | None) -> dict[str, Any]:
         return {"ranking_accuracy": Fraction(lambda d, y: ((d * y) > 0, torch.ones_like(d)))}
@@ -439,8 +450,12 @@ class Distillation(Multiclass):
 
     name = "distillation"
 
-    def __init__(self, cfg: TaskConfig | None = None, loss: LossFn | None = None,
-                 teacher: nn.Module | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        cfg: TaskConfig | None = None,
+        loss: LossFn | None = None,
+        teacher: nn.Module | None = None,
+    ) -> None:
         super().__init__(cfg, loss)
         if teacher is None:
             raise ConfigError(
@@ -461,8 +476,12 @@ class Distillation(Multiclass):
         with torch.no_grad():  # no_grad, not inference_mode: the soft targets enter autograd
             teacher_out = self.forward(self.teacher, inputs)
         t = self.cfg.temperature
-        soft = F.kl_div(F.log_softmax(outputs / t, -1), F.log_softmax(teacher_out / t, -1),
-                        reduction="batchmean", log_target=True) * (t * t)  # fmt: skip
+        soft = F.kl_div(
+            F.log_softmax(outputs / t, -1),
+            F.log_softmax(teacher_out / t, -1),
+            reduction="batchmean",
+            log_target=True,
+        ) * (t * t)
         hard = self.loss(outputs, target)
         return self.cfg.alpha * soft + (1 - self.cfg.alpha) * hard, outputs, target
 
@@ -480,7 +499,7 @@ TASK_CLASSES: dict[str, type[Task]] = {
         Ranking,
         Triplet,
         Distillation,
-    )  # fmt: skip
+    )
 }
 
 

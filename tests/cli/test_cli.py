@@ -7,10 +7,10 @@ import os
 import subprocess
 import sys
 import textwrap
+import tomllib
 from pathlib import Path
 
 import pytest
-import tomllib
 
 import surefit
 from surefit import recipes
@@ -41,8 +41,14 @@ def cli(tmp_path: Path, *args: str, timeout: float = 120) -> subprocess.Complete
 
 
 def python(tmp_path: Path, code: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=_env(tmp_path),
-                          capture_output=True, text=True, timeout=60)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=tmp_path,
+        env=_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 # -- help, version, recipes ------------------------------------------------------------------------
@@ -59,12 +65,22 @@ def test_help_lists_the_commands(tmp_path):
 @pytest.mark.parametrize(
     ("command", "mentions"),
     [
-        ("fit", ["recipe", "--set", "KEY=VALUE", "--progress", "--device", "--run-dir",
-                 recipes.DEFAULT]),
+        (
+            "fit",
+            [
+                "recipe",
+                "--set",
+                "KEY=VALUE",
+                "--progress",
+                "--device",
+                "--run-dir",
+                recipes.DEFAULT,
+            ],
+        ),
         ("resume", ["run_dir", "--set", "--progress", "--device"]),
         ("recipes", ["list", "show", "name"]),
     ],
-)  # fmt: skip
+)
 def test_subcommand_help(tmp_path, command, mentions):
     r = cli(tmp_path, command, "--help")
     assert r.returncode == 0, r.stderr
@@ -102,36 +118,57 @@ def test_recipes_show_prints_valid_toml(tmp_path):
 
 
 ERRORS = [
-    pytest.param(["fit", "--set", "optim.lrr=1"], ["optim.lrr", "did you mean 'optim.lr'?"],
-                 id="unknown-set-key"),
-    pytest.param(["fit", "--set", "trian.epochs=2"], ["trian.epochs", "'train.epochs'"],
-                 id="misspelled-section"),
-    pytest.param(["fit", "--set", "train.epochs=abc"], ["train.epochs", "must be an int"],
-                 id="wrong-type"),
-    pytest.param(["fit", "--set", "optim.lr=-1"], ["optim.lr", "out of range", "> 0"],
-                 id="out-of-range"),
-    pytest.param(["fit", "--set", "optim.name=adamm"], ["optim.name", "did you mean 'adam'?"],
-                 id="unknown-optimizer"),
+    pytest.param(
+        ["fit", "--set", "optim.lrr=1"],
+        ["optim.lrr", "did you mean 'optim.lr'?"],
+        id="unknown-set-key",
+    ),
+    pytest.param(
+        ["fit", "--set", "trian.epochs=2"],
+        ["trian.epochs", "'train.epochs'"],
+        id="misspelled-section",
+    ),
+    pytest.param(
+        ["fit", "--set", "train.epochs=abc"], ["train.epochs", "must be an int"], id="wrong-type"
+    ),
+    pytest.param(
+        ["fit", "--set", "optim.lr=-1"], ["optim.lr", "out of range", "> 0"], id="out-of-range"
+    ),
+    pytest.param(
+        ["fit", "--set", "optim.name=adamm"],
+        ["optim.name", "did you mean 'adam'?"],
+        id="unknown-optimizer",
+    ),
     pytest.param(["fit", "--set", "optim.lr"], ["key=value"], id="not-key-value"),
-    pytest.param(["fit", "missing.toml"], ["missing.toml", "no recipe file"],
-                 id="missing-recipe-file"),
-    pytest.param(["fit", "bad.toml"], ["bad.toml", "not valid TOML", "line 2"],
-                 id="invalid-toml"),
-    pytest.param(["fit", "typo.toml"], ["optim.lrr", "did you mean 'optim.lr'?"],
-                 id="unknown-key-in-recipe-file"),
-    pytest.param(["fit", "mnist1d-cnm"], ["'mnist1d-cnm'", "did you mean 'mnist1d-cnn'?"],
-                 id="unknown-recipe-name"),
-    pytest.param(["fit", "nosuchrecipe"], ["'nosuchrecipe'", "mnist1d-cnn"],
-                 id="unknown-recipe-name-far"),
-    pytest.param(["recipes", "show", "nosuch"], ["'nosuch'", "mnist1d-cnn"],
-                 id="show-unknown-recipe"),
+    pytest.param(
+        ["fit", "missing.toml"], ["missing.toml", "no recipe file"], id="missing-recipe-file"
+    ),
+    pytest.param(["fit", "bad.toml"], ["bad.toml", "not valid TOML", "line 2"], id="invalid-toml"),
+    pytest.param(
+        ["fit", "typo.toml"],
+        ["optim.lrr", "did you mean 'optim.lr'?"],
+        id="unknown-key-in-recipe-file",
+    ),
+    pytest.param(
+        ["fit", "mnist1d-cnm"],
+        ["'mnist1d-cnm'", "did you mean 'mnist1d-cnn'?"],
+        id="unknown-recipe-name",
+    ),
+    pytest.param(
+        ["fit", "nosuchrecipe"], ["'nosuchrecipe'", "mnist1d-cnn"], id="unknown-recipe-name-far"
+    ),
+    pytest.param(
+        ["recipes", "show", "nosuch"], ["'nosuch'", "mnist1d-cnn"], id="show-unknown-recipe"
+    ),
     pytest.param(["recipes", "show"], ["which recipe?"], id="show-without-name"),
     pytest.param(["resume", "nowhere"], ["nowhere", "config.toml"], id="resume-not-a-run"),
     pytest.param(["fit", "--progress", "bogus"], ["--progress", "bogus"], id="argparse-choice"),
     pytest.param(
-        ["fit", "--set", 'optim.betas=["a", "b"]'], ["optim.betas"], id="non-numeric-betas",
+        ["fit", "--set", 'optim.betas=["a", "b"]'],
+        ["optim.betas"],
+        id="non-numeric-betas",
     ),
-]  # fmt: skip
+]
 
 
 @pytest.mark.parametrize(("args", "mentions"), ERRORS)
@@ -214,8 +251,13 @@ def test_fit_a_recipe_of_the_users_own_model_and_data_then_resume(tmp_path):
     r = cli(tmp_path, "fit", "recipe.toml", "--set", "train.epochs=2", "--progress", "off")
     assert r.returncode == 0, r.stderr
     run_dir = tmp_path / "runs" / "mine"
-    for name in ("config.toml", "metrics.jsonl", "events.jsonl", "checkpoints/MANIFEST.json",
-                 "checkpoints/best.pt"):  # fmt: skip
+    for name in (
+        "config.toml",
+        "metrics.jsonl",
+        "events.jsonl",
+        "checkpoints/MANIFEST.json",
+        "checkpoints/best.pt",
+    ):
         assert (run_dir / name).is_file(), name
     config = tomllib.loads((run_dir / "config.toml").read_text())
     assert config["model"]["name"] == "mypkg.models:build"
@@ -230,8 +272,15 @@ def test_fit_a_recipe_of_the_users_own_model_and_data_then_resume(tmp_path):
     manifest = json.loads((run_dir / "checkpoints" / "MANIFEST.json").read_text())
     assert "best.pt" in {c["file"] for c in manifest["checkpoints"]}
 
-    r = cli(tmp_path, "resume", str(Path("runs") / "mine"), "--set", "train.epochs=3",
-            "--progress", "off")  # fmt: skip
+    r = cli(
+        tmp_path,
+        "resume",
+        str(Path("runs") / "mine"),
+        "--set",
+        "train.epochs=3",
+        "--progress",
+        "off",
+    )
     assert r.returncode == 0, r.stderr
     evals = _evals(run_dir)
     assert [e["epoch"] for e in evals] == [1, 2, 3], "history continues at epoch 3"

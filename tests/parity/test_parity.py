@@ -42,12 +42,33 @@ def test_fit_equals_hand_written_loop_bitwise(name):
     x, y = make_classification(200)
     a, b = mlp(seed=1), mlp(seed=1)
     if name == "sgd":
-        _fit(a, x, y, optimizer="sgd", lr=0.1, weight_decay=0.0, momentum=0.9, clip_norm=None,
-             epochs=3, batch_size=32, seed=7)  # fmt: skip
+        _fit(
+            a,
+            x,
+            y,
+            optimizer="sgd",
+            lr=0.1,
+            weight_decay=0.0,
+            momentum=0.9,
+            clip_norm=None,
+            epochs=3,
+            batch_size=32,
+            seed=7,
+        )
         make = lambda m: torch.optim.SGD(m.parameters(), lr=0.1, momentum=0.9)
     else:
-        _fit(a, x, y, optimizer="adamw", lr=1e-2, weight_decay=0.0, clip_norm=None, epochs=3,
-             batch_size=32, seed=7)  # fmt: skip
+        _fit(
+            a,
+            x,
+            y,
+            optimizer="adamw",
+            lr=1e-2,
+            weight_decay=0.0,
+            clip_norm=None,
+            epochs=3,
+            batch_size=32,
+            seed=7,
+        )
         make = lambda m: torch.optim.AdamW(m.parameters(), lr=1e-2, weight_decay=0.0)
     hand_loop(b, x, y, epochs=3, batch_size=32, seed=7, make_opt=make)
     for (name_a, pa), (_, pb) in zip(a.named_parameters(), b.named_parameters(), strict=True):
@@ -57,8 +78,18 @@ def test_fit_equals_hand_written_loop_bitwise(name):
 def test_parity_with_weight_decay_groups_and_clipping():
     x, y = make_classification(160)
     a, b = mlp(seed=2), mlp(seed=2)
-    _fit(a, x, y, optimizer="adamw", lr=1e-2, weight_decay=0.1, clip_norm=0.5, epochs=2,
-         batch_size=16, seed=3)  # fmt: skip
+    _fit(
+        a,
+        x,
+        y,
+        optimizer="adamw",
+        lr=1e-2,
+        weight_decay=0.1,
+        clip_norm=0.5,
+        epochs=2,
+        batch_size=16,
+        seed=3,
+    )
 
     def make(m):
         decay = [p for p in m.parameters() if p.ndim > 1]
@@ -74,8 +105,9 @@ def test_parity_with_weight_decay_groups_and_clipping():
 def test_accumulation_4x8_equals_1x32():
     x, y = make_classification(32)
     a, b = mlp(seed=3), mlp(seed=3)
-    common = dict(optimizer="sgd", lr=0.5, weight_decay=0.0, momentum=0.0, clip_norm=None,
-                  epochs=1, seed=0)  # fmt: skip
+    common = dict(
+        optimizer="sgd", lr=0.5, weight_decay=0.0, momentum=0.0, clip_norm=None, epochs=1, seed=0
+    )
     _fit(a, x, y, batch_size=8, accumulate=4, **common)
     _fit(b, x, y, batch_size=32, accumulate=1, **common)
     for pa, pb in zip(a.parameters(), b.parameters(), strict=True):
@@ -86,8 +118,9 @@ def test_short_last_window_divides_by_its_real_size():
     # 5 micro-batches with accumulate=4: windows of 4 and 1; the 1-batch window must not be /4
     x, y = make_classification(40)
     a, b = mlp(seed=4), mlp(seed=4)
-    common = dict(optimizer="sgd", lr=0.3, weight_decay=0.0, momentum=0.0, clip_norm=None,
-                  epochs=1, seed=0)  # fmt: skip
+    common = dict(
+        optimizer="sgd", lr=0.3, weight_decay=0.0, momentum=0.0, clip_norm=None, epochs=1, seed=0
+    )
     _fit(a, x, y, batch_size=8, accumulate=4, **common)
     make = lambda m: torch.optim.SGD(m.parameters(), lr=0.3)
     hand_loop(b, x, y, epochs=1, batch_size=8, seed=0, make_opt=make, accumulate=4)
@@ -105,7 +138,9 @@ def test_short_last_window_divides_by_its_real_size():
         for idx in batches[w : w + 4]:
             (F.cross_entropy(c(x[idx]), y[idx]) / 4).backward()
         opt.step()
-    assert not all(torch.equal(pa, pc) for pa, pc in zip(a.parameters(), c.parameters()))
+    assert not all(
+        torch.equal(pa, pc) for pa, pc in zip(a.parameters(), c.parameters(), strict=True)
+    )
 
 
 def test_fit_trains_the_given_model_in_place_and_reports():
@@ -113,7 +148,7 @@ def test_fit_trains_the_given_model_in_place_and_reports():
     model = mlp(seed=5)
     before = [p.detach().clone() for p in model.parameters()]
     r = sf.fit(model, (x, y), val=0.2, epochs=15, lr=3e-2, batch_size=32, progress="off")
-    assert any(not torch.equal(p, q) for p, q in zip(model.parameters(), before))
+    assert any(not torch.equal(p, q) for p, q in zip(model.parameters(), before, strict=True))
     assert r.model is model
     assert r.best_metrics["val_accuracy"] > 0.8
     assert len(r.history) == 15 and r.history[-1]["epoch"] == 15

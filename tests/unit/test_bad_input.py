@@ -71,15 +71,17 @@ def test_float_targets_with_multiclass(tmp_path):
 
 def test_float_val_targets_with_multiclass(tmp_path):
     x, y = inputs(), class_ids()
-    err = fails_early(sf.DataError, mlp(out=3), (x, y), tmp_path, val=(x, y.float()),
-                      task="multiclass")  # fmt: skip
+    err = fails_early(
+        sf.DataError, mlp(out=3), (x, y), tmp_path, val=(x, y.float()), task="multiclass"
+    )
     assert "integer class ids" in err.what and "val" in err.where
 
 
 @pytest.mark.parametrize("task", ["multiclass", "auto"])
 def test_labels_beyond_the_model_outputs(tmp_path, task):
-    err = fails_early(sf.DataError, mlp(out=2), (inputs(), class_ids(classes=3)), tmp_path,
-                      task=task)  # fmt: skip
+    err = fails_early(
+        sf.DataError, mlp(out=2), (inputs(), class_ids(classes=3)), tmp_path, task=task
+    )
     assert "[0, 2]" in err.what and "outputs 2 classes" in err.what
     assert "3 outputs" in err.fix and "0..1" in err.fix
 
@@ -116,8 +118,9 @@ def test_regression_outputs_b1_against_targets_b(tmp_path, task):
 def test_regression_outputs_b_against_targets_b1(tmp_path):
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(8, 1), nn.Flatten(0))
-    err = fails_early(sf.DataError, model, (inputs(), torch.randn(N, 1)), tmp_path,
-                      task="regression")  # fmt: skip
+    err = fails_early(
+        sf.DataError, model, (inputs(), torch.randn(N, 1)), tmp_path, task="regression"
+    )
     assert "(16,)" in err.what and "(16, 1)" in err.what
     assert "y.squeeze(-1)" in err.fix
 
@@ -216,8 +219,9 @@ class PlainTypo:  # not a Callback subclass: checked all the same
     [(Typo(), "on_epoch_ned", "on_epoch_end"), (PlainTypo(), "on_step_edn", "on_step_end")],
 )
 def test_callback_with_a_misspelled_hook(tmp_path, callback, hook, meant):
-    err = fails_early(sf.ConfigError, mlp(), (inputs(), class_ids()), tmp_path,
-                      callbacks=[callback])  # fmt: skip
+    err = fails_early(
+        sf.ConfigError, mlp(), (inputs(), class_ids()), tmp_path, callbacks=[callback]
+    )
     assert f"'{hook}'" in err.what and "not an event" in err.what
     assert hook in err.where
     assert f"did you mean '{meant}'?" in err.fix
@@ -231,7 +235,15 @@ def test_a_single_array_is_not_data(tmp_path):
 def test_valid_input_passes_the_same_checks(tmp_path):
     # the control: the same set-up with good data trains and writes its run directory
     model = mlp()
-    result = sf.fit(model, (inputs(), class_ids()), val=0.2, run_dir=tmp_path / "run", epochs=1,
-                    batch_size=16, device="cpu", progress="off")  # fmt: skip
+    result = sf.fit(
+        model,
+        (inputs(), class_ids()),
+        val=0.2,
+        run_dir=tmp_path / "run",
+        epochs=1,
+        batch_size=16,
+        device="cpu",
+        progress="off",
+    )
     assert result.steps == 5
     assert (tmp_path / "run" / "metrics.jsonl").is_file()

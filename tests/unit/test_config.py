@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import tomllib
 from pathlib import Path
 
 import pytest
-import tomllib
 
 import surefit as sf
 from surefit import config as cfgmod
@@ -221,8 +221,14 @@ def test_a_section_must_be_a_table():
 def test_wrong_type_names_the_key_and_the_type(item, key, typ):
     err = config_error(item)
     assert err.where == key
-    article = {"int": "an int", "float": "a float", "bool": "a bool", "str": "a string",
-               "list": "a list", "dict": "a table"}[typ]  # fmt: skip
+    article = {
+        "int": "an int",
+        "float": "a float",
+        "bool": "a bool",
+        "str": "a string",
+        "list": "a list",
+        "dict": "a table",
+    }[typ]
     assert f"'{key}' must be {article}" in str(err)
     assert key in err.fix and article in err.fix
 
@@ -369,8 +375,19 @@ def test_every_fit_keyword_names_a_recipe_key():
     assert set(options.values()) <= keys
     for name in set(KEYWORDS) & set(options):
         assert KEYWORDS[name] == options[name], name
-    objects = {"model", "train", "val", "test", "loss", "metrics", "callbacks", "step", "teacher",
-               "config", "options"}  # fmt: skip
+    objects = {
+        "model",
+        "train",
+        "val",
+        "test",
+        "loss",
+        "metrics",
+        "callbacks",
+        "step",
+        "teacher",
+        "config",
+        "options",
+    }
     params = set(inspect.signature(sf.fit).parameters) - objects
     assert params <= set(KEYWORDS), params - set(KEYWORDS)
 
@@ -379,8 +396,9 @@ def test_fit_keywords_override_a_recipe_and_keep_the_rest():
     cfg = build_config(BUILTIN, epochs=3, lr=5e-3)
     assert cfg.train.epochs == 3 and cfg.optim.lr == 5e-3
     assert cfg.data.batch_size == 100 and cfg.optim.weight_decay == 0.01
-    assert cfg == with_sets("train.epochs=3", "optim.lr=5e-3",
-                            base=tomllib.loads(BUILTIN.read_text()))  # fmt: skip
+    assert cfg == with_sets(
+        "train.epochs=3", "optim.lr=5e-3", base=tomllib.loads(BUILTIN.read_text())
+    )
 
 
 @pytest.mark.parametrize(

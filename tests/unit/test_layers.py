@@ -56,9 +56,14 @@ def _is_submodule(module: str, root: Path, package: str) -> bool:
 
 
 def imported_modules(
-    source: str, module: str, *, is_package: bool, root: Path = SRC, package: str = PACKAGE,
+    source: str,
+    module: str,
+    *,
+    is_package: bool,
+    root: Path = SRC,
+    package: str = PACKAGE,
     lazy: dict[str, tuple[str, str]] | None = None,
-) -> list[tuple[int, str]]:  # fmt: skip
+) -> list[tuple[int, str]]:
     """(line, surefit module) for every import of the package in ``source``, at any depth.
 
     ``from surefit import x`` resolves to the submodule ``x`` when there is one, to the module a
@@ -92,9 +97,11 @@ def imported_modules(
 
 
 def upward_imports(
-    root: Path = SRC, package: str = PACKAGE, layers: list[set[str]] = LAYERS,
+    root: Path = SRC,
+    package: str = PACKAGE,
+    layers: list[set[str]] = LAYERS,
     lazy: dict[str, tuple[str, str]] | None = None,
-) -> tuple[list[str], list[str]]:  # fmt: skip
+) -> tuple[list[str], list[str]]:
     """(violations, modules without a layer) over every module under ``root``."""
     violations, unplaced = [], []
     exempt = {package, f"{package}.__main__"}
@@ -106,8 +113,14 @@ def upward_imports(
         if own is None:
             unplaced.append(module)
             continue
-        imports = imported_modules(path.read_text(), module, is_package=path.stem == "__init__",
-                                   root=root, package=package, lazy=lazy)  # fmt: skip
+        imports = imported_modules(
+            path.read_text(),
+            module,
+            is_package=path.stem == "__init__",
+            root=root,
+            package=package,
+            lazy=lazy,
+        )
         for line, target in imports:
             if target in exempt:
                 continue
@@ -138,8 +151,9 @@ def test_nothing_but_main_imports_the_cli():
         module = module_name(path)
         if module == f"{PACKAGE}.__main__":
             continue
-        for line, target in imported_modules(path.read_text(), module,
-                                             is_package=path.stem == "__init__"):  # fmt: skip
+        for line, target in imported_modules(
+            path.read_text(), module, is_package=path.stem == "__init__"
+        ):
             if target == f"{PACKAGE}.cli":
                 importers.append(f"{path.name}:{line}")
     assert importers == []
@@ -170,8 +184,11 @@ def test_the_checker_finds_an_upward_import(tmp_path: Path):
     violations, unplaced = upward_imports(pkg, "pkg", lazy={"fit": ("api", "fit")})
     assert unplaced == []
     assert [v.split()[0] for v in violations] == [
-        "pkg/errors.py:1", "pkg/loop.py:2", "pkg/recipes/extra.py:1", "pkg/state.py:1",
-    ]  # fmt: skip
+        "pkg/errors.py:1",
+        "pkg/loop.py:2",
+        "pkg/recipes/extra.py:1",
+        "pkg/state.py:1",
+    ]
     assert "pkg.loop (layer 3) imports pkg.api (layer 2)" in violations[1]
 
 

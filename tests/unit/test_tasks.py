@@ -33,13 +33,24 @@ def task_obj(name: str, teacher: nn.Module | None = None, **options):
 
 def untrained(model: nn.Module, val: tuple, task: str, teacher=None, **options) -> dict:
     """Validation loss and metrics of the model before training, with the same task options."""
-    return sf.evaluate(model, val, task=task_obj(task, teacher, **options), prefix="val",
-                       device="cpu")  # fmt: skip
+    return sf.evaluate(
+        model, val, task=task_obj(task, teacher, **options), prefix="val", device="cpu"
+    )
 
 
 def train(model: nn.Module, train_data: tuple, val: tuple, **kw) -> sf.FitResult:
-    kw = {"epochs": 8, "batch_size": 32, "lr": 2e-2, "schedule": "constant", "clip_norm": None,
-          "weight_decay": 0.0, "seed": 0, "device": "cpu", "progress": "off", **kw}  # fmt: skip
+    kw = {
+        "epochs": 8,
+        "batch_size": 32,
+        "lr": 2e-2,
+        "schedule": "constant",
+        "clip_norm": None,
+        "weight_decay": 0.0,
+        "seed": 0,
+        "device": "cpu",
+        "progress": "off",
+        **kw,
+    }
     return sf.fit(model, train_data, val=val, **kw)
 
 
@@ -102,8 +113,12 @@ def test_multiclass_learns(options):
     # the options reach the loss: the val loss is the smoothed / weighted cross-entropy
     weight = torch.tensor(options["class_weights"]) if "class_weights" in options else None
     with torch.no_grad():
-        expected = F.cross_entropy(model(val[0]), val[1], weight=weight,
-                                   label_smoothing=options.get("label_smoothing", 0.0))  # fmt: skip
+        expected = F.cross_entropy(
+            model(val[0]),
+            val[1],
+            weight=weight,
+            label_smoothing=options.get("label_smoothing", 0.0),
+        )
     assert close(last["val_loss"], expected)
     if "label_smoothing" in options:
         assert last["val_loss"] > 0.45  # smoothing 0.1 over 10 classes bounds the CE below 0.50
@@ -285,8 +300,9 @@ def test_distillation_learns_from_the_teacher_alone(trained_teacher):
     tr, val = (x[:240], scrambled), (x[240:], y[240:])
     model = mlp(8, 3, seed=1)
     before = untrained(model, val, "distillation", teacher, alpha=1.0)
-    r = train(model, tr, val, task="distillation", teacher=teacher, alpha=1.0, temperature=2.0,
-              epochs=10)  # fmt: skip
+    r = train(
+        model, tr, val, task="distillation", teacher=teacher, alpha=1.0, temperature=2.0, epochs=10
+    )
     last = assert_learned(before, r, factor=0.3)
     assert last["val_accuracy"] > 0.85  # against the true labels, learnt from soft targets only
 
@@ -513,8 +529,9 @@ def test_distillation_leaves_the_teacher_unchanged_and_in_eval_mode(trained_teac
     teacher.register_forward_hook(lambda module, args, output: modes.append(module.training))
     x, y = make_classification(200, seed=11)
     tr, val = split(160, x, y)
-    r = train(mlp(seed=2), tr, val, task="distillation", teacher=teacher, epochs=3,
-              weight_decay=0.1)  # fmt: skip
+    r = train(
+        mlp(seed=2), tr, val, task="distillation", teacher=teacher, epochs=3, weight_decay=0.1
+    )
     assert r.steps == 15
     assert len(modes) >= r.steps and not any(modes), "the teacher ran in train mode"
     assert not teacher.training and not any(m.training for m in teacher.modules())
@@ -528,14 +545,16 @@ def test_distillation_with_alpha_zero_is_plain_cross_entropy(trained_teacher):
     tr, val = split(160, x, y)
     common = dict(epochs=3, lr=1e-2, weight_decay=0.01, clip_norm=1.0, seed=3)
     a, b, c = mlp(seed=4), mlp(seed=4), mlp(seed=4)
-    train(a, tr, val, task="distillation", teacher=teacher_copy(trained_teacher), alpha=0.0,
-          **common)  # fmt: skip
+    train(
+        a, tr, val, task="distillation", teacher=teacher_copy(trained_teacher), alpha=0.0, **common
+    )
     train(b, tr, val, task="multiclass", **common)
     for (name, pa), pb in zip(a.named_parameters(), b.parameters(), strict=True):
         assert torch.equal(pa, pb), name
     # and the teacher's term does move the weights when it has any weight: the test can fail
-    train(c, tr, val, task="distillation", teacher=teacher_copy(trained_teacher), alpha=0.5,
-          **common)  # fmt: skip
+    train(
+        c, tr, val, task="distillation", teacher=teacher_copy(trained_teacher), alpha=0.5, **common
+    )
     pairs = zip(a.parameters(), c.parameters(), strict=True)
     assert not all(torch.equal(pa, pc) for pa, pc in pairs)
 

@@ -41,8 +41,11 @@ def source(name_or_path: str) -> tuple[str, str]:
     path = Path(name_or_path)
     if path.suffix == ".toml" or path.exists():
         if not path.is_file():
-            raise ConfigError(f"no recipe file {path}", where=str(path),
-                              fix="check the path, or run `surefit recipes` for built-in names")  # fmt: skip
+            raise ConfigError(
+                f"no recipe file {path}",
+                where=str(path),
+                fix="check the path, or run `surefit recipes` for built-in names",
+            )
         return path.stem, path.read_text()
     if name_or_path in names():
         return name_or_path, (HERE / f"{name_or_path}.toml").read_text()
@@ -61,20 +64,25 @@ def resolve(path: str, key: str) -> Any:
     """Import ``package.module:attribute``; a failure names the recipe key."""
     module_name, sep, attr = path.partition(":")
     if not sep or not module_name or not attr:
-        raise ConfigError(f"'{path}' is not an import path", where=key,
-                          fix="write it as 'package.module:factory'")  # fmt: skip
+        raise ConfigError(
+            f"'{path}' is not an import path", where=key, fix="write it as 'package.module:factory'"
+        )
     if "" not in sys.path and "." not in sys.path:
         sys.path.insert(0, "")  # like `python -m`: the user's own packages in the working folder
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
-        raise ConfigError(f"cannot import '{module_name}': {exc}", where=key,
-                          fix="check the module name and that it is importable from here") from None  # fmt: skip
+        raise ConfigError(
+            f"cannot import '{module_name}': {exc}",
+            where=key,
+            fix="check the module name and that it is importable from here",
+        ) from None
     try:
         return getattr(module, attr)
     except AttributeError:
-        raise ConfigError(f"module '{module_name}' has no '{attr}'", where=key,
-                          fix="check the factory's name") from None  # fmt: skip
+        raise ConfigError(
+            f"module '{module_name}' has no '{attr}'", where=key, fix="check the factory's name"
+        ) from None
 
 
 def _split(data: Any) -> tuple[Any, Any, Any]:
@@ -89,8 +97,11 @@ def _split(data: Any) -> tuple[Any, Any, Any]:
         return data["train"], data.get("val"), data.get("test")
     if isinstance(data, tuple) and len(data) in (2, 3) and isinstance(data[0], (tuple, list)):
         return (*data, None)[:3]  # type: ignore[return-value]
-    raise ConfigError("a data factory must return a dict {'train', 'val', 'test'}",
-                      where="data.name", fix="see docs/recipes.md")  # fmt: skip
+    raise ConfigError(
+        "a data factory must return a dict {'train', 'val', 'test'}",
+        where="data.name",
+        fix="see docs/recipes.md",
+    )
 
 
 def run(cfg: RunConfig, console: Console | None = None) -> FitResult:
@@ -100,8 +111,9 @@ def run(cfg: RunConfig, console: Console | None = None) -> FitResult:
 
     for key, value in (("model.name", cfg.model.name), ("data.name", cfg.data.name)):
         if not value:
-            raise ConfigError(f"the recipe sets no {key}", where=key,
-                              fix=f"set {key} = 'package.module:factory'")  # fmt: skip
+            raise ConfigError(
+                f"the recipe sets no {key}", where=key, fix=f"set {key} = 'package.module:factory'"
+            )
     seed_everything(cfg.train.seed)  # the model's initial weights follow the run's seed
     model = resolve(cfg.model.name, "model.name")(**cfg.model.args)
     train, val, test = _split(resolve(cfg.data.name, "data.name")(**cfg.data.args))

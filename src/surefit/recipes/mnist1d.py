@@ -44,8 +44,13 @@ def load(num_samples: int = 5000, seed: int = 42, cache: str = "") -> dict[str, 
         args.num_samples, args.seed = num_samples, seed
         d = make_dataset(args)
         buf = io.BytesIO()
-        np.savez(buf, x_train=d["x"].astype(np.float32), y_train=d["y"].astype(np.int64),
-                 x_test=d["x_test"].astype(np.float32), y_test=d["y_test"].astype(np.int64))  # fmt: skip
+        np.savez(
+            buf,
+            x_train=d["x"].astype(np.float32),
+            y_train=d["y"].astype(np.int64),
+            x_test=d["x_test"].astype(np.float32),
+            y_test=d["y_test"].astype(np.int64),
+        )
         atomic_write(path, lambda f: f.write(buf.getvalue()))
     with np.load(path) as z:
         arrays = {k: torch.from_numpy(z[k]) for k in z.files}
@@ -61,10 +66,13 @@ class ConvNet(nn.Module):
     def __init__(self, channels: int = 25, length: int = 40, classes: int = 10) -> None:
         super().__init__()
         self.features = nn.Sequential(
-            nn.Conv1d(1, channels, 5, stride=2, padding=1), nn.ReLU(),
-            nn.Conv1d(channels, channels, 3, stride=2, padding=1), nn.ReLU(),
-            nn.Conv1d(channels, channels, 3, stride=2, padding=1), nn.ReLU(),
-        )  # fmt: skip
+            nn.Conv1d(1, channels, 5, stride=2, padding=1),
+            nn.ReLU(),
+            nn.Conv1d(channels, channels, 3, stride=2, padding=1),
+            nn.ReLU(),
+            nn.Conv1d(channels, channels, 3, stride=2, padding=1),
+            nn.ReLU(),
+        )
         with torch.no_grad():
             flat = self.features(torch.zeros(1, 1, length)).numel()
         self.head = nn.Linear(flat, classes)
@@ -79,5 +87,10 @@ def cnn(channels: int = 64, classes: int = 10) -> nn.Module:
 
 def mlp(hidden: int = 100, classes: int = 10) -> nn.Module:
     """The paper's MLP: 40 -> hidden -> hidden -> classes."""
-    return nn.Sequential(nn.Linear(40, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(),
-                         nn.Linear(hidden, classes))  # fmt: skip
+    return nn.Sequential(
+        nn.Linear(40, hidden),
+        nn.ReLU(),
+        nn.Linear(hidden, hidden),
+        nn.ReLU(),
+        nn.Linear(hidden, classes),
+    )
