@@ -39,14 +39,14 @@ def test_builtin_recipe_parses_into_typed_sections():
     assert cfg.name == "mnist1d-cnn"
     assert cfg.description and cfg.reference
     assert cfg.model == cfgmod.ModelConfig(
-        name="surefit.recipes.mnist1d:cnn", args={"channels": 25}
+        name="surefit.recipes.mnist1d:cnn", args={"channels": 64}
     )
     assert cfg.data.name == "surefit.recipes.mnist1d:load"
     assert cfg.data.batch_size == 100 and cfg.data.val_fraction == 0.1
     assert cfg.task.name == "multiclass"
     assert cfg.optim.name == "adamw" and cfg.optim.lr == 1e-2 and cfg.optim.weight_decay == 0.01
     assert cfg.schedule.name == "warmup_cosine" and cfg.schedule.min_lr_ratio == 0.01
-    assert cfg.train.epochs == 200 and cfg.epochs == 200
+    assert cfg.train.epochs == 100 and cfg.epochs == 100
     assert cfg.log.every_steps == 50
     # keys the recipe leaves out keep their defaults
     assert cfg.checkpoint == cfgmod.CheckpointConfig()
