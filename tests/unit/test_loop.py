@@ -1,0 +1,199 @@
+"""Loop behaviour: evaluation mode, precision, data paths, stopping, host syncs, resume."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+import surefit as sf
+from tests.conftest import make_classification, mlp
+
+
+class DropoutNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.body = nn.Sequential(nn.Linear(8, 32), nn.ReLU(), nn.Dropout(0.5), nn.Linear(32, 3))
+        self.modes = []
+
+    def forward(self, x):
+        self.modes.append(self.training)
+        return self.body(x)
+
+
+def test_evaluation_runs_in_eval_mode_under_inference_and_returns_to_train_mode():
+    x, y = make_classification(128)
+    model = DropoutNet()
+    seen = []
+
+    class Probe(sf.Callback):
+        def on_eval_end(self, run, metrics):
+            seen.append(run.model.training)
+
+    sf.fit(model, (x, y), val=(x[:64], y[:64]), epochs=1, batch_size=32, progress="off",
+           callbacks=[Probe()])  # fmt: skip
+    assert model.training and seen == [True]
+    # evaluation twice of a dropout model gives identical results: dropout is off
+    a = sf.evaluate(model, (x, y), task="multiclass")
+    b = sf.evaluate(model, (x, y), task="multiclass")
+    assert a == b
+    assert model.training  # evaluate() restores the mode it found
+    model.modes.clear()
+    sf.evaluate(model, (x, y), task="multiclass")
+    assert model.modes and not any(model.modes)
+
+
+def test_bf16_on_cpu_trains_and_converges():
+    x, y = make_classification(256)
+    model = mlp(hidden=32)
+    r = sf.fit(model, (x, y), val=0.25, precision="bf16", epochs=20, lr=3e-2, batch_size=32,
+               progress="off")  # fmt: skip
+    assert r.history[-1]["val_loss"] < 0.6 * r.history[0]["val_loss"]
+    assert r.best_metrics["val_accuracy"] > 0.8
+    assert all(p.dtype == torch.float32 for p in model.parameters())  # master weights stay fp32
+
+
+def test_fp16_off_cuda_is_a_config_error():
+    if torch.cuda.is_available():
+        pytest.skip("CUDA present: fp16 is valid here")
+    x, y = make_classification(32)
+    with pytest.raises(sf.ConfigError, match="fp16"):
+        sf.fit(mlp(), (x, y), precision="fp16", epochs=1, progress="off")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA for fp16 + GradScaler")
+def test_fp16_with_grad_scaler_trains_on_cuda():
+    x, y = make_classification(256)
+    model = mlp(hidden=32)
+    r = sf.fit(model, (x, y), val=0.25, precision="fp16", epochs=10, lr=3e-2, batch_size=32,
+               device="cuda", progress="off")  # fmt: skip
+    assert r.history[-1]["val_loss"] < r.history[0]["val_loss"]
+
+
+def _same_weights(a, b):
+    return all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters(), strict=True))
+
+
+def test_tensors_numpy_dataset_and_dataloader_paths():
+    x, y = make_classification(96)
+    common = dict(optimizer="sgd", lr=0.1, epochs=2, batch_size=16, progress="off", seed=1)
+    a, b, c = mlp(seed=6), mlp(seed=6), mlp(seed=6)
+    sf.fit(a, (x, y), **common)
+    sf.fit(b, (x.numpy(), y.numpy()), **common)
+    sf.fit(c, TensorDataset(x, y), **common)
+    assert _same_weights(a, b)  # numpy float32 goes the same way as the tensors
+    assert _same_weights(a, c)  # a Dataset follows the same seeded order as the fast path
+    d = mlp(seed=6)
+    loader = DataLoader(TensorDataset(x, y), batch_size=16, shuffle=False)
+    r = sf.fit(d, loader, val=loader, **common)
+    assert r.steps == 12 and not _same_weights(a, d)  # iterated as given: in order
+
+
+def test_max_steps_stops_mid_epoch_and_max_steps_alone_runs_past_default_epochs():
+    x, y = make_classification(64)
+    r = sf.fit(mlp(), (x, y), max_steps=5, batch_size=16, progress="off")
+    assert r.steps == 5 and "max_steps" in r.stop_reason
+    r = sf.fit(mlp(), (x, y), max_steps=50, batch_size=16, progress="off")
+    assert r.steps == 50  # 4 steps per epoch: past the 10-epoch default
+
+
+def test_early_stopping_and_restore_best(tmp_path):
+    x, y = make_classification(64)
+    xv, yv = make_classification(64, seed=1)  # labels from another rule: val loss rises
+    model = mlp()
+    r = sf.fit(model, (x, y), val=(xv, yv), epochs=40, lr=5e-2, batch_size=16, patience=2,
+               restore_best=True, progress="off", run_dir=tmp_path / "run")  # fmt: skip
+    assert "early stopping" in r.stop_reason and len(r.history) < 40
+    best = min(h["val_loss"] for h in r.history)
+    assert r.best_metrics["val_loss"] == best
+    now = sf.evaluate(model, (xv, yv), task="multiclass", prefix="val")["val_loss"]
+    assert now == pytest.approx(best, rel=1e-6)  # the best weights were put back
+
+
+def test_no_host_sync_per_step(monkeypatch):
+    """Reads of device values are bounded by logs and evaluations, not by steps."""
+    x, y = make_classification(512)
+    calls = {"n": 0}
+    for name in ("item", "tolist", "cpu", "__bool__", "__float__"):
+        original = getattr(torch.Tensor, name)
+
+        def counted(self, *a, _orig=original, **k):
+            # count surefit's own reads (torch's CPU optimizers read their step counters)
+            if "surefit" in sys._getframe(1).f_code.co_filename.replace("\\", "/").split("/"):
+                calls["n"] += 1
+            return _orig(self, *a, **k)
+
+        monkeypatch.setattr(torch.Tensor, name, counted)
+    # 200 steps, log every 100, one evaluation at the end (epoch end)
+    sf.fit(mlp(), (x, y), val=(x[:32], y[:32]), max_steps=200, epochs=100, batch_size=4,
+           log_every=100, eval_every_steps=200, progress="off", clip_norm=1.0)  # fmt: skip
+    assert calls["n"] < 40, calls["n"]
+
+
+class Crash(sf.Callback):
+    def __init__(self, at_step):
+        self.at_step = at_step
+
+    def on_step_end(self, run):
+        if run.optimizer_step == self.at_step:
+            raise RuntimeError("simulated crash")
+
+
+def test_checkpoint_resume_continues_to_the_same_weights(tmp_path):
+    x, y = make_classification(96)
+    common = dict(val=(x[:32], y[:32]), lr=1e-2, batch_size=16, seed=3, progress="off",
+                  checkpoint_every=4, accumulate=2, epochs=4)  # fmt: skip
+    straight = mlp(seed=8)
+    sf.fit(straight, (x, y), run_dir=tmp_path / "a", **common)
+    # the same run crashes at step 7; the checkpoint of step 4 is mid-epoch (3 steps an epoch)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        sf.fit(mlp(seed=8), (x, y), run_dir=tmp_path / "b", callbacks=[Crash(7)], **common)
+    resumed = mlp(seed=99)  # weights come from the checkpoint
+    r = sf.fit(resumed, (x, y), run_dir=tmp_path / "b", resume="must", **common)
+    assert r.steps == 12
+    assert _same_weights(straight, resumed)
+    a_lines = (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()
+    b_lines = (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()
+    drop = ("time_s", "samples_per_s", "steps_per_s")
+    strip = lambda lines: [{k: v for k, v in json.loads(s).items() if k not in drop} for s in lines]
+    assert strip(a_lines) == strip(b_lines)  # no line repeated or missing, same values
+
+
+def test_corrupt_newest_checkpoint_falls_back_to_the_previous(tmp_path):
+    x, y = make_classification(64)
+    common = dict(lr=1e-2, batch_size=16, progress="off", checkpoint_every=2, keep_last=3)
+    sf.fit(mlp(), (x, y), epochs=2, run_dir=tmp_path / "r", **common)
+    ckpts = sorted((tmp_path / "r" / "checkpoints").glob("last-*.pt"))
+    ckpts[-1].write_bytes(ckpts[-1].read_bytes()[:100])  # truncated
+    r = sf.fit(mlp(), (x, y), epochs=3, run_dir=tmp_path / "r", **common)
+    assert r.steps == 12
+    assert not (tmp_path / "r" / "metrics.jsonl").read_text().count("\n\n")
+
+
+def test_existing_run_dir_is_not_overwritten_by_a_fresh_run(tmp_path):
+    x, y = make_classification(32)
+    sf.fit(mlp(), (x, y), epochs=1, run_dir=tmp_path / "r", progress="off")
+    before = (tmp_path / "r" / "metrics.jsonl").read_text()
+    with pytest.raises(sf.ConfigError, match="already holds a run"):
+        sf.fit(mlp(), (x, y), epochs=1, run_dir=tmp_path / "r", resume="never", progress="off")
+    assert (tmp_path / "r" / "metrics.jsonl").read_text() == before
+
+
+def test_checkpoints_load_without_unpickling_code(tmp_path):
+    import pickle
+
+    from surefit.checkpoint import load_file
+
+    class Evil:
+        def __reduce__(self):
+            return (print, ("pwned",))
+
+    path = tmp_path / "evil.pt"
+    torch.save({"model": Evil()}, path, pickle_protocol=pickle.DEFAULT_PROTOCOL)
+    with pytest.raises(sf.CheckpointError, match="loaded safely"):
+        load_file(path)

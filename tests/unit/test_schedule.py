@@ -1,0 +1,119 @@
+"""Each named schedule steps in its own unit and traces the LR a hand-driven torch scheduler does."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch.optim import lr_scheduler as lrs
+
+import surefit as sf
+from tests.conftest import make_classification, mlp
+
+N, BS, EPOCHS, LR = 96, 16, 4, 0.1  # 6 optimizer steps per epoch, 24 in all
+STEPS_PER_EPOCH, TOTAL = N // BS, (N // BS) * EPOCHS
+
+
+class Trace(sf.Callback):
+    def __init__(self):
+        self.lrs = []
+
+    def on_step_end(self, run):
+        self.lrs.append(run.lr)
+
+
+def traced(schedule, **kw):
+    x, y = make_classification(N)
+    trace = Trace()
+    r = sf.fit(
+        mlp(),
+        (x, y),
+        val=kw.pop("val", None),
+        schedule=schedule,
+        optimizer="sgd",
+        lr=LR,
+        epochs=EPOCHS,
+        batch_size=BS,
+        progress="off",
+        callbacks=[trace],
+        **kw,
+    )
+    return trace.lrs, r
+
+
+def hand(make, unit, metrics=None):
+    opt = torch.optim.SGD(mlp().parameters(), lr=LR)
+    sched = make(opt)
+    out = []
+    for epoch in range(EPOCHS):
+        for _ in range(STEPS_PER_EPOCH):
+            opt.step()  # no gradients: changes nothing, keeps torch's order check quiet
+            if unit == "step":
+                sched.step()
+            out.append(opt.param_groups[0]["lr"])
+        if unit == "epoch":
+            sched.step()
+        elif unit == "metric":
+            sched.step(metrics[epoch])
+    return out
+
+
+@pytest.mark.parametrize(
+    ("name", "kw", "make", "unit"),
+    [
+        ("constant", {}, lambda o: lrs.LambdaLR(o, lambda s: 1.0), "step"),
+        ("step", {"step_size": 2, "gamma": 0.5}, lambda o: lrs.StepLR(o, 2, 0.5), "epoch"),
+        ("multistep", {"milestones": [1, 3], "gamma": 0.3},
+         lambda o: lrs.MultiStepLR(o, [1, 3], 0.3), "epoch"),
+        ("exponential", {"gamma": 0.7}, lambda o: lrs.ExponentialLR(o, 0.7), "epoch"),
+        ("onecycle", {"warmup": 0.25},
+         lambda o: lrs.OneCycleLR(o, max_lr=LR, total_steps=TOTAL, pct_start=0.25), "step"),
+        ("cosine_restarts", {"min_lr_ratio": 0.1},
+         lambda o: lrs.CosineAnnealingWarmRestarts(o, T_0=STEPS_PER_EPOCH, eta_min=0.1 * LR), "step"),
+    ],
+)  # fmt: skip
+def test_trace_equals_hand_driven_torch_scheduler(name, kw, make, unit):
+    got, _ = traced(name, **kw)
+    want = hand(make, unit)
+    assert len(got) == TOTAL
+    # OneCycleLR refuses to step past its last step; surefit holds the last lr instead
+    if name == "onecycle":
+        want = want[:-1] + [got[-1]]
+    assert got == pytest.approx(want, rel=1e-12, abs=0)
+
+
+def closed_form_warmup_cosine(step, warmup, total, floor):
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup - 1))
+    return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def test_warmup_cosine_steps_per_batch_warms_up_then_decays_to_the_floor():
+    got, _ = traced("warmup_cosine", warmup=4, min_lr_ratio=0.1)
+    want = [LR * closed_form_warmup_cosine(s + 1, 4, TOTAL, 0.1) for s in range(TOTAL)]
+    assert got == pytest.approx(want, rel=1e-12)
+    assert got.index(max(got)) == 2  # after 3 updates the 4th step runs at the peak
+    assert got[-1] == pytest.approx(0.1 * LR)
+    assert len(set(got)) > STEPS_PER_EPOCH  # changes within epochs: per batch, not per epoch
+
+
+def test_warmup_given_as_a_fraction_or_as_steps_agree():
+    a, _ = traced("warmup_linear", warmup=0.25)
+    b, _ = traced("warmup_linear", warmup=6)
+    assert a == b
+
+
+def test_plateau_steps_with_the_monitored_validation_metric():
+    x, y = make_classification(48, seed=9)
+    got, r = traced("plateau", val=(x, y), plateau_patience=0, plateau_factor=0.5)
+    val_losses = [h["val_loss"] for h in r.history]
+    want = hand(lambda o: lrs.ReduceLROnPlateau(o, mode="min", factor=0.5, patience=0),
+                "metric", metrics=val_losses)  # fmt: skip
+    assert got == pytest.approx(want)
+
+
+def test_plateau_without_validation_is_a_config_error():
+    with pytest.raises(sf.ConfigError, match="plateau"):
+        traced("plateau")
