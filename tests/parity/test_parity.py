@@ -34,7 +34,9 @@ def hand_loop(model, x, y, *, epochs, batch_size, seed, make_opt, accumulate=1, 
 
 
 def _fit(model, x, y, **kw):
-    return sf.fit(model, (x, y), task="multiclass", schedule="constant", progress="off", **kw)
+    return sf.fit(
+        model, (x, y), task="multiclass", schedule="constant", progress="off", device="cpu", **kw
+    )
 
 
 @pytest.mark.parametrize("name", ["sgd", "adamw"])
@@ -147,7 +149,9 @@ def test_fit_trains_the_given_model_in_place_and_reports():
     x, y = make_classification(300)
     model = mlp(seed=5)
     before = [p.detach().clone() for p in model.parameters()]
-    r = sf.fit(model, (x, y), val=0.2, epochs=15, lr=3e-2, batch_size=32, progress="off")
+    r = sf.fit(
+        model, (x, y), val=0.2, epochs=15, lr=3e-2, batch_size=32, progress="off", device="cpu"
+    )
     assert any(not torch.equal(p, q) for p, q in zip(model.parameters(), before, strict=True))
     assert r.model is model
     assert r.best_metrics["val_accuracy"] > 0.8

@@ -107,12 +107,12 @@ def test_early_stopping_and_restore_best(tmp_path):
     xv, yv = make_classification(64, seed=1)  # labels from another rule: val loss rises
     model = mlp()
     r = sf.fit(model, (x, y), val=(xv, yv), epochs=40, lr=5e-2, batch_size=16, patience=2,
-               restore_best=True, progress="off", run_dir=tmp_path / "run")  # fmt: skip
+               restore_best=True, progress="off", run_dir=tmp_path / "run", device="cpu")  # fmt: skip
     assert "early stopping" in r.stop_reason and len(r.history) < 40
     best = min(h["val_loss"] for h in r.history)
     assert r.best_metrics["val_loss"] == best
-    now = sf.evaluate(model, (xv, yv), task="multiclass", prefix="val")["val_loss"]
-    assert now == pytest.approx(best, rel=1e-6)  # the best weights were put back
+    now = sf.evaluate(model, (xv, yv), task="multiclass", prefix="val", device="cpu")
+    assert now["val_loss"] == pytest.approx(best, rel=1e-6)  # the best weights were put back
 
 
 def test_no_host_sync_per_step(monkeypatch):
