@@ -18,6 +18,7 @@ __all__ = [
     "evaluate",
     "fit",
     "load_config",
+    "load_weights",
 ]
 
 from .errors import CheckpointError, ConfigError, DataError
@@ -31,11 +32,13 @@ _LAZY = {
     "Callback": ("callbacks", "Callback"),
     "RunConfig": ("config", "RunConfig"),
     "load_config": ("config", "load"),
+    "load_weights": ("checkpoint", "load_weights"),
 }
 
 if TYPE_CHECKING:
     from .api import FitResult, evaluate, fit
     from .callbacks import Callback, EarlyStopping
+    from .checkpoint import load_weights
     from .config import RunConfig
     from .config import load as load_config
 

@@ -83,6 +83,7 @@ class FitResult:
     test_metrics: dict[str, float]  # evaluation of ``test`` after training ({} without test data)
     best_step: int  # optimizer step of the best evaluation (-1 without validation)
     stop_reason: str  # why training ended
+    preempted: bool  # stopped by a signal with a checkpoint: `surefit resume` continues it
     steps: int  # optimizer steps taken in the whole run
     run_dir: Path | None
     checkpoint: Path | None  # best.pt if written, else the newest last-*.pt
@@ -461,14 +462,19 @@ class Run:
             log.event("resume" if resuming else "start", step=trainer.counters.optimizer_step)
         try:
             trainer.fit()
-            if c.train.restore_best:
-                trainer.restore_best_weights()
-            test_metrics = trainer.evaluate(test, "test") if test is not None else {}
-            if test_metrics:
-                log.metric(
-                    {"split": "test", "step": trainer.counters.optimizer_step, **test_metrics}
+            test_metrics: dict[str, float] = {}
+            if trainer.preempted is not None:  # paused, not finished: resume continues it
+                log.event(
+                    "preempted", step=trainer.counters.optimizer_step, signal=trainer.preempted
                 )
-            log.event("end", step=trainer.counters.optimizer_step, reason=trainer.stop_reason)
+            else:
+                if c.train.restore_best:
+                    trainer.restore_best_weights()
+                if test is not None:
+                    test_metrics = trainer.evaluate(test, "test")
+                    step_now = trainer.counters.optimizer_step
+                    log.metric({"split": "test", "step": step_now, **test_metrics})
+                log.event("end", step=trainer.counters.optimizer_step, reason=trainer.stop_reason)
         finally:
             log.close()
         result = self._result(trainer, test_metrics, run_dir, store)
@@ -502,6 +508,7 @@ class Run:
             test_metrics=test_metrics,
             best_step=trainer.best.step,
             stop_reason=trainer.stop_reason or "",
+            preempted=trainer.preempted is not None,
             steps=trainer.counters.optimizer_step,
             run_dir=run_dir,
             checkpoint=ckpt,
@@ -526,6 +533,8 @@ def summary(result: FitResult) -> str:
         )
     if result.run_dir is not None:
         lines.append(f"run directory: {result.run_dir}")
+        if result.preempted:
+            lines.append(f"checkpoint written; continue with: surefit resume {result.run_dir}")
     return "\n".join(lines)
 
 

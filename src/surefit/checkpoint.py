@@ -151,3 +151,57 @@ def load_file(path: Path, map_location: Any = "cpu") -> dict[str, Any]:
             fix="it is truncated or carries pickled code; load only checkpoints you trust, "
             "and only with weights_only=True",
         ) from None
+
+
+def export_weights(run_dir: str | Path, to: str | Path, which: str = "best") -> Path:
+    """Write a run's model weights (``best``, else the newest ``last``) as a safetensors file."""
+    store = CheckpointStore(Path(run_dir) / "checkpoints")
+    best = store.folder / "best.pt"
+    if which == "best" and best.exists():
+        state = load_file(best)
+    else:
+        state, _ = store.load_latest()
+    tensors = {k: v.detach().contiguous() for k, v in state["model"].items()}
+    out = Path(to)
+    atomic_write(out, lambda f: f.write(_safetensors_bytes(tensors)))
+    return out
+
+
+def _safetensors_bytes(tensors: dict[str, torch.Tensor]) -> bytes:
+    from safetensors.torch import save
+
+    # tied weights share storage; safetensors stores each name once, so give each its own copy
+    seen: set[int] = set()
+    own = {}
+    for k, v in tensors.items():
+        ptr = v.untyped_storage().data_ptr()
+        own[k] = v.clone() if ptr in seen else v
+        seen.add(ptr)
+    return save(own)
+
+
+def load_weights(model: torch.nn.Module, path: str | Path, strict: bool = True) -> torch.nn.Module:
+    """Load a safetensors weight file (from ``surefit export``) into ``model``."""
+    from safetensors.torch import load_file as st_load
+
+    try:
+        tensors = st_load(str(path))
+    except FileNotFoundError:
+        raise CheckpointError(
+            f"no weights file at {path}", where=str(path), fix="check the path"
+        ) from None
+    except Exception as exc:
+        raise CheckpointError(
+            f"not a readable safetensors file: {exc}",
+            where=str(path),
+            fix="export it again with `surefit export RUN_DIR --to FILE`",
+        ) from None
+    try:
+        model.load_state_dict(tensors, strict=strict)
+    except RuntimeError as exc:
+        raise CheckpointError(
+            "the weights do not fit this model: " + str(exc).splitlines()[0],
+            where=str(path),
+            fix="build the model with the same architecture and arguments as the run",
+        ) from None
+    return model

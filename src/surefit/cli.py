@@ -13,6 +13,8 @@ from . import __version__, recipes
 from . import config as cfgmod
 from .errors import SurefitError
 
+EXIT_PREEMPTED = 75  # stopped by SIGTERM/SIGINT/SIGUSR1 after a checkpoint: resumable (EX_TEMPFAIL)
+
 EXAMPLES = """examples:
   surefit fit                                   the default run: 1-D CNN on MNIST-1D
   surefit fit recipe.toml --set optim.lr=1e-3 --set train.epochs=5
@@ -61,6 +63,23 @@ def _parser() -> argparse.ArgumentParser:
     )
     res.add_argument("run_dir", help="the run directory to continue")
     _common(res)
+
+    exp = sub.add_parser(
+        "export",
+        help="write a run's model weights as a safetensors file",
+        description="Write the model weights of RUN_DIR's best checkpoint (or the newest, with "
+        "--which last) to a safetensors file; surefit.load_weights(model, FILE) reads it back.",
+    )
+    exp.add_argument("run_dir", help="the run directory")
+    exp.add_argument(
+        "--to", required=True, metavar="FILE", help="output file, e.g. model.safetensors"
+    )
+    exp.add_argument(
+        "--which",
+        choices=["best", "last"],
+        default="best",
+        help="best checkpoint (default; the newest if there is no best) or the newest",
+    )
 
     rec = sub.add_parser(
         "recipes",
@@ -123,8 +142,12 @@ def cmd_fit(args: argparse.Namespace) -> int:
         cfg = cfg.replace(train={"run_dir": args.run_dir})
     elif not cfg.train.run_dir:
         cfg = cfg.replace(train={"run_dir": _free_run_dir(cfg.name)})
-    recipes.run(cfg)
-    return 0
+    return _exit_code(recipes.run(cfg))
+
+
+def _exit_code(result: object) -> int:
+    """0 when the run finished; EXIT_PREEMPTED when a signal paused it with a checkpoint."""
+    return EXIT_PREEMPTED if getattr(result, "preempted", False) else 0
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
@@ -140,7 +163,14 @@ def cmd_resume(args: argparse.Namespace) -> int:
         )
     cfg = _build(config_path.read_text(), run_dir.name, str(config_path), args)
     cfg = cfg.replace(train={"run_dir": str(run_dir)}, checkpoint={"resume": "must"})
-    recipes.run(cfg)
+    return _exit_code(recipes.run(cfg))
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from .checkpoint import export_weights
+
+    path = export_weights(args.run_dir, args.to, args.which)
+    print(f"wrote {path}")
     return 0
 
 
@@ -169,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
-    commands = {"fit": cmd_fit, "resume": cmd_resume, "recipes": cmd_recipes}
+    commands = {"fit": cmd_fit, "resume": cmd_resume, "export": cmd_export, "recipes": cmd_recipes}
     try:
         return commands[args.command](args)
     except SurefitError as exc:

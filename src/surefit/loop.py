@@ -8,7 +8,10 @@ Loss and grad-norm sums stay on the device; the host reads them at the log inter
 
 from __future__ import annotations
 
+import contextlib
 import math
+import signal
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -143,6 +146,7 @@ class Trainer:
         self.last_eval_step = -1
         self.elapsed_s = 0.0  # training seconds of earlier sessions of this run
         self._saved_step = -1
+        self.preempted: str | None = None  # the signal that stopped the run, if one did
         bs, acc = cfg.data.batch_size, cfg.train.accumulate
         self.batches_per_epoch = parts.train.num_batches(bs, cfg.data.drop_last)
         self.steps_per_epoch = (
@@ -400,13 +404,17 @@ class Trainer:
         self.net.train()
         self.emit("on_fit_start")
         try:
-            while self.counters.epoch < self.cfg.epochs and self.stop_reason is None:
-                self._train_epoch()
+            with self._preemption_signals():
+                while self.counters.epoch < self.cfg.epochs and self.stop_reason is None:
+                    self._train_epoch()
             if self.stop_reason is None:
                 self.stop_reason = f"completed {self.counters.epoch} epochs"
-            if self.p.val is not None and self.last_eval_step != self.counters.optimizer_step:
-                self._evaluate_and_track()
-            self._flush_interval()
+            # a preempted run stops as if paused: no extra evaluation or log line, so that its
+            # resumed continuation equals the uninterrupted run
+            if self.preempted is None:
+                if self.p.val is not None and self.last_eval_step != self.counters.optimizer_step:
+                    self._evaluate_and_track()
+                self._flush_interval()
             if self._saved_step != self.counters.optimizer_step:
                 self.save("last")
         except BaseException as exc:
@@ -415,6 +423,33 @@ class Trainer:
         finally:
             self._console().epoch_end()
         self.emit("on_fit_end")
+
+    @contextlib.contextmanager
+    def _preemption_signals(self) -> Iterator[None]:
+        """SIGTERM, SIGUSR1 and SIGINT stop at the next optimizer-step boundary, with a checkpoint;
+        a second SIGINT stops at once."""
+        if threading.current_thread() is not threading.main_thread():
+            yield  # signal handlers can only be set from the main thread
+            return
+        names = [n for n in ("SIGTERM", "SIGINT", "SIGUSR1") if hasattr(signal, n)]
+        previous = {n: signal.getsignal(getattr(signal, n)) for n in names}
+
+        def handler(signum: int, frame: Any) -> None:
+            name = signal.Signals(signum).name
+            if self.preempted is not None and name == "SIGINT":
+                raise KeyboardInterrupt  # the second Ctrl-C: stop now
+            self.preempted = self.preempted or name
+            self.request_stop(f"preempted by {name}")
+            if self.p.log is not None:
+                self.p.log.event("signal", signal=name, step=self.counters.optimizer_step)
+
+        for n in names:
+            signal.signal(getattr(signal, n), handler)
+        try:
+            yield
+        finally:
+            for n in names:
+                signal.signal(getattr(signal, n), previous[n])
 
     def _train_epoch(self) -> None:
         c, cfg = self.counters, self.cfg

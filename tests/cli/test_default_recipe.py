@@ -16,8 +16,12 @@ def test_default_recipe_end_to_end(tmp_path, mnist1d_cache):
     env = {**os.environ, "SUREFIT_CACHE": str(mnist1d_cache)}
     r = subprocess.run(
         [sys.executable, "-m", "surefit", "fit", "--set", "train.epochs=2"],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr
     out = r.stdout
     assert "epoch 1/2" in out and "epoch 2/2" in out
@@ -40,7 +44,11 @@ def test_default_recipe_end_to_end(tmp_path, mnist1d_cache):
     # a second `surefit fit` starts a new run beside the first, never on top of it
     r2 = subprocess.run(
         [sys.executable, "-m", "surefit", "fit", "--set", "train.max_steps=3", "--progress", "off"],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r2.returncode == 0, r2.stderr
     assert (tmp_path / "runs" / "mnist1d-cnn-2" / "config.toml").exists()

@@ -208,6 +208,7 @@ def test_public_names_snapshot():
         "evaluate",
         "fit",
         "load_config",
+        "load_weights",
     ]
     assert len(surefit.__all__) == len(set(surefit.__all__))
 
@@ -235,6 +236,7 @@ def test_cli_commands_and_flags_snapshot():
     assert {name: _options(p) for name, p in sub.choices.items()} == {
         "fit": ["--device", "--help", "--progress", "--run-dir", "--set", "-h", "recipe"],
         "resume": ["--device", "--help", "--progress", "--set", "-h", "run_dir"],
+        "export": ["--help", "--to", "--which", "-h", "run_dir"],
         "recipes": ["--help", "-h", "action", "name"],
     }
     choices = {
@@ -244,5 +246,6 @@ def test_cli_commands_and_flags_snapshot():
     assert choices == {
         "fit": {"progress": ["auto", "bar", "epoch", "off"]},
         "resume": {"progress": ["auto", "bar", "epoch", "off"]},
+        "export": {"which": ["best", "last"]},
         "recipes": {"action": ["list", "show"]},
     }

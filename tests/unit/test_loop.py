@@ -35,8 +35,15 @@ def test_evaluation_runs_in_eval_mode_under_inference_and_returns_to_train_mode(
         def on_eval_end(self, run, metrics):
             seen.append(run.model.training)
 
-    sf.fit(model, (x, y), val=(x[:64], y[:64]), epochs=1, batch_size=32, progress="off",
-           callbacks=[Probe()])  # fmt: skip
+    sf.fit(
+        model,
+        (x, y),
+        val=(x[:64], y[:64]),
+        epochs=1,
+        batch_size=32,
+        progress="off",
+        callbacks=[Probe()],
+    )
     assert model.training and seen == [True]
     # evaluation twice of a dropout model gives identical results: dropout is off
     a = sf.evaluate(model, (x, y), task="multiclass")
@@ -51,8 +58,9 @@ def test_evaluation_runs_in_eval_mode_under_inference_and_returns_to_train_mode(
 def test_bf16_on_cpu_trains_and_converges():
     x, y = make_classification(256)
     model = mlp(hidden=32)
-    r = sf.fit(model, (x, y), val=0.25, precision="bf16", epochs=20, lr=3e-2, batch_size=32,
-               progress="off")  # fmt: skip
+    r = sf.fit(
+        model, (x, y), val=0.25, precision="bf16", epochs=20, lr=3e-2, batch_size=32, progress="off"
+    )
     assert r.history[-1]["val_loss"] < 0.6 * r.history[0]["val_loss"]
     assert r.best_metrics["val_accuracy"] > 0.8
     assert all(p.dtype == torch.float32 for p in model.parameters())  # master weights stay fp32
@@ -70,8 +78,17 @@ def test_fp16_off_cuda_is_a_config_error():
 def test_fp16_with_grad_scaler_trains_on_cuda():
     x, y = make_classification(256)
     model = mlp(hidden=32)
-    r = sf.fit(model, (x, y), val=0.25, precision="fp16", epochs=10, lr=3e-2, batch_size=32,
-               device="cuda", progress="off")  # fmt: skip
+    r = sf.fit(
+        model,
+        (x, y),
+        val=0.25,
+        precision="fp16",
+        epochs=10,
+        lr=3e-2,
+        batch_size=32,
+        device="cuda",
+        progress="off",
+    )
     assert r.history[-1]["val_loss"] < r.history[0]["val_loss"]
 
 
@@ -106,8 +123,19 @@ def test_early_stopping_and_restore_best(tmp_path):
     x, y = make_classification(64)
     xv, yv = make_classification(64, seed=1)  # labels from another rule: val loss rises
     model = mlp()
-    r = sf.fit(model, (x, y), val=(xv, yv), epochs=40, lr=5e-2, batch_size=16, patience=2,
-               restore_best=True, progress="off", run_dir=tmp_path / "run", device="cpu")  # fmt: skip
+    r = sf.fit(
+        model,
+        (x, y),
+        val=(xv, yv),
+        epochs=40,
+        lr=5e-2,
+        batch_size=16,
+        patience=2,
+        restore_best=True,
+        progress="off",
+        run_dir=tmp_path / "run",
+        device="cpu",
+    )
     assert "early stopping" in r.stop_reason and len(r.history) < 40
     best = min(h["val_loss"] for h in r.history)
     assert r.best_metrics["val_loss"] == best
@@ -130,8 +158,18 @@ def test_no_host_sync_per_step(monkeypatch):
 
         monkeypatch.setattr(torch.Tensor, name, counted)
     # 200 steps, log every 100, one evaluation at the end (epoch end)
-    sf.fit(mlp(), (x, y), val=(x[:32], y[:32]), max_steps=200, epochs=100, batch_size=4,
-           log_every=100, eval_every_steps=200, progress="off", clip_norm=1.0)  # fmt: skip
+    sf.fit(
+        mlp(),
+        (x, y),
+        val=(x[:32], y[:32]),
+        max_steps=200,
+        epochs=100,
+        batch_size=4,
+        log_every=100,
+        eval_every_steps=200,
+        progress="off",
+        clip_norm=1.0,
+    )
     assert calls["n"] < 40, calls["n"]
 
 
@@ -146,8 +184,16 @@ class Crash(sf.Callback):
 
 def test_checkpoint_resume_continues_to_the_same_weights(tmp_path):
     x, y = make_classification(96)
-    common = dict(val=(x[:32], y[:32]), lr=1e-2, batch_size=16, seed=3, progress="off",
-                  checkpoint_every=4, accumulate=2, epochs=4)  # fmt: skip
+    common = dict(
+        val=(x[:32], y[:32]),
+        lr=1e-2,
+        batch_size=16,
+        seed=3,
+        progress="off",
+        checkpoint_every=4,
+        accumulate=2,
+        epochs=4,
+    )
     straight = mlp(seed=8)
     sf.fit(straight, (x, y), run_dir=tmp_path / "a", **common)
     # the same run crashes at step 7; the checkpoint of step 4 is mid-epoch (3 steps an epoch)

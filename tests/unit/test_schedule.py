@@ -1,4 +1,4 @@
-"""Each named schedule steps in its own unit and traces the LR a hand-driven torch scheduler does."""
+"""Each named schedule steps in its own unit and traces the LR of a hand-driven scheduler."""
 
 from __future__ import annotations
 
@@ -64,15 +64,27 @@ def hand(make, unit, metrics=None):
     [
         ("constant", {}, lambda o: lrs.LambdaLR(o, lambda s: 1.0), "step"),
         ("step", {"step_size": 2, "gamma": 0.5}, lambda o: lrs.StepLR(o, 2, 0.5), "epoch"),
-        ("multistep", {"milestones": [1, 3], "gamma": 0.3},
-         lambda o: lrs.MultiStepLR(o, [1, 3], 0.3), "epoch"),
+        (
+            "multistep",
+            {"milestones": [1, 3], "gamma": 0.3},
+            lambda o: lrs.MultiStepLR(o, [1, 3], 0.3),
+            "epoch",
+        ),
         ("exponential", {"gamma": 0.7}, lambda o: lrs.ExponentialLR(o, 0.7), "epoch"),
-        ("onecycle", {"warmup": 0.25},
-         lambda o: lrs.OneCycleLR(o, max_lr=LR, total_steps=TOTAL, pct_start=0.25), "step"),
-        ("cosine_restarts", {"min_lr_ratio": 0.1},
-         lambda o: lrs.CosineAnnealingWarmRestarts(o, T_0=STEPS_PER_EPOCH, eta_min=0.1 * LR), "step"),
+        (
+            "onecycle",
+            {"warmup": 0.25},
+            lambda o: lrs.OneCycleLR(o, max_lr=LR, total_steps=TOTAL, pct_start=0.25),
+            "step",
+        ),
+        (
+            "cosine_restarts",
+            {"min_lr_ratio": 0.1},
+            lambda o: lrs.CosineAnnealingWarmRestarts(o, T_0=STEPS_PER_EPOCH, eta_min=0.1 * LR),
+            "step",
+        ),
     ],
-)  # fmt: skip
+)
 def test_trace_equals_hand_driven_torch_scheduler(name, kw, make, unit):
     got, _ = traced(name, **kw)
     want = hand(make, unit)
@@ -109,8 +121,11 @@ def test_plateau_steps_with_the_monitored_validation_metric():
     x, y = make_classification(48, seed=9)
     got, r = traced("plateau", val=(x, y), plateau_patience=0, plateau_factor=0.5)
     val_losses = [h["val_loss"] for h in r.history]
-    want = hand(lambda o: lrs.ReduceLROnPlateau(o, mode="min", factor=0.5, patience=0),
-                "metric", metrics=val_losses)  # fmt: skip
+    want = hand(
+        lambda o: lrs.ReduceLROnPlateau(o, mode="min", factor=0.5, patience=0),
+        "metric",
+        metrics=val_losses,
+    )
     assert got == pytest.approx(want)
 
 

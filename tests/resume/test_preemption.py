@@ -1,0 +1,178 @@
+"""Signals: a checkpoint at the next step boundary, a resumable exit, exact resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+import surefit as sf
+from surefit.checkpoint import CheckpointStore
+from tests.conftest import make_classification, mlp
+
+
+class SendSignal(sf.Callback):
+    def __init__(self, at_step, sig):
+        self.at_step, self.sig = at_step, sig
+
+    def on_step_end(self, run):
+        if run.optimizer_step == self.at_step:
+            os.kill(os.getpid(), self.sig)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGUSR1, signal.SIGINT])
+def test_signal_checkpoints_at_the_boundary_and_resume_is_exact(tmp_path, sig):
+    x, y = make_classification(96)
+    common = dict(
+        val=(x[:32], y[:32]),
+        lr=1e-2,
+        batch_size=16,
+        seed=3,
+        progress="off",
+        accumulate=2,
+        epochs=3,
+        device="cpu",
+    )
+    straight = mlp(seed=8)
+    sf.fit(straight, (x, y), run_dir=tmp_path / "a", **common)
+    r = sf.fit(
+        mlp(seed=8), (x, y), run_dir=tmp_path / "b", callbacks=[SendSignal(4, sig)], **common
+    )
+    assert r.preempted and signal.Signals(sig).name in r.stop_reason and r.steps == 4
+    assert CheckpointStore(tmp_path / "b" / "checkpoints").latest()[0]["step"] == 4
+    events = (tmp_path / "b" / "events.jsonl").read_text()
+    assert '"signal"' in events and '"preempted"' in events
+    resumed = mlp(seed=1)
+    r2 = sf.fit(resumed, (x, y), run_dir=tmp_path / "b", resume="must", **common)
+    assert not r2.preempted and r2.steps == 9
+    for p, q in zip(straight.parameters(), resumed.parameters(), strict=True):
+        assert torch.equal(p, q)
+    drop = ("time_s", "samples_per_s", "steps_per_s")
+    lines = lambda d: [
+        {k: v for k, v in json.loads(s).items() if k not in drop}
+        for s in (tmp_path / d / "metrics.jsonl").read_text().splitlines()
+    ]
+    assert lines("a") == lines("b")
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # handlers put back
+
+
+MODULE = """
+import os, signal, torch
+from torch import nn
+
+class Net(nn.Module):
+    def __init__(self, kill_at):
+        super().__init__()
+        torch.manual_seed(0)
+        self.body = nn.Sequential(nn.Linear(8, 16), nn.Tanh(), nn.Linear(16, 3))
+        self.calls, self.kill_at = 0, kill_at
+
+    def forward(self, x):
+        self.calls += 1
+        if self.training and self.calls == self.kill_at:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return self.body(x)
+
+def build(kill_at=0):
+    return Net(kill_at)
+
+def data():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(128, 8, generator=g)
+    y = (x @ torch.randn(8, 3, generator=g)).argmax(1)
+    return {"train": (x, y), "val": (x[:32], y[:32])}
+"""
+
+
+def test_cli_exits_75_on_sigterm_and_resume_finishes_the_same_run(tmp_path):
+    (tmp_path / "sigpkg").mkdir()
+    (tmp_path / "sigpkg" / "__init__.py").write_text("")
+    (tmp_path / "sigpkg" / "m.py").write_text(textwrap.dedent(MODULE))
+    recipe = tmp_path / "r.toml"
+    recipe.write_text(
+        'model = "sigpkg.m:build"\n[data]\nname = "sigpkg.m:data"\nbatch_size = 16\n'
+        "[train]\nepochs = 3\ndevice = 'cpu'\n"
+    )
+
+    def cli(*args):
+        return subprocess.run(
+            [sys.executable, "-m", "surefit", *args],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+
+    r = cli("fit", "r.toml", "--run-dir", "runs/a", "--set", "model.args={kill_at=14}")
+    assert r.returncode == 75, r.stderr
+    assert "surefit resume" in r.stdout
+    r = cli("resume", "runs/a", "--set", "model.args={kill_at=0}")
+    assert r.returncode == 0, r.stderr
+    r = cli("fit", "r.toml", "--run-dir", "runs/b")
+    assert r.returncode == 0, r.stderr
+
+    def last_weights(run):
+        store = CheckpointStore(tmp_path / run / "checkpoints")
+        entry = store.latest()[0]
+        return entry["step"], torch.load(store.folder / entry["file"], weights_only=True)["model"]
+
+    (step_a, a), (step_b, b) = last_weights("runs/a"), last_weights("runs/b")
+    assert step_a == step_b == 24
+    assert all(torch.equal(a[k], b[k]) for k in b)
+
+
+def test_export_to_safetensors_and_load_weights(tmp_path):
+    x, y = make_classification(64)
+    model = mlp(seed=2)
+    sf.fit(
+        model,
+        (x, y),
+        val=(x[:16], y[:16]),
+        epochs=2,
+        batch_size=16,
+        progress="off",
+        run_dir=tmp_path / "run",
+        device="cpu",
+    )
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "surefit",
+            "export",
+            str(tmp_path / "run"),
+            "--to",
+            str(tmp_path / "w.safetensors"),
+            "--which",
+            "last",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert r.returncode == 0, r.stderr
+    fresh = sf.load_weights(mlp(seed=5), tmp_path / "w.safetensors")
+    for p, q in zip(model.parameters(), fresh.parameters(), strict=True):
+        assert torch.equal(p, q)
+    with pytest.raises(sf.CheckpointError, match="do not fit this model"):
+        sf.load_weights(mlp(hidden=7), tmp_path / "w.safetensors")
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "surefit",
+            "export",
+            str(tmp_path / "nope"),
+            "--to",
+            str(tmp_path / "x.safetensors"),
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert r.returncode == 2 and "Traceback" not in r.stderr
