@@ -183,6 +183,8 @@ class Trainer:
             "elapsed_s": self._elapsed(),
             "last_eval_step": self.last_eval_step,
             "stop_reason": self.stop_reason or "",
+            "optimizer_class": type(self.optimizer).__name__,
+            "train_samples": getattr(self.p.train, "num_samples", None) or -1,
         }
         return state
 

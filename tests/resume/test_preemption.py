@@ -176,3 +176,26 @@ def test_export_to_safetensors_and_load_weights(tmp_path):
         text=True,
     )
     assert r.returncode == 2 and "Traceback" not in r.stderr
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"model": lambda: mlp(hidden=9)}, "shape"),
+        ({"optimizer": "sgd"}, "optimizer is SGD"),
+        ({"n": 80}, "training data has 80 samples"),
+    ],
+)
+def test_resume_refuses_a_changed_model_optimizer_or_data(tmp_path, change, message):
+    x, y = make_classification(96)
+    sf.fit(mlp(), (x, y), epochs=1, batch_size=16, progress="off", run_dir=tmp_path / "r")
+    before = (tmp_path / "r" / "metrics.jsonl").read_text()
+    n = change.get("n", 96)
+    model = change.get("model", mlp)()
+    with pytest.raises(sf.CheckpointError, match=message):
+        sf.fit(model, (x[:n], y[:n]), epochs=2, batch_size=16, progress="off",
+               optimizer=change.get("optimizer", "adamw"), run_dir=tmp_path / "r")  # fmt: skip
+    assert (tmp_path / "r" / "metrics.jsonl").read_text() == before
+    # more epochs with the same set-up are fine
+    r = sf.fit(mlp(), (x, y), epochs=2, batch_size=16, progress="off", run_dir=tmp_path / "r")
+    assert r.steps == 12
