@@ -199,3 +199,38 @@ def test_resume_refuses_a_changed_model_optimizer_or_data(tmp_path, change, mess
     # more epochs with the same set-up are fine
     r = sf.fit(mlp(), (x, y), epochs=2, batch_size=16, progress="off", run_dir=tmp_path / "r")
     assert r.steps == 12
+
+
+def test_resume_in_a_dataset_loads_no_sample_of_the_skipped_batches(tmp_path):
+    from torch.utils.data import Dataset
+
+    x, y = make_classification(400)
+
+    class Counting(Dataset):
+        def __init__(self):
+            self.loaded = []
+
+        def __len__(self):
+            return len(x)
+
+        def __getitem__(self, i):
+            self.loaded.append(i)
+            return x[i], y[i]
+
+    common = dict(batch_size=8, epochs=1, progress="off", run_dir=tmp_path / "r", device="cpu")
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        sf.fit(mlp(), Counting(), callbacks=[_Crash(46)], checkpoint_every=45, **common)
+    data = Counting()
+    r = sf.fit(mlp(), data, **common)
+    assert r.steps == 50
+    # 5 batches of 8 remain; before training, task inference reads 1 sample, the checks 8
+    assert len(data.loaded) == 1 + 8 + 5 * 8
+
+
+class _Crash(sf.Callback):
+    def __init__(self, at_step):
+        self.at_step = at_step
+
+    def on_step_end(self, run):
+        if run.optimizer_step == self.at_step:
+            raise RuntimeError("simulated crash")
