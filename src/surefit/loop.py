@@ -375,11 +375,21 @@ class Trainer:
 
     # -- checkpoints -------------------------------------------------------------------------------
     def save(self, kind: str) -> Path | None:
+        """Write a checkpoint. A failed write (disk full, any OSError) leaves the previous
+        checkpoints and the manifest as they were; the run records it, goes on, and tries again
+        at the next save."""
         if self.p.store is None:
             return None
+        step = self.counters.optimizer_step
+        try:
+            path = self.p.store.save(self.state_dict(), step=step, kind=kind)
+        except OSError as exc:
+            if self.p.log is not None:
+                self.p.log.event("checkpoint_failed", kind=kind, step=step, error=str(exc))
+                self.p.log.console.line(f"warning: checkpoint at step {step} not written: {exc}")
+            return None
         if kind == "last":
-            self._saved_step = self.counters.optimizer_step
-        path = self.p.store.save(self.state_dict(), step=self.counters.optimizer_step, kind=kind)
+            self._saved_step = step
         if self.p.log is not None:
             self.p.log.event(
                 "checkpoint", kind=kind, step=self.counters.optimizer_step, file=path.name

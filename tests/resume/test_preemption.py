@@ -234,3 +234,35 @@ class _Crash(sf.Callback):
     def on_step_end(self, run):
         if run.optimizer_step == self.at_step:
             raise RuntimeError("simulated crash")
+
+
+def test_disk_full_during_a_save_keeps_the_previous_checkpoint_and_goes_on(tmp_path, monkeypatch):
+    import errno
+
+    import surefit.checkpoint as ck
+
+    x, y = make_classification(64)
+    real_save = torch.save
+    calls = {"n": 0}
+
+    def flaky(obj, f, *a, **k):
+        calls["n"] += 1
+        if calls["n"] == 4:  # the write of step 6 fails half-way (step 4 is saved twice)
+            f.write(b"partial")
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_save(obj, f, *a, **k)
+
+    monkeypatch.setattr(ck.torch, "save", flaky)
+    r = sf.fit(mlp(), (x, y), epochs=3, batch_size=16, progress="off", checkpoint_every=2,
+               keep_last=10, run_dir=tmp_path / "r", device="cpu")  # fmt: skip
+    assert r.steps == 12
+    folder = tmp_path / "r" / "checkpoints"
+    assert not list(folder.glob(".*.tmp"))  # no half-written file left behind
+    store = CheckpointStore(folder)
+    steps = [e["step"] for e in store.latest()]
+    assert steps == [12, 10, 8, 4, 2]  # the failed one is simply absent
+    state, _ = store.load_latest()
+    assert state["counters"]["optimizer_step"] == 12
+    events = [json.loads(s) for s in (tmp_path / "r" / "events.jsonl").read_text().splitlines()]
+    failed = [e for e in events if e["event"] == "checkpoint_failed"]
+    assert len(failed) == 1 and failed[0]["step"] == 6 and "No space" in failed[0]["error"]
