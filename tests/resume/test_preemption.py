@@ -193,8 +193,15 @@ def test_resume_refuses_a_changed_model_optimizer_or_data(tmp_path, change, mess
     n = change.get("n", 96)
     model = change.get("model", mlp)()
     with pytest.raises(sf.CheckpointError, match=message):
-        sf.fit(model, (x[:n], y[:n]), epochs=2, batch_size=16, progress="off",
-               optimizer=change.get("optimizer", "adamw"), run_dir=tmp_path / "r")  # fmt: skip
+        sf.fit(
+            model,
+            (x[:n], y[:n]),
+            epochs=2,
+            batch_size=16,
+            progress="off",
+            optimizer=change.get("optimizer", "adamw"),
+            run_dir=tmp_path / "r",
+        )
     assert (tmp_path / "r" / "metrics.jsonl").read_text() == before
     # more epochs with the same set-up are fine
     r = sf.fit(mlp(), (x, y), epochs=2, batch_size=16, progress="off", run_dir=tmp_path / "r")
@@ -253,8 +260,17 @@ def test_disk_full_during_a_save_keeps_the_previous_checkpoint_and_goes_on(tmp_p
         return real_save(obj, f, *a, **k)
 
     monkeypatch.setattr(ck.torch, "save", flaky)
-    r = sf.fit(mlp(), (x, y), epochs=3, batch_size=16, progress="off", checkpoint_every=2,
-               keep_last=10, run_dir=tmp_path / "r", device="cpu")  # fmt: skip
+    r = sf.fit(
+        mlp(),
+        (x, y),
+        epochs=3,
+        batch_size=16,
+        progress="off",
+        checkpoint_every=2,
+        keep_last=10,
+        run_dir=tmp_path / "r",
+        device="cpu",
+    )
     assert r.steps == 12
     folder = tmp_path / "r" / "checkpoints"
     assert not list(folder.glob(".*.tmp"))  # no half-written file left behind
