@@ -14,7 +14,7 @@ from . import config as cfgmod
 from .callbacks import EarlyStopping, check_callback
 from .checkpoint import CheckpointStore, atomic_write_text
 from .config import RunConfig
-from .data import TensorData, as_data, split_validation
+from .data import DatasetData, TensorData, as_data, split_validation
 from .distributed import is_rank_zero, resolve_device
 from .errors import CheckpointError, ConfigError, DataError
 from .log import Console, RunLog, _fmt
@@ -409,6 +409,9 @@ class Run:
         elif c.data.val_fraction > 0:
             train, val = split_validation(train, c.data.val_fraction, c.train.seed, c.data.stratify)
         test = as_data(test_raw, "test") if test_raw is not None else None
+        for d in (train, val, test):
+            if isinstance(d, DatasetData):
+                d.num_workers = c.data.num_workers
         return train, val, test
 
     def _task(self, train: Any) -> Task:

@@ -71,7 +71,7 @@ class DataConfig:
 @dataclass(frozen=True, kw_only=True)
 class TaskConfig:
     name: str = "auto"  # one of TASKS; "auto" infers multiclass or regression from the targets
-    loss: str = ""  # loss override (one of LOSSES); "" = the task's default
+    loss: str = ""  # regression loss: mse (default), l1, huber, smooth_l1; ce/bce name the defaults
     label_smoothing: float = 0.0  # multiclass/lm cross-entropy label smoothing, in [0, 1)
     class_weights: list = field(default_factory=list)  # per-class loss weights; [] = equal
     pos_weight: list = field(default_factory=list)  # BCE positive weight per label; [] = 1
