@@ -84,3 +84,52 @@ def _equal(a, b):
     if isinstance(a, (list, tuple)):
         return len(a) == len(b) and all(_equal(x, y) for x, y in zip(a, b, strict=True))
     return a == b
+
+
+KILL_IN_WRITE = """
+import os, signal, sys, torch
+import surefit as sf
+import surefit.checkpoint as ck
+from torch import nn
+
+run_dir, kill = sys.argv[1], sys.argv[2] == "kill"
+real_save, calls = torch.save, [0]
+
+def slow_save(obj, f, *a, **k):
+    calls[0] += 1
+    if kill and calls[0] == 3:  # the third checkpoint: half written, then the process dies
+        f.write(b"x" * 1000)
+        f.flush()
+        os.kill(os.getpid(), signal.SIGKILL)
+    return real_save(obj, f, *a, **k)
+
+ck.torch.save = slow_save
+torch.manual_seed(0)
+g = torch.Generator().manual_seed(0)
+x = torch.randn(64, 8, generator=g)
+y = (x @ torch.randn(8, 3, generator=g)).argmax(1)
+model = nn.Sequential(nn.Linear(8, 16), nn.Tanh(), nn.Linear(16, 3))
+r = sf.fit(model, (x, y), epochs=2, batch_size=8, checkpoint_every=2, run_dir=run_dir,
+           progress="off", device="cpu")
+print("steps", r.steps)
+"""
+
+
+@pytest.mark.slow
+def test_kill_during_a_checkpoint_write_then_resume_succeeds(tmp_path):
+    script = tmp_path / "w.py"
+    script.write_text(textwrap.dedent(KILL_IN_WRITE))
+    run_dir = tmp_path / "r"
+    cmd = [sys.executable, str(script), str(run_dir)]
+    r = subprocess.run([*cmd, "kill"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == -9, r.stderr[-2000:]
+    folder = run_dir / "checkpoints"
+    manifest = json.loads((folder / "MANIFEST.json").read_text())
+    assert [e["step"] for e in manifest["checkpoints"]] == [2, 4]  # the 6th never got in
+    r = subprocess.run([*cmd, "resume"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "steps 16" in r.stdout
+    events = [json.loads(s) for s in (run_dir / "events.jsonl").read_text().splitlines()]
+    assert {"event": "resume", "step": 4}.items() <= next(
+        e for e in events if e["event"] == "resume"
+    ).items()
