@@ -12,11 +12,11 @@ from torch import nn
 
 from . import config as cfgmod
 from .callbacks import EarlyStopping, check_callback
-from .checkpoint import CheckpointStore, atomic_write_text
+from .checkpoint import CheckpointStore, atomic_write_text, check_resume_fits
 from .config import RunConfig
 from .data import DatasetData, TensorData, as_data, split_validation
 from .distributed import is_rank_zero, resolve_device
-from .errors import CheckpointError, ConfigError, DataError
+from .errors import ConfigError, DataError
 from .log import Console, RunLog, _fmt
 from .loop import Parts, Trainer, evaluate_data
 from .optim import build_optimizer
@@ -197,45 +197,6 @@ def _preflight(trainer: Trainer, parts: Parts) -> None:
     finally:
         net.train(was_training)
         RngState().load_state_dict(rng)
-
-
-def _check_resume_fits(state: dict[str, Any], trainer: Trainer, path: Path) -> None:
-    """Refuse a resume whose model, optimizer or data differ from the checkpoint's run.
-
-    More epochs or steps are fine; anything that would silently mix two different runs is not.
-    """
-    meta = state.get("meta", {})
-    saved, now = state["model"], trainer.model.state_dict()
-    problems = []
-    missing, extra = sorted(set(saved) - set(now)), sorted(set(now) - set(saved))
-    if missing or extra:
-        problems.append(
-            f"model parameters differ (only in checkpoint: {missing[:3]}, "
-            f"only in model: {extra[:3]})"
-        )
-    else:
-        for k in saved:
-            if tuple(saved[k].shape) != tuple(now[k].shape):
-                problems.append(
-                    f"model '{k}' has shape {tuple(now[k].shape)}, the checkpoint "
-                    f"{tuple(saved[k].shape)}"
-                )
-                break
-    opt = type(trainer.optimizer).__name__
-    if meta.get("optimizer_class", opt) != opt:
-        problems.append(f"optimizer is {opt}, the checkpoint's run used {meta['optimizer_class']}")
-    n = getattr(trainer.p.train, "num_samples", None) or -1
-    if meta.get("train_samples", n) != n:
-        problems.append(
-            f"training data has {n} samples, the checkpoint's run had {meta['train_samples']}"
-        )
-    if problems:
-        raise CheckpointError(
-            "cannot resume: " + "; ".join(problems),
-            where=str(path),
-            fix="resume with the configuration the run was started with (only epochs and "
-            "max_steps may grow), or start a new run in a new run_dir",
-        )
 
 
 def _prepare_run_dir(cfg: RunConfig) -> tuple[Path | None, CheckpointStore | None, bool]:
@@ -494,7 +455,13 @@ class Run:
                     f"skipping unreadable checkpoint {p.name}: {why}"
                 )
             )
-            _check_resume_fits(state, trainer, path)
+            check_resume_fits(
+                state,
+                trainer.model,
+                trainer.optimizer,
+                getattr(trainer.p.train, "num_samples", None) or -1,
+                path,
+            )
             trainer.load_state_dict(state)
             console.line(
                 f"resuming {run_dir} from {path.name} (step {trainer.counters.optimizer_step})"

@@ -132,6 +132,51 @@ class CheckpointStore:
         )
 
 
+def check_resume_fits(
+    state: dict[str, Any],
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    train_samples: int,
+    path: Path,
+) -> None:
+    """Refuse a resume whose model, optimizer or data differ from the checkpoint's run.
+
+    More epochs or steps are fine; anything that would silently mix two different runs is not.
+    """
+    meta = state.get("meta", {})
+    saved, now = state["model"], model.state_dict()
+    problems = []
+    missing, extra = sorted(set(saved) - set(now)), sorted(set(now) - set(saved))
+    if missing or extra:
+        problems.append(
+            f"model parameters differ (only in checkpoint: {missing[:3]}, "
+            f"only in model: {extra[:3]})"
+        )
+    else:
+        for k in saved:
+            if tuple(saved[k].shape) != tuple(now[k].shape):
+                problems.append(
+                    f"model '{k}' has shape {tuple(now[k].shape)}, the checkpoint "
+                    f"{tuple(saved[k].shape)}"
+                )
+                break
+    opt = type(optimizer).__name__
+    if meta.get("optimizer_class", opt) != opt:
+        problems.append(f"optimizer is {opt}, the checkpoint's run used {meta['optimizer_class']}")
+    n = train_samples
+    if meta.get("train_samples", n) != n:
+        problems.append(
+            f"training data has {n} samples, the checkpoint's run had {meta['train_samples']}"
+        )
+    if problems:
+        raise CheckpointError(
+            "cannot resume: " + "; ".join(problems),
+            where=str(path),
+            fix="resume with the configuration the run was started with (only epochs and "
+            "max_steps may grow), or start a new run in a new run_dir",
+        )
+
+
 def load_file(path: Path, map_location: Any = "cpu") -> dict[str, Any]:
     """Load a checkpoint without unpickling code."""
     try:
