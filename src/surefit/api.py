@@ -451,8 +451,9 @@ class Run:
         _preflight(trainer, parts)
         if resuming and store is not None:
             state, path = store.load_latest(
-                on_skip=lambda p, why: console.line(
-                    f"skipping unreadable checkpoint {p.name}: {why}"
+                on_skip=lambda p, why: (
+                    console.line(f"skipping unreadable checkpoint {p.name}: {why}"),
+                    log.event("checkpoint_skipped", file=p.name, why=why),
                 )
             )
             check_resume_fits(

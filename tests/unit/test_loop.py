@@ -210,15 +210,27 @@ def test_checkpoint_resume_continues_to_the_same_weights(tmp_path):
     assert strip(a_lines) == strip(b_lines)  # no line repeated or missing, same values
 
 
-def test_corrupt_newest_checkpoint_falls_back_to_the_previous(tmp_path):
+def _truncate(data: bytes) -> bytes:
+    return data[:100]
+
+
+def _flip_a_bit(data: bytes) -> bytes:
+    middle = len(data) // 2
+    return data[:middle] + bytes([data[middle] ^ 0x10]) + data[middle + 1 :]
+
+
+@pytest.mark.parametrize("damage", [_truncate, _flip_a_bit])
+def test_corrupt_newest_checkpoint_falls_back_to_the_previous(tmp_path, damage):
     x, y = make_classification(64)
     common = dict(lr=1e-2, batch_size=16, progress="off", checkpoint_every=2, keep_last=3)
     sf.fit(mlp(), (x, y), epochs=2, run_dir=tmp_path / "r", **common)
     ckpts = sorted((tmp_path / "r" / "checkpoints").glob("last-*.pt"))
-    ckpts[-1].write_bytes(ckpts[-1].read_bytes()[:100])  # truncated
+    ckpts[-1].write_bytes(damage(ckpts[-1].read_bytes()))
     r = sf.fit(mlp(), (x, y), epochs=3, run_dir=tmp_path / "r", **common)
     assert r.steps == 12
     assert not (tmp_path / "r" / "metrics.jsonl").read_text().count("\n\n")
+    events = (tmp_path / "r" / "events.jsonl").read_text()
+    assert '"checkpoint_skipped"' in events and ckpts[-1].name in events
 
 
 def test_existing_run_dir_is_not_overwritten_by_a_fresh_run(tmp_path):
