@@ -138,6 +138,8 @@ def check_resume_fits(
     optimizer: torch.optim.Optimizer,
     train_samples: int,
     path: Path,
+    lr: float | None = None,
+    override: bool = False,
 ) -> None:
     """Refuse a resume whose model, optimizer or data differ from the checkpoint's run.
 
@@ -167,6 +169,12 @@ def check_resume_fits(
     if meta.get("train_samples", n) != n:
         problems.append(
             f"training data has {n} samples, the checkpoint's run had {meta['train_samples']}"
+        )
+    saved_lr = meta.get("config", {}).get("optim", {}).get("lr")
+    if lr is not None and saved_lr is not None and saved_lr != lr and not override:
+        problems.append(
+            f"optim.lr is {lr:g}, the run was started with {saved_lr:g} (to change it on "
+            "purpose, resume with --override, or fit(override=True))"
         )
     if problems:
         raise CheckpointError(

@@ -62,6 +62,9 @@ def _parser() -> argparse.ArgumentParser:
         "it was started with (config.toml). --set train.epochs=N extends it.",
     )
     res.add_argument("run_dir", help="the run directory to continue")
+    res.add_argument(
+        "--override", action="store_true", help="allow a changed learning rate (--set optim.lr=...)"
+    )
     _common(res)
 
     exp = sub.add_parser(
@@ -162,7 +165,10 @@ def cmd_resume(args: argparse.Namespace) -> int:
             fix="give the run directory that `surefit fit` made",
         )
     cfg = _build(config_path.read_text(), run_dir.name, str(config_path), args)
-    cfg = cfg.replace(train={"run_dir": str(run_dir)}, checkpoint={"resume": "must"})
+    cfg = cfg.replace(
+        train={"run_dir": str(run_dir)},
+        checkpoint={"resume": "must", "override": bool(args.override)},
+    )
     return _exit_code(recipes.run(cfg))
 
 

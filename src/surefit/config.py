@@ -143,6 +143,8 @@ class CheckpointConfig:
     keep_last: int = 2  # rolling last-*.pt files kept
     save_best: bool = True  # write best.pt whenever the monitored metric improves
     resume: str = "auto"  # auto: continue a run_dir that holds a checkpoint; never; must
+    every_minutes: float = 0.0  # wall-clock minutes between checkpoints; 0 = off
+    override: bool = False  # allow a resume with a changed learning rate (optim.lr)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -418,6 +420,12 @@ def validate(c: RunConfig) -> None:
         "checkpoint.every_steps",
         c.checkpoint.every_steps,
         "0 (epoch ends) or steps >= 1",
+    )
+    _require(
+        c.checkpoint.every_minutes >= 0,
+        "checkpoint.every_minutes",
+        c.checkpoint.every_minutes,
+        "0 (off) or minutes > 0",
     )
     _require(c.log.every_steps >= 1, "log.every_steps", c.log.every_steps, "steps >= 1")
 

@@ -146,6 +146,7 @@ class Trainer:
         self.last_eval_step = -1
         self.elapsed_s = 0.0  # training seconds of earlier sessions of this run
         self._saved_step = -1
+        self._saved_at = time.perf_counter()  # when the last rolling checkpoint was written
         self.preempted: str | None = None  # the signal that stopped the run, if one did
         bs, acc = cfg.data.batch_size, cfg.train.accumulate
         self.batches_per_epoch = parts.train.num_batches(bs, cfg.data.drop_last)
@@ -274,8 +275,10 @@ class Trainer:
         self.emit("on_step_end")
         if t.eval_every_steps and c.optimizer_step % t.eval_every_steps == 0:
             self._evaluate_and_track()
-        every = self.cfg.checkpoint.every_steps
-        if every and c.optimizer_step % every == 0:
+        every, minutes = self.cfg.checkpoint.every_steps, self.cfg.checkpoint.every_minutes
+        if (every and c.optimizer_step % every == 0) or (
+            minutes and time.perf_counter() - self._saved_at >= 60 * minutes
+        ):
             self.save("last")
         if t.max_steps and c.optimizer_step >= t.max_steps:
             self.request_stop(f"reached max_steps={t.max_steps}")
@@ -389,7 +392,7 @@ class Trainer:
                 self.p.log.console.line(f"warning: checkpoint at step {step} not written: {exc}")
             return None
         if kind == "last":
-            self._saved_step = step
+            self._saved_step, self._saved_at = step, time.perf_counter()
         if self.p.log is not None:
             self.p.log.event(
                 "checkpoint", kind=kind, step=self.counters.optimizer_step, file=path.name

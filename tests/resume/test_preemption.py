@@ -282,3 +282,33 @@ def test_disk_full_during_a_save_keeps_the_previous_checkpoint_and_goes_on(tmp_p
     events = [json.loads(s) for s in (tmp_path / "r" / "events.jsonl").read_text().splitlines()]
     failed = [e for e in events if e["event"] == "checkpoint_failed"]
     assert len(failed) == 1 and failed[0]["step"] == 6 and "No space" in failed[0]["error"]
+
+
+def test_changed_learning_rate_needs_an_explicit_override(tmp_path):
+    x, y = make_classification(96)
+    common = dict(
+        batch_size=16, progress="off", run_dir=tmp_path / "r", device="cpu", schedule="constant"
+    )
+    sf.fit(mlp(), (x, y), epochs=1, lr=1e-2, **common)
+    with pytest.raises(sf.CheckpointError, match="override"):
+        sf.fit(mlp(), (x, y), epochs=2, lr=5e-3, **common)
+    r = sf.fit(mlp(), (x, y), epochs=2, lr=5e-3, override=True, **common)
+    assert r.steps == 12 and r.history[-1]["lr"] == pytest.approx(5e-3)
+    assert '"lr_override"' in (tmp_path / "r" / "events.jsonl").read_text()
+
+
+def test_checkpoint_every_minutes(tmp_path):
+    x, y = make_classification(64)
+    sf.fit(
+        mlp(),
+        (x, y),
+        epochs=1,
+        batch_size=16,
+        progress="off",
+        run_dir=tmp_path / "r",
+        every_minutes=1e-9,
+        keep_last=10,
+        device="cpu",
+    )
+    steps = [e["step"] for e in CheckpointStore(tmp_path / "r" / "checkpoints").latest()]
+    assert steps == [4, 3, 2, 1]  # a minute too short to miss any step

@@ -235,7 +235,7 @@ def test_cli_commands_and_flags_snapshot():
     assert _options(parser) == ["--help", "--version", "-h"]
     assert {name: _options(p) for name, p in sub.choices.items()} == {
         "fit": ["--device", "--help", "--progress", "--run-dir", "--set", "-h", "recipe"],
-        "resume": ["--device", "--help", "--progress", "--set", "-h", "run_dir"],
+        "resume": ["--device", "--help", "--override", "--progress", "--set", "-h", "run_dir"],
         "export": ["--help", "--to", "--which", "-h", "run_dir"],
         "recipes": ["--help", "-h", "action", "name"],
     }
