@@ -312,3 +312,36 @@ def test_checkpoint_every_minutes(tmp_path):
     )
     steps = [e["step"] for e in CheckpointStore(tmp_path / "r" / "checkpoints").latest()]
     assert steps == [4, 3, 2, 1]  # a minute too short to miss any step
+
+
+def test_a_checkpoint_loads_weights_only_in_a_fresh_process(tmp_path):
+    x, y = make_classification(64)
+    sf.fit(
+        mlp(),
+        (x, y),
+        val=(x, y),
+        epochs=1,
+        batch_size=16,
+        progress="off",
+        run_dir=tmp_path / "r",
+        device="cpu",
+    )
+    path = CheckpointStore(tmp_path / "r" / "checkpoints").latest()[0]["file"]
+    code = (
+        "import sys, torch, surefit\n"
+        f"s = torch.load({str(tmp_path / 'r' / 'checkpoints' / path)!r}, weights_only=True)\n"
+        "print(sorted(s), sorted(s['rng']))\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    for part in (
+        "model",
+        "optimizer",
+        "rng",
+        "counters",
+        "schedule",
+        "meta",
+        "python",
+        "numpy_keys",
+    ):
+        assert f"'{part}'" in r.stdout, part
