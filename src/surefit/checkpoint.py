@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import tempfile
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +68,7 @@ class CheckpointStore:
     def __init__(self, folder: Path, keep_last: int = 2) -> None:
         self.folder = folder
         self.keep_last = keep_last
+        self._lock = threading.Lock()
 
     # -- manifest --------------------------------------------------------------------------------
     def manifest(self) -> dict[str, Any]:
@@ -91,6 +93,10 @@ class CheckpointStore:
         name = f"last-{step:09d}.pt" if kind == "last" else "best.pt"
         path = self.folder / name
         atomic_write(path, lambda f: torch.save(state, f))
+        with self._lock:  # the manifest is read, changed and written by one writer at a time
+            return self._record(path, name, kind, step)
+
+    def _record(self, path: Path, name: str, kind: str, step: int) -> Path:
         manifest = self.manifest()
         entries = [e for e in manifest["checkpoints"] if e["file"] != name]
         entries.append({"file": name, "kind": kind, "step": step, "sha256": sha256(path)})

@@ -145,6 +145,7 @@ class CheckpointConfig:
     resume: str = "auto"  # auto: continue a run_dir that holds a checkpoint; never; must
     every_minutes: float = 0.0  # wall-clock minutes between checkpoints; 0 = off
     override: bool = False  # allow a resume with a changed learning rate (optim.lr)
+    async_save: bool = False  # copy state to CPU and write it from a background thread
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -147,6 +147,8 @@ class Trainer:
         self.elapsed_s = 0.0  # training seconds of earlier sessions of this run
         self._saved_step = -1
         self._saved_at = time.perf_counter()  # when the last rolling checkpoint was written
+        self._executor: Any = None  # the background checkpoint writer (async_save)
+        self._pending: list[tuple[int, str, Any]] = []
         self.preempted: str | None = None  # the signal that stopped the run, if one did
         bs, acc = cfg.data.batch_size, cfg.train.accumulate
         self.batches_per_epoch = parts.train.num_batches(bs, cfg.data.drop_last)
@@ -384,24 +386,53 @@ class Trainer:
         if self.p.store is None:
             return None
         step = self.counters.optimizer_step
+        if kind == "last":
+            self._saved_step, self._saved_at = step, time.perf_counter()
+        if self.cfg.checkpoint.async_save:
+            # state copied to CPU now; written by one background thread, in order
+            snapshot = cpu_copy(self.state_dict())
+            self._drain(keep=1)  # at most two snapshots in memory
+            future = self._writer().submit(self.p.store.save, snapshot, step=step, kind=kind)
+            self._pending.append((step, kind, future))
+            return None
         try:
             path = self.p.store.save(self.state_dict(), step=step, kind=kind)
         except OSError as exc:
+            self._saved_step = -1 if kind == "last" else self._saved_step
+            self._record_save(step, kind, None, exc)
+            return None
+        self._record_save(step, kind, path, None)
+        return path
+
+    def _record_save(self, step: int, kind: str, path: Path | None, exc: Exception | None) -> None:
+        if exc is not None:
             if self.p.log is not None:
                 self.p.log.event("checkpoint_failed", kind=kind, step=step, error=str(exc))
                 self.p.log.console.line(f"warning: checkpoint at step {step} not written: {exc}")
-            return None
-        if kind == "last":
-            self._saved_step, self._saved_at = step, time.perf_counter()
-        if self.p.log is not None:
-            self.p.log.event(
-                "checkpoint", kind=kind, step=self.counters.optimizer_step, file=path.name
-            )
+            return
+        if self.p.log is not None and path is not None:
+            self.p.log.event("checkpoint", kind=kind, step=step, file=path.name)
         self.emit("on_checkpoint", path)
-        return path
+
+    def _writer(self) -> Any:
+        if self._executor is None:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self._executor = ThreadPoolExecutor(1, thread_name_prefix="surefit-checkpoint")
+        return self._executor
+
+    def _drain(self, keep: int = 0) -> None:
+        """Wait for background writes until at most ``keep`` are in flight; log their outcome."""
+        while len(self._pending) > keep:
+            step, kind, future = self._pending.pop(0)
+            try:
+                self._record_save(step, kind, future.result(), None)
+            except OSError as exc:
+                self._record_save(step, kind, None, exc)
 
     def restore_best_weights(self) -> bool:
         """Load the best evaluated weights into the model; False when there are none."""
+        self._drain()
         if self.p.store is not None and (self.p.store.folder / "best.pt").exists():
             from .checkpoint import load_file
 
@@ -437,6 +468,9 @@ class Trainer:
             raise
         finally:
             self._console().epoch_end()
+            self._drain()  # every background write is durable before fit returns or raises
+            if self._executor is not None:
+                self._executor.shutdown()
         self.emit("on_fit_end")
 
     @contextlib.contextmanager
@@ -572,3 +606,14 @@ def _params_in_model_order(model: nn.Module, optimizer: torch.optim.Optimizer) -
     ordered = [p for p in model.parameters() if id(p) in in_opt]
     seen = {id(p) for p in ordered}
     return ordered + [p for i, p in in_opt.items() if i not in seen]
+
+
+def cpu_copy(obj: Any) -> Any:
+    """A deep copy of a state dict with every tensor copied to the CPU (for background writes)."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().to("cpu", copy=True)
+    if isinstance(obj, dict):
+        return {k: cpu_copy(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(cpu_copy(v) for v in obj)
+    return obj

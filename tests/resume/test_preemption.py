@@ -345,3 +345,48 @@ def test_a_checkpoint_loads_weights_only_in_a_fresh_process(tmp_path):
         "numpy_keys",
     ):
         assert f"'{part}'" in r.stdout, part
+
+
+def test_async_saving_writes_the_same_checkpoints_and_resumes_exactly(tmp_path):
+    x, y = make_classification(96)
+    common = dict(
+        val=(x[:32], y[:32]),
+        lr=1e-2,
+        batch_size=16,
+        seed=3,
+        progress="off",
+        accumulate=2,
+        epochs=3,
+        device="cpu",
+        checkpoint_every=2,
+        keep_last=20,
+    )
+    sf.fit(mlp(seed=8), (x, y), run_dir=tmp_path / "sync", **common)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        sf.fit(
+            mlp(seed=8),
+            (x, y),
+            run_dir=tmp_path / "async",
+            async_save=True,
+            callbacks=[_Crash(5)],
+            **common,
+        )
+    sf.fit(mlp(seed=1), (x, y), run_dir=tmp_path / "async", async_save=True, **common)
+
+    def entries(run):
+        store = CheckpointStore(tmp_path / run / "checkpoints")
+        return {
+            e["step"]: torch.load(store.folder / e["file"], weights_only=True)
+            for e in store.latest()
+        }
+
+    a, b = entries("sync"), entries("async")
+    assert sorted(a) == sorted(b)
+    for step in a:
+        for part in ("model", "counters"):
+            sa, sb = a[step][part], b[step][part]
+            assert sa.keys() == sb.keys()
+            assert all(
+                torch.equal(sa[k], sb[k]) if isinstance(sa[k], torch.Tensor) else sa[k] == sb[k]
+                for k in sa
+            ), (step, part)
