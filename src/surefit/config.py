@@ -8,8 +8,6 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import tomllib
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -435,12 +433,3 @@ def to_toml(config: RunConfig) -> str:
     import tomli_w
 
     return tomli_w.dumps(config.to_dict())
-
-
-def type_name(annotation: Any) -> str:
-    """Readable name of a field's annotation, for docs and errors."""
-    if isinstance(annotation, str):
-        return annotation
-    if isinstance(annotation, types.UnionType) or typing.get_origin(annotation):
-        return str(annotation)
-    return getattr(annotation, "__name__", str(annotation))

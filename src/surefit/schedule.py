@@ -89,9 +89,6 @@ class Schedule:
         if self.unit == "metric" and value is not None:
             self.scheduler.step(value)
 
-    def lrs(self) -> list[float]:
-        return [g["lr"] for g in self.scheduler.optimizer.param_groups]
-
     def state_dict(self) -> dict[str, Any]:
         return self.scheduler.state_dict()
 
