@@ -199,19 +199,6 @@ def _preflight(trainer: Trainer, parts: Parts) -> None:
         RngState().load_state_dict(rng)
 
 
-def _rescale_lr(optimizer: torch.optim.Optimizer, schedule: Schedule, ratio: float) -> None:
-    """Scale every group's learning rate (and the schedule's bases) after an lr override."""
-    for g in optimizer.param_groups:
-        for key in ("lr", "initial_lr", "max_lr", "min_lr"):
-            if isinstance(g.get(key), float):
-                g[key] *= ratio
-    sched = schedule.scheduler
-    if hasattr(sched, "base_lrs"):
-        sched.base_lrs = [b * ratio for b in sched.base_lrs]
-    if hasattr(sched, "_last_lr"):
-        sched._last_lr = [g["lr"] for g in optimizer.param_groups]
-
-
 def _prepare_run_dir(cfg: RunConfig) -> tuple[Path | None, CheckpointStore | None, bool]:
     """(run_dir, store, resuming) without writing anything yet."""
     if not cfg.train.run_dir:
@@ -481,7 +468,7 @@ class Run:
             trainer.load_state_dict(state)
             saved_lr = state.get("meta", {}).get("config", {}).get("optim", {}).get("lr")
             if self.optimizer is None and saved_lr and saved_lr != c.optim.lr:
-                _rescale_lr(optimizer, parts.schedule, c.optim.lr / saved_lr)
+                parts.schedule.rescale(c.optim.lr / saved_lr)
                 log.event("lr_override", old=saved_lr, new=c.optim.lr)
             console.line(
                 f"resuming {run_dir} from {path.name} (step {trainer.counters.optimizer_step})"

@@ -264,3 +264,14 @@ def load_weights(model: torch.nn.Module, path: str | Path, strict: bool = True) 
             fix="build the model with the same architecture and arguments as the run",
         ) from None
     return model
+
+
+def cpu_copy(obj: Any) -> Any:
+    """A deep copy of a state dict with every tensor copied to the CPU (for background writes)."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().to("cpu", copy=True)
+    if isinstance(obj, dict):
+        return {k: cpu_copy(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(cpu_copy(v) for v in obj)
+    return obj

@@ -22,10 +22,10 @@ import torch
 from torch import nn
 
 from .callbacks import EVENTS, Best, RunView
-from .checkpoint import CheckpointStore
+from .checkpoint import CheckpointStore, cpu_copy
 from .config import RunConfig
 from .errors import DataError
-from .log import RunLog, epoch_line
+from .log import NullConsole, RunLog, epoch_line
 from .precision import Precision
 from .schedule import Schedule
 from .state import Counters, RngState
@@ -289,7 +289,7 @@ class Trainer:
 
     # -- logging -----------------------------------------------------------------------------------
     def _console(self) -> Any:
-        return self.p.log.console if self.p.log is not None else _NullConsole()
+        return self.p.log.console if self.p.log is not None else NullConsole()
 
     def _elapsed(self) -> float:
         return self.elapsed_s + (
@@ -536,14 +536,6 @@ class Trainer:
         return self.cfg.epochs if self.cfg.epochs < (1 << 30) else "?"
 
 
-class _NullConsole:
-    def step(self) -> None: ...
-    def postfix(self, values: dict[str, Any]) -> None: ...
-    def epoch_start(self, *args: Any) -> None: ...
-    def epoch_end(self) -> None: ...
-    def line(self, text: str) -> None: ...
-
-
 def compute_batch(
     net: nn.Module, batch: Any, task: Task, step: StepFn | None
 ) -> tuple[Any, Any, Any]:
@@ -606,14 +598,3 @@ def _params_in_model_order(model: nn.Module, optimizer: torch.optim.Optimizer) -
     ordered = [p for p in model.parameters() if id(p) in in_opt]
     seen = {id(p) for p in ordered}
     return ordered + [p for i, p in in_opt.items() if i not in seen]
-
-
-def cpu_copy(obj: Any) -> Any:
-    """A deep copy of a state dict with every tensor copied to the CPU (for background writes)."""
-    if isinstance(obj, torch.Tensor):
-        return obj.detach().to("cpu", copy=True)
-    if isinstance(obj, dict):
-        return {k: cpu_copy(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(cpu_copy(v) for v in obj)
-    return obj

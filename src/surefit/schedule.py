@@ -89,6 +89,17 @@ class Schedule:
         if self.unit == "metric" and value is not None:
             self.scheduler.step(value)
 
+    def rescale(self, ratio: float) -> None:
+        """Scale every group's learning rate and the schedule's bases (an lr override)."""
+        for g in self.scheduler.optimizer.param_groups:
+            for key in ("lr", "initial_lr", "max_lr", "min_lr"):
+                if isinstance(g.get(key), float):
+                    g[key] *= ratio
+        if hasattr(self.scheduler, "base_lrs"):
+            self.scheduler.base_lrs = [b * ratio for b in self.scheduler.base_lrs]
+        if hasattr(self.scheduler, "_last_lr"):
+            self.scheduler._last_lr = [g["lr"] for g in self.scheduler.optimizer.param_groups]
+
     def state_dict(self) -> dict[str, Any]:
         return self.scheduler.state_dict()
 
