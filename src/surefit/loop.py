@@ -390,8 +390,8 @@ class Trainer:
             self._saved_step, self._saved_at = step, time.perf_counter()
         if self.cfg.checkpoint.async_save:
             # state copied to CPU now; written by one background thread, in order
+            self._drain(keep=1)  # before the copy: at most two snapshots in memory
             snapshot = cpu_copy(self.state_dict())
-            self._drain(keep=1)  # at most two snapshots in memory
             future = self._writer().submit(self.p.store.save, snapshot, step=step, kind=kind)
             self._pending.append((step, kind, future))
             return None
