@@ -153,6 +153,31 @@ class LogConfig:
     loggers: list = field(default_factory=list)  # extra sinks; metrics.jsonl is always written
 
 
+CHECKS = (
+    "probabilities",
+    "initial_loss",
+    "batchnorm_accumulation",
+    "leakage",
+    "unused_parameters",
+    "lr_too_high",
+    "data_wait",
+)
+ROLLBACK_FROM = ("memory", "checkpoint")
+
+
+@dataclass(frozen=True, kw_only=True)
+class HealthConfig:
+    skip_nonfinite: bool = True  # skip optimizer steps whose loss or grad norm is NaN/Inf
+    max_bad_fraction: float = 0.05  # stop when more than this share of steps were skipped
+    spike_threshold: float = 8.0  # a loss this many robust deviations above the median spikes
+    rollback_after: int = 3  # consecutive skipped or spiking steps that roll back; 0 = never
+    max_rollbacks: int = 3  # rollbacks allowed before the run stops with a diagnosis
+    rollback_lr_factor: float = 1.0  # multiply the learning rate by this at each rollback
+    rollback_from: str = "memory"  # one of ROLLBACK_FROM: a snapshot in memory, or checkpoints
+    checks: bool = True  # run the first-step checks (see CHECKS) before training
+    skip_checks: list = field(default_factory=list)  # names from CHECKS to switch off
+
+
 SECTIONS: dict[str, type] = {
     "model": ModelConfig,
     "data": DataConfig,
@@ -162,6 +187,7 @@ SECTIONS: dict[str, type] = {
     "train": TrainConfig,
     "checkpoint": CheckpointConfig,
     "log": LogConfig,
+    "health": HealthConfig,
 }
 META_KEYS = ("name", "description", "reference")  # free-text top-level keys of a recipe
 
@@ -179,6 +205,7 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    health: HealthConfig = field(default_factory=HealthConfig)
 
     @property
     def epochs(self) -> int:
@@ -364,6 +391,20 @@ def validate(c: RunConfig) -> None:
     _choice("train.mode", c.train.mode, MODES)
     _choice("log.progress", c.log.progress, PROGRESS)
     _choice("checkpoint.resume", c.checkpoint.resume, RESUME)
+    _choice("health.rollback_from", c.health.rollback_from, ROLLBACK_FROM)
+    for name in c.health.skip_checks:
+        _choice("health.skip_checks", str(name), CHECKS)
+    h = c.health
+    _require(0 <= h.max_bad_fraction <= 1, "health.max_bad_fraction", h.max_bad_fraction, "[0, 1]")
+    _require(h.spike_threshold > 0, "health.spike_threshold", h.spike_threshold, "a value > 0")
+    _require(h.rollback_after >= 0, "health.rollback_after", h.rollback_after, ">= 0")
+    _require(h.max_rollbacks >= 0, "health.max_rollbacks", h.max_rollbacks, ">= 0")
+    _require(
+        0 < h.rollback_lr_factor <= 1,
+        "health.rollback_lr_factor",
+        h.rollback_lr_factor,
+        "a factor in (0, 1], e.g. 0.5",
+    )
     _require(c.data.batch_size >= 1, "data.batch_size", c.data.batch_size, "an integer >= 1")
     _require(c.data.eval_batch_size >= 0, "data.eval_batch_size", c.data.eval_batch_size, ">= 0")
     _require(

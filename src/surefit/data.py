@@ -119,6 +119,25 @@ class TensorData:
             idx = order[b * batch_size : (b + 1) * batch_size]
             yield tuple(t.index_select(0, idx) for t in self.tensors)
 
+    def sample(self, indices: torch.Tensor, device: torch.device) -> Batch:
+        """The samples at ``indices`` as one batch (to re-examine a skipped window)."""
+        idx = indices.to(self.tensors[0].device)
+        return tuple(t.index_select(0, idx).to(device) for t in self.tensors)
+
+    def window_indices(
+        self, batch_size: int, epoch: int, seed: int, batch0: int, batches: int, drop_last: bool
+    ) -> torch.Tensor:
+        return _window(self, batch_size, epoch, seed, batch0, batches, drop_last)
+
+
+def _window(
+    data: Any, batch_size: int, epoch: int, seed: int, batch0: int, batches: int, drop_last: bool
+) -> torch.Tensor:
+    """Sample indices of ``batches`` shuffled batches from ``batch0`` of an epoch: the data order
+    is a function of (seed, epoch), so a past window is found again without having kept it."""
+    end = min((batch0 + batches) * batch_size, data.num_batches(batch_size, drop_last) * batch_size)
+    return epoch_order(data.num_samples, seed, epoch)[batch0 * batch_size : end]
+
 
 class EpochSampler(Sampler[int]):
     """Yields ``epoch_order`` for the epoch set last, from a start position (for resume)."""
@@ -208,6 +227,18 @@ class DatasetData:
         sampler.set_epoch(epoch, start_batch * batch_size)
         for batch in loader:
             yield _as_batch(to_device(batch, device, non_blocking=device.type == "cuda"))
+
+    def sample(self, indices: torch.Tensor, device: torch.device) -> Batch:
+        """The samples at ``indices`` as one batch (to re-examine a skipped window)."""
+        from torch.utils.data import default_collate
+
+        batch = default_collate([self.dataset[int(i)] for i in indices])
+        return _as_batch(to_device(batch, device))
+
+    def window_indices(
+        self, batch_size: int, epoch: int, seed: int, batch0: int, batches: int, drop_last: bool
+    ) -> torch.Tensor:
+        return _window(self, batch_size, epoch, seed, batch0, batches, drop_last)
 
 
 class LoaderData:

@@ -25,6 +25,7 @@ from .callbacks import EVENTS, Best, RunView
 from .checkpoint import CheckpointStore, cpu_copy
 from .config import RunConfig
 from .errors import DataError
+from .health import Health, _Step, examine_window
 from .log import NullConsole, RunLog, epoch_line
 from .precision import Precision
 from .schedule import Schedule
@@ -67,45 +68,6 @@ class Parts:
     run_dir: Path | None = None
 
 
-class _Accumulators:
-    """Device-side running sums of the unfinished log interval and epoch."""
-
-    def __init__(self, device: torch.device) -> None:
-        self.device = device
-        self.reset_interval()
-        self.reset_epoch()
-
-    def reset_interval(self) -> None:
-        z = torch.zeros((), dtype=torch.float64, device=self.device)
-        self.loss, self.norm, self.norm_max, self.clipped = z, z.clone(), z.clone(), z.clone()
-        self.samples, self.steps, self.t0 = 0, 0, time.perf_counter()
-
-    def reset_epoch(self) -> None:
-        z = torch.zeros((), dtype=torch.float64, device=self.device)
-        self.epoch_loss, self.epoch_norm = z, z.clone()
-        self.epoch_samples, self.epoch_steps, self.epoch_t0 = 0, 0, time.perf_counter()
-
-    def state_dict(self) -> dict[str, Any]:
-        keys = (
-            "loss",
-            "norm",
-            "norm_max",
-            "clipped",
-            "samples",
-            "steps",
-            "epoch_loss",
-            "epoch_norm",
-            "epoch_samples",
-            "epoch_steps",
-        )
-        return {k: getattr(self, k) for k in keys}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        for k, v in state.items():
-            setattr(self, k, v.to(self.device) if isinstance(v, torch.Tensor) else v)
-        self.t0 = self.epoch_t0 = time.perf_counter()
-
-
 class _CallbackStates:
     def __init__(self, callbacks: list[Any]) -> None:
         self.callbacks = callbacks
@@ -139,7 +101,14 @@ class Trainer:
         self.counters = Counters()
         self.best = Best(cfg.train.monitor or "val_loss", cfg.train.mode, cfg.train.min_delta)
         self.history: list[dict[str, Any]] = []
-        self.acc = _Accumulators(self.device)
+        self.health = Health(
+            cfg.health,
+            cfg.train.clip_norm,
+            parts.run_dir,
+            parts.log,
+            enabled_io=parts.log is not None and parts.log.enabled,
+            scaler=parts.precision.scaler is not None,
+        )
         self.view = RunView(self)
         self.stop_reason: str | None = None
         self.best_state: dict[str, torch.Tensor] | None = None
@@ -168,7 +137,7 @@ class Trainer:
             "rng": RngState(),
             "best": self.best,
             "callbacks": _CallbackStates(self.p.callbacks),
-            "accumulators": self.acc,
+            "health": self.health,
         }
         if self.p.log is not None:
             parts["log"] = self.p.log
@@ -216,7 +185,7 @@ class Trainer:
     def compute(self, batch: Any) -> tuple[Any, Any, Any]:
         return compute_batch(self.net, batch, self.p.task, self.p.step)
 
-    def _micro_step(self, batch: Any, divisor: int) -> None:
+    def _micro_step(self, batch: Any, divisor: int) -> torch.Tensor:
         with self.p.precision.autocast():  # 2
             loss, _, _ = self.compute(batch)  # 3
         if not isinstance(loss, torch.Tensor) or loss.dim() != 0:
@@ -227,24 +196,22 @@ class Trainer:
             )
         # the last window of an epoch can be short: divide by its real length
         self.p.precision.backward(loss / divisor)  # 4
-        n = batch_size_of(batch)
-        weighted = loss.detach().double() * n
-        self.acc.loss += weighted
-        self.acc.epoch_loss += weighted
-        self.acc.samples += n
-        self.acc.epoch_samples += n
+        return loss.detach().double() * batch_size_of(batch)
 
-    def _optimizer_step(self, window: list[Any]) -> torch.Tensor:
+    def _optimizer_step(self, window: list[Any]) -> tuple[torch.Tensor, torch.Tensor, bool]:
         t = self.cfg.train
         self.optimizer.zero_grad(set_to_none=True)  # 1
+        loss = None
         for batch in window:  # 2-4
-            self._micro_step(batch, divisor=len(window))
+            weighted = self._micro_step(batch, divisor=len(window))
+            loss = weighted if loss is None else loss + weighted
         norm = self.p.precision.unscale_and_clip(  # 5
             self.optimizer, self.params, t.clip_norm, t.clip_value
         )
-        self.p.precision.step(self.optimizer)  # 6
-        self.p.schedule.after_optimizer_step()  # 7
-        return norm
+        stepped = self.health.step(self.p.precision, self.optimizer, loss, norm)  # 6
+        if stepped:
+            self.p.schedule.after_optimizer_step()  # 7
+        return loss, norm, stepped
 
     def _windows(self, batches: Iterable[Any]) -> Iterator[list[Any]]:
         """Group micro-batches into accumulation windows aligned to the epoch's start."""
@@ -257,20 +224,26 @@ class Trainer:
         if window:
             yield window
 
-    def _after_step(self, window: list[Any], norm: torch.Tensor) -> None:  # 8
-        c, t, a = self.counters, self.cfg.train, self.acc
+    def _after_step(self, window: list[Any], stepped: tuple[Any, Any, bool]) -> None:  # 8
+        c, t = self.counters, self.cfg.train
+        samples = sum(batch_size_of(b) for b in window)
+        loss, norm, applied = stepped
+        self.health.record(
+            _Step(
+                step=c.optimizer_step + 1,
+                epoch=c.epoch,
+                batch0=c.batch_in_epoch,
+                batches=len(window),
+                samples=samples,
+                loss=loss,
+                norm=norm,
+                host_skipped=not applied,
+            )
+        )
         c.optimizer_step += 1
         c.batch_in_epoch += len(window)
         c.micro_batch += len(window)
-        c.samples += sum(batch_size_of(b) for b in window)
-        norm = norm.detach().double()
-        a.norm += norm
-        a.epoch_norm += norm
-        a.epoch_steps += 1
-        a.norm_max = torch.maximum(a.norm_max, norm)
-        if t.clip_norm > 0:
-            a.clipped += (norm > t.clip_norm).double()
-        a.steps += 1
+        c.samples += samples
         self._console().step()
         if c.optimizer_step % self.cfg.log.every_steps == 0:
             self._flush_interval()
@@ -297,31 +270,59 @@ class Trainer:
         )
 
     def _flush_interval(self) -> dict[str, float]:
-        """Read the interval's sums from the device: the log interval's one intended sync."""
-        a = self.acc
-        if a.steps == 0:
+        """Write the log interval's record: the log interval's one intended sync."""
+        self._sync()
+        if not (self.health.interval.steps or self.health.interval.skipped):
             return {}
-        loss, norm, norm_max, clipped = torch.stack(
-            [a.loss, a.norm, a.norm_max, a.clipped]
-        ).tolist()
-        seconds = max(time.perf_counter() - a.t0, 1e-9)
         record = {
             "step": self.counters.optimizer_step,
             "epoch": self.counters.epoch,
-            "train_loss": loss / max(a.samples, 1),
+            **self.health.interval_record(),
             "lr": self.optimizer.param_groups[0]["lr"],
-            "grad_norm": norm / a.steps,
-            "grad_norm_max": norm_max,
-            "samples_per_s": a.samples / seconds,
-            "steps_per_s": a.steps / seconds,
         }
-        if self.cfg.train.clip_norm > 0:
-            record["clip_fraction"] = clipped / a.steps
         if self.p.log is not None:
             self.p.log.metric(record)
             self._console().postfix({"loss": record["train_loss"], "lr": record["lr"]})
-        a.reset_interval()
         return record
+
+    def _sync(self) -> None:
+        """Read the pending steps and act on what health decides (at log, eval and save)."""
+        actions = self.health.sync(self._examine)
+        self.p.schedule.rewind(actions["rewind"])
+        if actions["rollback"]:
+            saved = None
+            if self.cfg.health.rollback_from == "checkpoint" and self.p.store is not None:
+                self._drain()
+                saved = self.p.store.load_latest()[0] if self.p.store.has_checkpoint() else None
+            if self.health.rollback(self._rollback_parts(), saved, actions["rollback"]):
+                if self.cfg.health.rollback_lr_factor != 1:
+                    self.p.schedule.rescale(self.cfg.health.rollback_lr_factor)
+                self._console().line(f"rolled back: {actions['rollback']}")
+            else:
+                actions["stop"] = f"diverged ({actions['rollback']}) with no state to roll back to"
+        if actions["stop"]:
+            self._console().line(f"stopping: {actions['stop']}")
+            if self.p.log is not None:
+                self.p.log.event("health_stop", why=actions["stop"])
+            self.request_stop(actions["stop"])
+        self.health.take_snapshot(self._rollback_parts())
+
+    def _rollback_parts(self) -> dict[str, Any]:
+        return {
+            "model": self.model,
+            "optimizer": self.optimizer,
+            "schedule": self.p.schedule,
+            "precision": self.p.precision,
+        }
+
+    def _examine(self, p: _Step, origin: bool) -> dict[str, Any]:
+        def loss_of(batch: Any) -> Any:
+            with self.p.precision.autocast():
+                return self.compute(batch)[0]
+
+        d = self.cfg.data
+        where = (d.batch_size, p.epoch, self.cfg.train.seed, p.batch0, p.batches, d.drop_last)
+        return examine_window(self.net, self.p.train, where, loss_of, self.device, origin)
 
     # -- evaluation --------------------------------------------------------------------------------
     def evaluate(self, data: Any, prefix: str = "val") -> dict[str, float]:
@@ -340,13 +341,10 @@ class Trainer:
         )
 
     def _evaluate_and_track(self) -> dict[str, float]:
-        c, a = self.counters, self.acc
+        c = self.counters
+        self._sync()
         record: dict[str, Any] = {"epoch": c.epoch, "step": c.optimizer_step}
-        if a.epoch_samples:
-            loss, norm = torch.stack([a.epoch_loss, a.epoch_norm]).tolist()  # evaluation's sync
-            record["train_loss"] = loss / a.epoch_samples
-            record["grad_norm"] = norm / max(a.epoch_steps, 1)
-            record["samples_per_s"] = a.epoch_samples / max(time.perf_counter() - a.epoch_t0, 1e-9)
+        record.update(self.health.epoch_record())
         if self.p.val is not None:
             record.update(self.evaluate(self.p.val, "val"))
         record["lr"] = self.optimizer.param_groups[0]["lr"]
@@ -385,6 +383,7 @@ class Trainer:
         at the next save."""
         if self.p.store is None:
             return None
+        self._sync()  # the checkpoint holds host state only
         step = self.counters.optimizer_step
         if kind == "last":
             self._saved_step, self._saved_at = step, time.perf_counter()
@@ -447,6 +446,7 @@ class Trainer:
     def fit(self) -> None:
         """Train until epochs, max_steps, max_time_s or a callback stops the run."""
         self._t_start = time.perf_counter()
+        self.health.take_snapshot(self._rollback_parts())
         self.net.train()
         self.emit("on_fit_start")
         try:
@@ -502,8 +502,6 @@ class Trainer:
 
     def _train_epoch(self) -> None:
         c, cfg = self.counters, self.cfg
-        if c.batch_in_epoch == 0:
-            self.acc.reset_epoch()
         self.emit("on_epoch_start")
         done = c.batch_in_epoch // cfg.train.accumulate
         self._console().epoch_start(c.epoch, self.steps_per_epoch, done)
@@ -517,8 +515,7 @@ class Trainer:
             device=self.device,
         )
         for window in self._windows(batches):
-            norm = self._optimizer_step(window)
-            self._after_step(window, norm)
+            self._after_step(window, self._optimizer_step(window))
             if self.stop_reason is not None:
                 self._console().epoch_end()
                 return  # mid-epoch stop: the counters keep the position for a resume

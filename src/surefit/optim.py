@@ -90,7 +90,7 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer
     for g in groups:
         g.pop("names")
     impl = {}
-    if cfg.implementation == "fused":
+    if cfg.implementation == "fused" or (cfg.implementation == "auto" and _fusable(model, cfg)):
         impl = {"fused": True}
     elif cfg.implementation == "foreach":
         impl = {"foreach": True}
@@ -121,6 +121,21 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer
     if name == "adagrad":
         return o.Adagrad(groups, lr=cfg.lr, eps=cfg.eps, **impl)
     raise ConfigError(f"unknown optimizer '{name}'", where="optim.name", fix="see OPTIMIZERS")
+
+
+FUSED = ("sgd", "adam", "adamw", "adagrad")  # torch optimizers with a fused implementation
+
+
+def _fusable(model: nn.Module, cfg: OptimConfig) -> bool:
+    """Fused where torch has it for these parameters: fewer kernels per step, and it can skip a
+    non-finite step on the device (found_inf), so the health guard needs no per-step host read."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    return (
+        cfg.name in FUSED
+        and bool(params)
+        and all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params)
+        and len({p.device for p in params}) == 1
+    )
 
 
 def _no_fused(impl: dict[str, Any], name: str) -> dict[str, Any]:

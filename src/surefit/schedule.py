@@ -10,6 +10,7 @@ recursive drift).
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -88,6 +89,25 @@ class Schedule:
     def after_eval(self, value: float | None) -> None:
         if self.unit == "metric" and value is not None:
             self.scheduler.step(value)
+
+    def rewind(self, steps: int) -> None:
+        """Undo ``steps`` per-batch steps: optimizer steps skipped on the device are known only
+        at the next sync point, after the scheduler already moved for them."""
+        if self.unit != "step" or steps <= 0:
+            return
+        s = self.scheduler
+        s.last_epoch = max(s.last_epoch - steps, 0)
+        if hasattr(s, "lr_lambdas"):  # LambdaLR: our closed-form schedules
+            lrs = [base * f(s.last_epoch) for f, base in zip(s.lr_lambdas, s.base_lrs, strict=True)]
+        elif hasattr(s, "_get_closed_form_lr"):
+            lrs = s._get_closed_form_lr()
+        else:  # OneCycleLR computes from last_epoch alone
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                lrs = s.get_lr()
+        for group, lr in zip(s.optimizer.param_groups, lrs, strict=True):
+            group["lr"] = lr
+        s._last_lr = [g["lr"] for g in s.optimizer.param_groups]
 
     def rescale(self, ratio: float) -> None:
         """Scale every group's learning rate and the schedule's bases (an lr override)."""

@@ -25,7 +25,7 @@ class Counters:
     """Where the run is: each count names its unit."""
 
     epoch: int = 0  # epochs finished
-    optimizer_step: int = 0  # optimizer updates applied, all epochs
+    optimizer_step: int = 0  # optimizer steps taken, all epochs (skipped non-finite ones included)
     batch_in_epoch: int = 0  # micro-batches consumed in the current epoch
     micro_batch: int = 0  # forward/backward passes, all epochs
     samples: int = 0  # training samples seen, all epochs

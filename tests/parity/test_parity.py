@@ -57,7 +57,7 @@ def test_fit_equals_hand_written_loop_bitwise(name):
             batch_size=32,
             seed=7,
         )
-        make = lambda m: torch.optim.SGD(m.parameters(), lr=0.1, momentum=0.9)
+        make = lambda m: torch.optim.SGD(m.parameters(), lr=0.1, momentum=0.9, fused=True)
     else:
         _fit(
             a,
@@ -71,7 +71,7 @@ def test_fit_equals_hand_written_loop_bitwise(name):
             batch_size=32,
             seed=7,
         )
-        make = lambda m: torch.optim.AdamW(m.parameters(), lr=1e-2, weight_decay=0.0)
+        make = lambda m: torch.optim.AdamW(m.parameters(), lr=1e-2, weight_decay=0.0, fused=True)
     hand_loop(b, x, y, epochs=3, batch_size=32, seed=7, make_opt=make)
     for (name_a, pa), (_, pb) in zip(a.named_parameters(), b.named_parameters(), strict=True):
         assert torch.equal(pa, pb), name_a
@@ -97,7 +97,7 @@ def test_parity_with_weight_decay_groups_and_clipping():
         decay = [p for p in m.parameters() if p.ndim > 1]
         no_decay = [p for p in m.parameters() if p.ndim <= 1]
         groups = [{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}]
-        return torch.optim.AdamW(groups, lr=1e-2)
+        return torch.optim.AdamW(groups, lr=1e-2, fused=True)
 
     hand_loop(b, x, y, epochs=2, batch_size=16, seed=3, make_opt=make, clip=0.5)
     for pa, pb in zip(a.parameters(), b.parameters(), strict=True):
@@ -124,7 +124,7 @@ def test_short_last_window_divides_by_its_real_size():
         optimizer="sgd", lr=0.3, weight_decay=0.0, momentum=0.0, clip_norm=None, epochs=1, seed=0
     )
     _fit(a, x, y, batch_size=8, accumulate=4, **common)
-    make = lambda m: torch.optim.SGD(m.parameters(), lr=0.3)
+    make = lambda m: torch.optim.SGD(m.parameters(), lr=0.3, fused=True)
     hand_loop(b, x, y, epochs=1, batch_size=8, seed=0, make_opt=make, accumulate=4)
     for pa, pb in zip(a.parameters(), b.parameters(), strict=True):
         assert torch.equal(pa, pb)

@@ -1,0 +1,431 @@
+"""Training health: non-finite steps skipped, bad samples quarantined, the NaN's origin found,
+loss spikes rolled back, and the per-step statistics behind the logs.
+
+The skip decision stays on the device where torch lets it: a fused optimizer takes a
+``found_inf`` flag (the mechanism GradScaler uses) and leaves weights, moments and its step count
+untouched when it is set, so the normal path has no per-step host read. Other optimizers cannot
+skip on the device; for them the guard reads one flag per optimizer step (on CPU this is a plain
+memory read, about a microsecond; on CUDA it is a sync, the one GradScaler's fp16 path makes too).
+Everything else — which step was bad, the quarantine, spikes, rollbacks, the learning-rate
+schedule rewound over device-skipped steps — is decided on the host at the next sync point (log
+interval, evaluation, checkpoint), from the per-step values kept on the device until then.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .checkpoint import cpu_copy
+from .config import HealthConfig
+from .log import JsonlSink
+from .state import RngState
+
+SPIKE_WINDOW = 64  # accepted step losses the spike detector's median and MAD look back over
+SPIKE_MIN_HISTORY = 16  # no spike is called before this many accepted steps
+MAX_EXAMINED = 4096  # samples of a bad window checked one by one
+
+
+@dataclass
+class _Step:
+    """What the host knows of one optimizer step before the next sync point."""
+
+    step: int
+    epoch: int
+    batch0: int  # first micro-batch of the window, within the epoch
+    batches: int
+    samples: int
+    loss: torch.Tensor  # the window's sum of loss x samples, float64, on the device
+    norm: torch.Tensor  # pre-clip global gradient norm, on the device
+    host_skipped: bool  # the step was skipped by a host read (the schedule did not move)
+
+
+@dataclass
+class _Sums:
+    """Host sums of accepted steps over a log interval or an epoch."""
+
+    loss: float = 0.0
+    samples: int = 0
+    steps: int = 0
+    skipped: int = 0
+    norm: float = 0.0
+    norm_max: float = 0.0
+    clipped: int = 0
+    norms: list[float] = field(default_factory=list)  # epoch sums only: for percentiles
+    t0: float = field(default_factory=time.perf_counter)
+
+    def add(self, loss: float, samples: int, norm: float, clipped: bool, keep: bool) -> None:
+        self.loss += loss
+        self.samples += samples
+        self.steps += 1
+        self.norm += norm
+        self.norm_max = max(self.norm_max, norm)
+        self.clipped += int(clipped)
+        if keep:
+            self.norms.append(norm)
+
+    def state(self) -> dict[str, Any]:
+        return {k: v for k, v in vars(self).items() if k != "t0"}
+
+
+def _finite(*values: float) -> bool:
+    return all(math.isfinite(v) for v in values)
+
+
+def _nonfinite(obj: Any) -> bool:
+    """True when a tensor (or any tensor inside a tuple, list or dict) holds NaN or Inf."""
+    if isinstance(obj, torch.Tensor):
+        return obj.is_floating_point() and not bool(torch.isfinite(obj).all())
+    if isinstance(obj, (tuple, list)):
+        return any(_nonfinite(o) for o in obj)
+    if isinstance(obj, dict):
+        return any(_nonfinite(o) for o in obj.values())
+    return False
+
+
+class Health:
+    """Guards the optimizer step and keeps the per-step statistics; one per run."""
+
+    def __init__(
+        self,
+        cfg: HealthConfig,
+        clip_norm: float,
+        run_dir: Path | None = None,
+        log: Any = None,
+        enabled_io: bool = True,
+        scaler: bool = False,
+    ) -> None:
+        self.cfg, self.clip_norm, self.log, self.scaler = cfg, clip_norm, log, scaler
+        self.pending: list[_Step] = []
+        self.interval, self.epoch = _Sums(), _Sums()
+        self.epoch_index = -1
+        self.recent: deque[float] = deque(maxlen=SPIKE_WINDOW)
+        self.run_length = 0  # consecutive skipped or spiking steps
+        self.steps = self.skipped = self.scaler_skips = self.spikes = self.rollbacks = 0
+        self.origin_reported = False
+        path = run_dir / "quarantine.jsonl" if run_dir is not None and enabled_io else None
+        self.quarantine = JsonlSink(path) if path is not None else None
+        self.snapshot: dict[str, Any] | None = None
+
+    # -- the hot path ------------------------------------------------------------------------------
+    def step(self, precision: Any, optimizer: torch.optim.Optimizer, loss: Any, norm: Any) -> bool:
+        """The optimizer step unless the loss or the grad norm is non-finite.
+
+        Returns False only when the host skipped the step (the schedule must not move); a step
+        skipped on the device returns True and the schedule is rewound at the next sync point.
+        """
+        if not self.cfg.skip_nonfinite or loss is None or precision.scaler is not None:
+            precision.step(optimizer)  # fp16: GradScaler skips inf/NaN gradients itself
+            return True
+        bad = torch.isfinite(loss + norm).logical_not_()
+        if optimizer.defaults.get("fused"):
+            optimizer.grad_scale, optimizer.found_inf = None, bad.float()  # GradScaler's protocol
+            try:
+                optimizer.step()
+            finally:
+                del optimizer.grad_scale, optimizer.found_inf
+            return True
+        if bool(bad):  # the documented per-step read: this optimizer cannot skip on the device
+            return False
+        optimizer.step()
+        return True
+
+    def record(self, step: _Step) -> None:
+        self.pending.append(step)
+
+    # -- sync points -------------------------------------------------------------------------------
+    def sync(
+        self, examine: Callable[[_Step, bool], dict[str, Any]] | None = None
+    ) -> dict[str, Any]:
+        """Read the pending steps (one host read) and decide; returns what the loop must do:
+        ``rewind`` schedule steps, ``rollback`` (a reason) and ``stop`` (a reason)."""
+        actions: dict[str, Any] = {"rewind": 0, "rollback": "", "stop": ""}
+        if not self.pending:
+            return actions
+        values = torch.stack([x for p in self.pending for x in (p.loss, p.norm.double())]).tolist()
+        pending, self.pending = self.pending, []
+        for i, p in enumerate(pending):
+            loss, norm = values[2 * i], values[2 * i + 1]
+            self.steps += 1
+            if p.epoch != self.epoch_index:
+                self.epoch, self.epoch_index = _Sums(), p.epoch
+            if _finite(loss, norm):
+                self._accept(p, loss, norm)
+            else:
+                self._reject(p, loss, norm, examine, actions)
+            if self.cfg.rollback_after and self.run_length >= self.cfg.rollback_after:
+                self.run_length = 0
+                if not actions["rollback"]:
+                    actions["rollback"] = f"{self.cfg.rollback_after} bad or spiking steps in a row"
+        self._check_limits(actions)
+        return actions
+
+    def _accept(self, p: _Step, loss: float, norm: float) -> None:
+        clipped = self.clip_norm > 0 and norm > self.clip_norm
+        for sums in (self.interval, self.epoch):
+            sums.add(loss, p.samples, norm, clipped, keep=sums is self.epoch)
+        mean = loss / max(p.samples, 1)
+        if self._is_spike(mean):
+            self.spikes += 1
+            self.run_length += 1
+            self._event("spike", step=p.step, loss=mean, median=statistics.median(self.recent))
+        else:
+            self.run_length = 0
+            self.recent.append(mean)
+
+    def _is_spike(self, loss: float) -> bool:
+        if len(self.recent) < SPIKE_MIN_HISTORY:
+            return False
+        med = statistics.median(self.recent)
+        mad = statistics.median(abs(x - med) for x in self.recent)
+        scale = max(1.4826 * mad, 1e-3 * abs(med), 1e-12)
+        return loss > med + self.cfg.spike_threshold * scale
+
+    def _reject(
+        self, p: _Step, loss: float, norm: float, examine: Any, actions: dict[str, Any]
+    ) -> None:
+        which = "+".join(n for n, v in (("loss", loss), ("grad", norm)) if not math.isfinite(v))
+        if self.scaler and which == "grad":  # an fp16 overflow: GradScaler skipped and rescales
+            self.scaler_skips += 1
+            actions["rewind"] += 1
+            return
+        self.run_length += 1
+        if not (self.cfg.skip_nonfinite or self.scaler):
+            self._event("nonfinite", step=p.step, bad=which, grad_norm=norm, applied=True)
+            return
+        for sums in (self.interval, self.epoch):
+            sums.skipped += 1
+        self.skipped += 1
+        if not p.host_skipped:
+            actions["rewind"] += 1
+        record: dict[str, Any] = {
+            "epoch": p.epoch,
+            "step": p.step,
+            "batch": p.batch0,
+            "batches": p.batches,
+            "bad": which,
+            "grad_norm": norm,
+        }
+        if examine is not None:
+            record.update(examine(p, not self.origin_reported))
+        if "origin" in record:
+            self.origin_reported = True
+            self._event("nan_origin", step=p.step, **record["origin"])
+        if self.quarantine is not None:
+            self.quarantine.write(record)
+        self._event("skip", step=p.step, bad=which, grad_norm=norm)
+
+    def _check_limits(self, actions: dict[str, Any]) -> None:
+        frac = self.cfg.max_bad_fraction
+        if self.skipped >= 10 and self.skipped > frac * self.steps:
+            actions["stop"] = (
+                f"{self.skipped} of {self.steps} steps had a non-finite loss or gradient "
+                f"(more than health.max_bad_fraction={frac:g}); see quarantine.jsonl and the "
+                "nan_origin event for where it starts"
+            )
+        if actions["rollback"] and self.rollbacks >= self.cfg.max_rollbacks:
+            actions["stop"] = actions["stop"] or (
+                f"training diverged again after {self.rollbacks} rollback(s) "
+                f"({actions['rollback']}); lower optim.lr, or set health.rollback_lr_factor "
+                "below 1 (e.g. 0.5) so that each rollback also lowers it"
+            )
+            actions["rollback"] = ""
+
+    def _event(self, event: str, **fields: Any) -> None:
+        if self.log is not None:
+            self.log.event(event, **fields)
+
+    # -- rollback ----------------------------------------------------------------------------------
+    def take_snapshot(self, parts: dict[str, Any]) -> None:
+        """Remember the state to roll back to, when the run is healthy (memory mode only)."""
+        if self.cfg.rollback_after and self.cfg.rollback_from == "memory" and not self.run_length:
+            self.snapshot = cpu_copy({k: v.state_dict() for k, v in parts.items()})
+
+    def rollback(self, parts: dict[str, Any], saved: dict[str, Any] | None, why: str) -> bool:
+        """Load the last good state into ``parts``; False when there is none."""
+        state = self.snapshot if self.cfg.rollback_from == "memory" else saved
+        if state is None:
+            return False
+        for name, part in parts.items():
+            if name in state:
+                part.load_state_dict(state[name])
+        self.rollbacks += 1  # the spike history is kept: it describes the healthy run
+        self._event(
+            "rollback",
+            why=why,
+            rollbacks=self.rollbacks,
+            lr_factor=self.cfg.rollback_lr_factor,
+        )
+        return True
+
+    # -- records -----------------------------------------------------------------------------------
+    def interval_record(self) -> dict[str, float]:
+        """The log interval's values; resets the interval."""
+        s = self.interval
+        seconds = max(time.perf_counter() - s.t0, 1e-9)
+        record = {
+            "train_loss": s.loss / s.samples if s.samples else float("nan"),
+            "grad_norm": s.norm / s.steps if s.steps else float("nan"),
+            "grad_norm_max": s.norm_max,
+            "samples_per_s": s.samples / seconds,
+            "steps_per_s": (s.steps + s.skipped) / seconds,
+        }
+        if self.clip_norm > 0:
+            record["clip_fraction"] = s.clipped / max(s.steps, 1)
+        if s.skipped:
+            record["skipped_steps"] = s.skipped
+        self.interval = _Sums()
+        return record
+
+    def epoch_record(self) -> dict[str, float]:
+        """The unfinished or finished epoch's values so far (for the evaluation record)."""
+        s = self.epoch
+        if not s.samples:
+            return {}
+        record = {
+            "train_loss": s.loss / s.samples,
+            "grad_norm": s.norm / max(s.steps, 1),
+            "samples_per_s": s.samples / max(time.perf_counter() - s.t0, 1e-9),
+        }
+        if s.norms:
+            q = sorted(s.norms)
+            for pct in (50, 90, 99):
+                record[f"grad_norm_p{pct}"] = q[min(len(q) - 1, int(len(q) * pct / 100))]
+        if self.clip_norm > 0:
+            record["clip_fraction"] = s.clipped / max(s.steps, 1)
+        if s.skipped:
+            record["skipped_steps"] = s.skipped
+        return record
+
+    def counts(self) -> dict[str, int]:
+        return {
+            "skipped_steps": self.skipped,
+            "spikes": self.spikes,
+            "rollbacks": self.rollbacks,
+        }
+
+    # -- state -------------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """Host state only: the loop syncs (empties ``pending``) before it saves."""
+        return {
+            "interval": self.interval.state(),
+            "epoch": self.epoch.state(),
+            "epoch_index": self.epoch_index,
+            "recent": list(self.recent),
+            "run_length": self.run_length,
+            "counts": [self.steps, self.skipped, self.scaler_skips, self.spikes, self.rollbacks],
+            "origin_reported": self.origin_reported,
+            "quarantine": self.quarantine.state_dict() if self.quarantine else {"lines": 0},
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.interval, self.epoch = _Sums(**state["interval"]), _Sums(**state["epoch"])
+        self.epoch_index = int(state["epoch_index"])
+        self.recent = deque((float(x) for x in state["recent"]), maxlen=SPIKE_WINDOW)
+        self.run_length = int(state["run_length"])
+        counts = [int(c) for c in state["counts"]]
+        self.steps, self.skipped, self.scaler_skips, self.spikes, self.rollbacks = counts
+        self.origin_reported = bool(state["origin_reported"])
+        if self.quarantine is not None:
+            self.quarantine.load_state_dict(state["quarantine"])
+
+
+# -- finding the bad samples and where the NaN started -----------------------------------------
+def examine_window(
+    net: nn.Module,
+    data: Any,
+    where: tuple[int, int, int, int, int, bool],
+    loss_of: Callable[[Any], Any],
+    device: torch.device,
+    origin: bool,
+) -> dict[str, Any]:
+    """Sample indices of a skipped window, the bad ones among them, and (when ``origin``) where
+    the NaN started, by replaying the window's samples. ``where`` is (batch_size, epoch, seed,
+    first batch, batches, drop_last). Possible where the data path knows sample indices (not a
+    user's DataLoader: there the quarantine records the batch position only)."""
+    if not hasattr(data, "window_indices"):
+        return {}
+    idx = data.window_indices(*where)
+    found: dict[str, Any] = {"indices": idx.tolist()}
+    found["bad_samples"] = replay(
+        net, lambda: examine_samples(idx, lambda i: data.sample(i, device), loss_of)
+    )
+    if origin:
+        batch = data.sample(idx, device)
+        found["origin"] = replay(net, lambda: nan_origin(net, batch, loss_of))
+    return found
+
+
+def examine_samples(
+    indices: torch.Tensor, sample: Callable[[torch.Tensor], Any], loss_of: Callable[[Any], Any]
+) -> list[int]:
+    """Indices of the samples that are themselves bad: non-finite inputs or targets, or a
+    non-finite loss when the sample is alone in a batch (eval mode, no gradients)."""
+    bad = []
+    for i in indices[:MAX_EXAMINED].tolist():
+        batch = sample(torch.tensor([i]))
+        if _nonfinite(batch):
+            bad.append(int(i))
+            continue
+        loss = loss_of(batch)
+        if isinstance(loss, torch.Tensor) and not bool(torch.isfinite(loss).all()):
+            bad.append(int(i))
+    return bad
+
+
+def nan_origin(net: nn.Module, batch: Any, loss_of: Callable[[Any], Any]) -> dict[str, Any]:
+    """Replay one batch with forward hooks: the first module whose output is non-finite, and
+    whether its inputs (or the data) or its own weights already were."""
+    if _nonfinite(batch):
+        return {"module": "<data>", "inputs_nonfinite": True, "weights_nonfinite": False}
+    found: list[dict[str, Any]] = []
+
+    def hook(name: str) -> Any:
+        def fn(module: nn.Module, inputs: Any, output: Any) -> None:
+            if not found and _nonfinite(output):
+                weights = any(_nonfinite(p) for p in module.parameters(recurse=False))
+                found.append(
+                    {
+                        "module": name or type(module).__name__,
+                        "type": type(module).__name__,
+                        "inputs_nonfinite": _nonfinite(inputs),
+                        "weights_nonfinite": weights,
+                    }
+                )
+
+        return fn
+
+    handles = [m.register_forward_hook(hook(n)) for n, m in net.named_modules()]
+    try:
+        loss = loss_of(batch)
+    finally:
+        for h in handles:
+            h.remove()
+    if found:
+        return found[0]
+    if isinstance(loss, torch.Tensor) and not bool(torch.isfinite(loss).all()):
+        return {"module": "<loss>", "inputs_nonfinite": False, "weights_nonfinite": False}
+    return {"module": "<backward>", "inputs_nonfinite": False, "weights_nonfinite": False}
+
+
+def replay(net: nn.Module, fn: Callable[[], Any]) -> Any:
+    """Run ``fn`` in eval mode without gradients, leaving the RNG and the module modes as they
+    were, so that looking at a batch changes nothing the run will do next."""
+    rng = RngState().state_dict()
+    was_training = net.training
+    net.eval()
+    try:
+        with torch.no_grad():
+            return fn()
+    finally:
+        net.train(was_training)
+        RngState().load_state_dict(rng)

@@ -1,0 +1,218 @@
+"""Faults injected into tiny real runs: skipped, quarantined, traced, rolled back."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import surefit as sf
+from tests.conftest import make_classification, mlp
+
+
+def _lines(path):
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def _events(run_dir, name):
+    return [e for e in _lines(run_dir / "events.jsonl") if e["event"] == name]
+
+
+def _finite(model):
+    return all(bool(torch.isfinite(p).all()) for p in model.parameters())
+
+
+def _fit(model, train, run_dir, **kw):
+    options = dict(
+        epochs=2, batch_size=16, progress="off", run_dir=str(run_dir), log_every=5, seed=0
+    )
+    options.update(kw)
+    return sf.fit(model, train, **options)
+
+
+@pytest.mark.parametrize("optimizer", ["adamw", "radam"])  # fused (device skip), host read
+def test_nan_inputs_are_skipped_and_exactly_the_bad_samples_quarantined(tmp_path, optimizer):
+    x, y = make_classification(256)
+    x[5, 2] = float("nan")
+    x[77, 0] = float("inf")
+    model = mlp()
+    r = _fit(model, (x, y), tmp_path, optimizer=optimizer)
+    assert _finite(model)
+    quarantine = _lines(tmp_path / "quarantine.jsonl")
+    assert len(quarantine) == 4  # two bad samples, two epochs
+    assert {i for q in quarantine for i in q["bad_samples"]} == {5, 77}
+    for q in quarantine:
+        assert set(q["bad_samples"]) <= set(q["indices"]) and len(q["indices"]) == 16
+        assert q["bad"] in ("loss+grad", "grad")  # tanh(inf) is finite, its gradient is not
+    origin = _events(tmp_path, "nan_origin")
+    assert len(origin) == 1 and origin[0]["module"] == "<data>"
+    assert sum(h.get("skipped_steps", 0) for h in r.history) == 4
+    assert r.best_metrics["val_loss" if "val_loss" in r.best_metrics else "train_loss"] < 2
+
+
+def test_skipped_step_leaves_weights_and_optimizer_untouched():
+    """A run whose last batch is bad ends exactly as the clean run that stops before it."""
+    from torch.utils.data import DataLoader, TensorDataset
+
+    x, y = make_classification(64)
+    bad = x.clone()
+    bad[60, 0] = float("nan")  # in the last of four batches
+    clean_model, bad_model = mlp(), mlp()
+    kw = dict(epochs=2, progress="off", schedule="constant")
+    sf.fit(clean_model, DataLoader(TensorDataset(x[:48], y[:48]), batch_size=16), **kw)
+    sf.fit(bad_model, DataLoader(TensorDataset(bad, y), batch_size=16), **kw)
+    for a, b in zip(clean_model.parameters(), bad_model.parameters(), strict=True):
+        assert torch.equal(a, b)
+
+
+def test_huge_targets_are_skipped(tmp_path):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(128, 8, generator=g)
+    y = x.sum(1, keepdim=True)
+    y[9] = 1e30  # squared error overflows float32
+    model = nn.Linear(8, 1)
+    _fit(model, (x, y), tmp_path, task="regression", epochs=1)
+    assert _finite(model)
+    quarantine = _lines(tmp_path / "quarantine.jsonl")
+    assert [q["bad_samples"] for q in quarantine] == [[9]]
+
+
+def test_a_loss_that_returns_inf(tmp_path):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(128, 8, generator=g)
+    y = x.sum(1, keepdim=True)
+    y[[3, 40]] = -12345.0  # a marker the loss turns into Inf
+
+    def loss(out, target):
+        return F.mse_loss(out, target) + torch.where((target == -12345).any(), torch.inf, 0.0)
+
+    model = nn.Linear(8, 1)
+    _fit(model, (x, y), tmp_path, loss=loss, epochs=1)
+    assert _finite(model)
+    quarantine = _lines(tmp_path / "quarantine.jsonl")
+    assert sorted(i for q in quarantine for i in q["bad_samples"]) == [3, 40]
+    assert all(q["bad"].startswith("loss") for q in quarantine)
+    origin = _events(tmp_path, "nan_origin")
+    assert origin[0]["module"] == "<loss>"
+
+
+class Poison(nn.Module):
+    """Turns a row into NaN when its first input is the marker 99."""
+
+    def forward(self, x):
+        return torch.where((x[:, :1] == 99), torch.full_like(x, float("nan")), x)
+
+
+def test_nan_origin_names_the_layer(tmp_path):
+    x, y = make_classification(128)
+    x[21, 0] = 99.0
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 8), nn.Identity(), nn.Tanh(), nn.Linear(8, 3))
+    model[1] = Poison()  # after the first layer: its input is finite, its output is not
+    model[0].weight.data[0].zero_()
+    model[0].bias.data[0] = 0.0
+    with torch.no_grad():
+        model[0].weight[0, 0] = 1.0  # row 0 of the first layer passes input 0 through
+    model[0].weight.requires_grad_(False)
+    model[0].bias.requires_grad_(False)
+    _fit(model, (x, y), tmp_path, epochs=1)
+    origin = _events(tmp_path, "nan_origin")
+    assert len(origin) == 1
+    assert origin[0]["module"] == "1" and origin[0]["type"] == "Poison"
+    assert origin[0]["inputs_nonfinite"] is False and origin[0]["weights_nonfinite"] is False
+    assert [q["bad_samples"] for q in _lines(tmp_path / "quarantine.jsonl")] == [[21]]
+    assert _finite(model)
+
+
+def test_too_many_bad_batches_stop_the_run(tmp_path):
+    x, y = make_classification(512)
+    x[::3, 1] = float("nan")  # a third of the samples: nearly every batch
+    r = _fit(model := mlp(), (x, y), tmp_path, epochs=3)
+    assert "max_bad_fraction" in r.stop_reason
+    assert _events(tmp_path, "health_stop")
+    assert _finite(model)
+
+
+def test_skipped_steps_do_not_move_the_schedule(tmp_path):
+    x, y = make_classification(128)
+    x[[0, 1, 2]] = float("nan")
+    model = mlp()
+    opt = torch.optim.AdamW(model.parameters(), lr=0.01, fused=True)
+    r = _fit(model, (x, y), tmp_path, optimizer=opt, schedule="warmup_cosine", epochs=1)
+    skipped = len(_lines(tmp_path / "quarantine.jsonl"))
+    assert skipped >= 1
+    from surefit.schedule import WarmupCosine
+
+    total, warm = 8, round(0.05 * 8)
+    applied = 8 - skipped
+    expect = 0.01 * WarmupCosine(warm, total, 0.1)(applied)
+    assert opt.param_groups[0]["lr"] == pytest.approx(expect)
+    assert r.history[-1]["lr"] == pytest.approx(expect)
+
+
+def _spiky_step(spike_at: range):
+    calls = {"n": 0}
+
+    def step(model, batch):
+        x, y = batch
+        calls["n"] += 1
+        out = model(x)
+        if calls["n"] in spike_at:  # a burst of garbage: wrong labels, a blown-up loss
+            return 20 * F.cross_entropy(out, (y + 1) % 3), out
+        return F.cross_entropy(out, y), out
+
+    return step
+
+
+def test_a_forced_spike_rolls_back_and_the_run_recovers(tmp_path):
+    x, y = make_classification(1536, seed=1)
+    x, y, xv, yv = x[:1024], y[:1024], x[1024:], y[1024:]
+    kw = dict(val=(xv, yv), epochs=6, batch_size=32, lr=3e-3, log_every=10, task="multiclass")
+    clean = _fit(mlp(), (x, y), tmp_path / "clean", step=_spiky_step(range(0)), **kw)
+    spiky = _fit(mlp(), (x, y), tmp_path / "spiky", step=_spiky_step(range(75, 80)), **kw)
+    rollbacks = _events(tmp_path / "spiky", "rollback")
+    assert len(rollbacks) == 1 and "in a row" in rollbacks[0]["why"]
+    assert _events(tmp_path / "spiky", "spike")
+    assert not _events(tmp_path / "clean", "rollback")
+    acc = lambda r: r.history[-1]["val_accuracy"]  # noqa: E731
+    assert abs(acc(spiky) - acc(clean)) <= 0.01, (acc(spiky), acc(clean))
+
+
+def test_rollbacks_are_bounded(tmp_path):
+    x, y = make_classification(1024, seed=1)
+    step = _spiky_step(range(40, 400))  # garbage from step 40 on: no rollback can help
+    r = _fit(mlp(), (x, y), tmp_path, step=step, epochs=20, batch_size=32, max_rollbacks=2)
+    assert len(_events(tmp_path, "rollback")) == 2
+    assert "rollback" in r.stop_reason
+
+
+def test_health_state_round_trips():
+    from surefit.config import HealthConfig
+    from surefit.health import Health, _Step
+
+    h = Health(HealthConfig(), clip_norm=1.0)
+    for i, loss in enumerate([1.0, 2.0, math.nan, 1.5]):
+        h.record(
+            _Step(
+                i + 1,
+                0,
+                i,
+                1,
+                4,
+                torch.tensor(loss * 4, dtype=torch.float64),
+                torch.tensor(0.5 + i),
+                host_skipped=False,
+            )
+        )
+    actions = h.sync()
+    assert actions["rewind"] == 1 and h.skipped == 1
+    state = h.state_dict()
+    g = Health(HealthConfig(), clip_norm=1.0)
+    g.load_state_dict(json.loads(json.dumps(state)))
+    assert g.state_dict() == state
+    assert g.epoch_record()["train_loss"] == pytest.approx(1.5)
+    assert g.epoch_record()["clip_fraction"] == pytest.approx(2 / 3)
