@@ -13,12 +13,13 @@ from torch import nn
 from . import config as cfgmod
 from .callbacks import EarlyStopping, check_callback
 from .checkpoint import CheckpointStore, atomic_write_text, check_resume_fits
+from .checks import Finding, raise_first, run_checks
 from .config import RunConfig
 from .data import DatasetData, TensorData, as_data, split_validation
 from .distributed import is_rank_zero, resolve_device
-from .errors import ConfigError, DataError
+from .errors import ConfigError
 from .log import Console, RunLog, _fmt
-from .loop import Parts, Trainer, evaluate_data
+from .loop import Parts, Trainer, compute_batch, evaluate_data
 from .optim import build_optimizer
 from .precision import Precision
 from .schedule import Schedule, build_schedule
@@ -160,43 +161,6 @@ def _total_steps(cfg: RunConfig, trainer_steps_per_epoch: int | None) -> int:
         return max_steps
     total = epochs * trainer_steps_per_epoch
     return min(total, max_steps) if max_steps else total
-
-
-def _preflight(trainer: Trainer, parts: Parts) -> None:
-    """Checks on the first train and val batches, before anything is written or stepped."""
-    if parts.step is not None:
-        return
-    rng = RngState().state_dict()  # a user's loader may draw from the global RNG when iterated
-    net, task, cfg = trainer.net, parts.task, parts.config
-    was_training = net.training
-    try:
-        for name, data in (("train", parts.train), ("val", parts.val)):
-            if data is None:
-                continue
-            batch = next(
-                iter(data.batches(cfg.data.batch_size, shuffle=False, device=parts.device)), None
-            )
-            if batch is None:
-                raise DataError(
-                    f"{name} data yielded no batches", where=name, fix="pass a non-empty data set"
-                )
-            net.eval()
-            with torch.inference_mode(), parts.precision.autocast():
-                outputs, target = task.preview(net, batch)
-            if outputs is None:
-                continue
-            task.check(outputs, target, f"{name} batch 0")
-            if (
-                isinstance(data, TensorData)
-                and isinstance(outputs, torch.Tensor)
-                and outputs.dim() > 1
-            ):
-                task.check_targets(
-                    data.tensors[-1], outputs.shape[-1 if task.name == "lm" else 1], name
-                )
-    finally:
-        net.train(was_training)
-        RngState().load_state_dict(rng)
 
 
 def _prepare_run_dir(cfg: RunConfig) -> tuple[Path | None, CheckpointStore | None, bool]:
@@ -389,7 +353,8 @@ class Run:
         task_cfg = dataclasses.replace(self.cfg.task, name=name)
         return build_task(task_cfg, self.loss, teacher=self.teacher)
 
-    def execute(self) -> FitResult:
+    def _build(self) -> tuple[Trainer, Parts, Path | None, CheckpointStore | None, bool]:
+        """Every part of the run, built and checked; nothing is written yet."""
         c = self.cfg
         for cb in self.callbacks:
             check_callback(cb)
@@ -448,7 +413,39 @@ class Run:
                 where="schedule.name",
                 fix="pass val=..., or val_fraction=0.1",
             )
-        _preflight(trainer, parts)
+        return trainer, parts, run_dir, store, resuming
+
+    def checks(self, trainer: Trainer, parts: Parts) -> list[Finding]:
+        """The first-step checks (see checks.py) on this run's model and data."""
+
+        def loss_of(batch: Any) -> Any:
+            with parts.precision.autocast():
+                return compute_batch(trainer.net, batch, parts.task, parts.step)[0]
+
+        splits = {"train": parts.train, "val": parts.val}
+        return run_checks(
+            trainer.net,
+            parts.task,
+            self.cfg,
+            splits,
+            parts.precision,
+            parts.device,
+            loss_of,
+            custom_step=parts.step is not None,
+        )
+
+    def doctor(self) -> list[Finding]:
+        """Run every first-step check without training or writing anything."""
+        trainer, parts, *_ = self._build()
+        return self.checks(trainer, parts)
+
+    def execute(self) -> FitResult:
+        c = self.cfg
+        trainer, parts, run_dir, store, resuming = self._build()
+        findings = self.checks(trainer, parts)
+        raise_first(findings)  # before anything is written
+        log, console = parts.log, parts.log.console  # type: ignore[union-attr]
+        test = parts.test
         if resuming and store is not None:
             state, path = store.load_latest(
                 on_skip=lambda p, why: (
@@ -477,6 +474,10 @@ class Run:
             run_dir.mkdir(parents=True, exist_ok=True)
             atomic_write_text(run_dir / "config.toml", cfgmod.to_toml(c))
             log.event("resume" if resuming else "start", step=trainer.counters.optimizer_step)
+        for f in findings:
+            if f.level == "warning" and not resuming:
+                console.line(f"warning: {f.what}\n  fix: {f.fix}")
+                log.event("warning", check=f.check, what=f.what, fix=f.fix)
         try:
             trainer.fit()
             test_metrics: dict[str, float] = {}

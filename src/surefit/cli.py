@@ -43,12 +43,7 @@ def _parser() -> argparse.ArgumentParser:
         epilog="examples:\n  surefit fit\n  surefit fit mnist1d-cnn --set train.epochs=5\n"
         "  surefit fit my.toml --set optim.lr=3e-4 --run-dir runs/try1",
     )
-    fit.add_argument(
-        "recipe",
-        nargs="?",
-        default=recipes.DEFAULT,
-        help=f"built-in recipe name or path to a .toml file (default: {recipes.DEFAULT})",
-    )
+    _recipe_arg(fit)
     _common(fit)
     fit.add_argument(
         "--run-dir",
@@ -84,6 +79,16 @@ def _parser() -> argparse.ArgumentParser:
         help="best checkpoint (default; the newest if there is no best) or the newest",
     )
 
+    doc = sub.add_parser(
+        "doctor",
+        help="check a recipe's data, model, loss and optimizer on a few batches",
+        description="Run every first-step check (targets, probabilities fed to a logits loss, "
+        "initial loss, BatchNorm with accumulation, train/val leakage, unused parameters) on "
+        "the first batches without training or writing anything. Exit 1 when a check fails.",
+    )
+    _recipe_arg(doc)
+    _common(doc)
+
     rec = sub.add_parser(
         "recipes",
         help="list built-in recipes, or print one",
@@ -98,6 +103,15 @@ def _parser() -> argparse.ArgumentParser:
     )
     rec.add_argument("name", nargs="?", help="recipe to show")
     return p
+
+
+def _recipe_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "recipe",
+        nargs="?",
+        default=recipes.DEFAULT,
+        help=f"built-in recipe name or path to a .toml file (default: {recipes.DEFAULT})",
+    )
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -146,6 +160,17 @@ def cmd_fit(args: argparse.Namespace) -> int:
     elif not cfg.train.run_dir:
         cfg = cfg.replace(train={"run_dir": _free_run_dir(cfg.name)})
     return _exit_code(recipes.run(cfg))
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    name, text = recipes.source(args.recipe)
+    cfg = _build(text, name, args.recipe, args).replace(train={"run_dir": ""})
+    findings = recipes.run(cfg, doctor=True)
+    for f in findings:
+        print(f.line())
+    count = {level: sum(f.level == level for f in findings) for level in ("ok", "warning", "error")}
+    print(f"\n{count['ok']} ok, {count['warning']} warning(s), {count['error']} error(s)")
+    return 1 if count["error"] else 0
 
 
 def _exit_code(result: object) -> int:
@@ -205,9 +230,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
-    commands = {"fit": cmd_fit, "resume": cmd_resume, "export": cmd_export, "recipes": cmd_recipes}
+    handler = globals()["cmd_" + args.command.replace("-", "_")]  # each command is cmd_NAME
     try:
-        return commands[args.command](args)
+        return handler(args)
     except SurefitError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code

@@ -154,6 +154,7 @@ class LogConfig:
 
 
 CHECKS = (
+    "targets",
     "probabilities",
     "initial_loss",
     "batchnorm_accumulation",

@@ -33,6 +33,7 @@ from .state import RngState
 SPIKE_WINDOW = 64  # accepted step losses the spike detector's median and MAD look back over
 SPIKE_MIN_HISTORY = 16  # no spike is called before this many accepted steps
 MAX_EXAMINED = 4096  # samples of a bad window checked one by one
+LR_HIGH_FACTOR, LR_HIGH_STEPS = 5.0, 50  # pre-clip norm above 5x clip_norm for 50 steps in a row
 
 
 @dataclass
@@ -112,6 +113,8 @@ class Health:
         self.run_length = 0  # consecutive skipped or spiking steps
         self.steps = self.skipped = self.scaler_skips = self.spikes = self.rollbacks = 0
         self.origin_reported = False
+        self.high_norm_run = 0  # consecutive steps with the pre-clip norm far above clip_norm
+        self._epoch_t0: dict[int, float] = {}
         path = run_dir / "quarantine.jsonl" if run_dir is not None and enabled_io else None
         self.quarantine = JsonlSink(path) if path is not None else None
         self.snapshot: dict[str, Any] | None = None
@@ -140,6 +143,8 @@ class Health:
         return True
 
     def record(self, step: _Step) -> None:
+        if step.epoch not in self._epoch_t0:  # host time only: when the epoch's first step ended
+            self._epoch_t0 = {step.epoch: time.perf_counter()}
         self.pending.append(step)
 
     # -- sync points -------------------------------------------------------------------------------
@@ -157,7 +162,8 @@ class Health:
             loss, norm = values[2 * i], values[2 * i + 1]
             self.steps += 1
             if p.epoch != self.epoch_index:
-                self.epoch, self.epoch_index = _Sums(), p.epoch
+                t0 = self._epoch_t0.get(p.epoch, time.perf_counter())
+                self.epoch, self.epoch_index = _Sums(t0=t0), p.epoch
             if _finite(loss, norm):
                 self._accept(p, loss, norm)
             else:
@@ -173,6 +179,7 @@ class Health:
         clipped = self.clip_norm > 0 and norm > self.clip_norm
         for sums in (self.interval, self.epoch):
             sums.add(loss, p.samples, norm, clipped, keep=sums is self.epoch)
+        self._check_lr(norm, p.step)
         mean = loss / max(p.samples, 1)
         if self._is_spike(mean):
             self.spikes += 1
@@ -181,6 +188,21 @@ class Health:
         else:
             self.run_length = 0
             self.recent.append(mean)
+
+    def _check_lr(self, norm: float, step: int) -> None:
+        """Warn once when clipping does the learning rate's job for many steps in a row."""
+        if self.clip_norm <= 0 or "lr_too_high" in self.cfg.skip_checks or not self.cfg.checks:
+            return
+        self.high_norm_run = self.high_norm_run + 1 if norm > LR_HIGH_FACTOR * self.clip_norm else 0
+        if self.high_norm_run == LR_HIGH_STEPS:
+            what = (
+                f"the pre-clip gradient norm was above {LR_HIGH_FACTOR:g} x clip_norm "
+                f"({self.clip_norm:g}) for {LR_HIGH_STEPS} steps in a row (now {norm:.3g})"
+            )
+            fix = "lower optim.lr (clipping hides a learning rate that is too high)"
+            self._event("warning", check="lr_too_high", step=step, what=what, fix=fix)
+            if self.log is not None:
+                self.log.console.line(f"warning: {what}\n  fix: {fix}")
 
     def _is_spike(self, loss: float) -> bool:
         if len(self.recent) < SPIKE_MIN_HISTORY:
@@ -324,6 +346,7 @@ class Health:
             "run_length": self.run_length,
             "counts": [self.steps, self.skipped, self.scaler_skips, self.spikes, self.rollbacks],
             "origin_reported": self.origin_reported,
+            "high_norm_run": self.high_norm_run,
             "quarantine": self.quarantine.state_dict() if self.quarantine else {"lines": 0},
         }
 
@@ -335,6 +358,7 @@ class Health:
         counts = [int(c) for c in state["counts"]]
         self.steps, self.skipped, self.scaler_skips, self.spikes, self.rollbacks = counts
         self.origin_reported = bool(state["origin_reported"])
+        self.high_norm_run = int(state.get("high_norm_run", 0))
         if self.quarantine is not None:
             self.quarantine.load_state_dict(state["quarantine"])
 

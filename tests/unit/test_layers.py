@@ -23,7 +23,7 @@ LAYERS: list[set[str]] = [
     {"recipes"},
     {"api"},
     {"loop"},
-    {"callbacks", "checkpoint", "log", "health"},
+    {"callbacks", "checkpoint", "log", "health", "checks"},
     {"precision", "schedule", "optim", "tasks", "metrics", "data", "distributed"},
     {"state"},
     {"config"},
@@ -236,6 +236,7 @@ def test_cli_commands_and_flags_snapshot():
     assert {name: _options(p) for name, p in sub.choices.items()} == {
         "fit": ["--device", "--help", "--progress", "--run-dir", "--set", "-h", "recipe"],
         "resume": ["--device", "--help", "--override", "--progress", "--set", "-h", "run_dir"],
+        "doctor": ["--device", "--help", "--progress", "--set", "-h", "recipe"],
         "export": ["--help", "--to", "--which", "-h", "run_dir"],
         "recipes": ["--help", "-h", "action", "name"],
     }
@@ -246,6 +247,7 @@ def test_cli_commands_and_flags_snapshot():
     assert choices == {
         "fit": {"progress": ["auto", "bar", "epoch", "off"]},
         "resume": {"progress": ["auto", "bar", "epoch", "off"]},
+        "doctor": {"progress": ["auto", "bar", "epoch", "off"]},
         "export": {"which": ["best", "last"]},
         "recipes": {"action": ["list", "show"]},
     }

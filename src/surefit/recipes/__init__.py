@@ -16,7 +16,6 @@ from ..config import RunConfig
 from ..errors import ConfigError
 
 if TYPE_CHECKING:
-    from ..api import FitResult
     from ..log import Console
 
 HERE = Path(__file__).parent
@@ -104,8 +103,9 @@ def _split(data: Any) -> tuple[Any, Any, Any]:
     )
 
 
-def run(cfg: RunConfig, console: Console | None = None) -> FitResult:
-    """Build the recipe's model and data from their factories and train."""
+def run(cfg: RunConfig, console: Console | None = None, doctor: bool = False) -> Any:
+    """Build the recipe's model and data from their factories and train (a FitResult), or with
+    ``doctor`` run the first-step checks only (a list of findings)."""
     from ..api import Run
     from ..state import seed_everything
 
@@ -118,4 +118,5 @@ def run(cfg: RunConfig, console: Console | None = None) -> FitResult:
     model = resolve(cfg.model.name, "model.name")(**cfg.model.args)
     train, val, test = _split(resolve(cfg.data.name, "data.name")(**cfg.data.args))
     teacher = resolve(cfg.task.teacher, "task.teacher")() if cfg.task.teacher else None
-    return Run(cfg, model, train, val, test, teacher=teacher, console=console).execute()
+    the_run = Run(cfg, model, train, val, test, teacher=teacher, console=console)
+    return the_run.doctor() if doctor else the_run.execute()

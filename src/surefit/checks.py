@@ -1,0 +1,253 @@
+"""First-step checks: the classic loop bugs, caught on the first batches before any step.
+
+Each check has a name (``config.CHECKS``) and can be switched off with ``health.skip_checks``.
+Errors stop a run before anything is written; warnings go to the console and events.jsonl.
+``surefit doctor`` runs them all and prints every finding instead of stopping at the first.
+The first-batch work runs in eval mode under the RNG state it found, so checking changes nothing
+the run does next.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from .config import CHECKS, RunConfig
+from .errors import ConfigError, DataError, SurefitError
+from .state import RngState
+
+MAX_HASHED = 200_000  # samples per split hashed by the leakage check (bounded cost)
+
+
+@dataclass
+class Finding:
+    """One check's verdict: ok, warning or error, with what is wrong and how to fix it."""
+
+    check: str
+    level: str  # "ok", "warning" or "error"
+    what: str = ""
+    fix: str = ""
+    where: str = ""
+
+    def line(self) -> str:
+        text = f"{self.level:8s}{self.check}"
+        if self.what:
+            text += f": {self.what}"
+        if self.fix:
+            text += f"\n{'':8s}fix: {self.fix}"
+        return text
+
+
+def run_checks(
+    net: nn.Module,
+    task: Any,
+    cfg: RunConfig,
+    splits: dict[str, Any],
+    precision: Any,
+    device: torch.device,
+    loss_of: Callable[[Any], Any],
+    custom_step: bool = False,
+) -> list[Finding]:
+    """Every enabled first-step check; errors come back as findings (``raise_first`` raises).
+    With a custom ``step`` function the checks that need the task's outputs are left out."""
+    skip = set(cfg.health.skip_checks) if cfg.health.checks else set(CHECKS)
+    findings: list[Finding] = []
+    rng = RngState().state_dict()  # a user's loader may draw from the global RNG when iterated
+    was_training = net.training
+    try:
+        first = {n: _first_batch(d, cfg, device) for n, d in splits.items() if d is not None}
+        if not custom_step:
+            for name, batch in first.items():
+                findings += _batch_checks(net, task, batch, splits[name], name, precision, skip)
+        if "unused_parameters" not in skip and not any(f.level == "error" for f in findings):
+            findings.append(_unused_parameters(net, first["train"], loss_of))
+        if "batchnorm_accumulation" not in skip:
+            findings.append(_batchnorm_accumulation(net, cfg.train.accumulate))
+        if "leakage" not in skip and "val" in first:
+            findings.append(_leakage(splits["train"], splits["val"]))
+    finally:
+        net.zero_grad(set_to_none=True)
+        net.train(was_training)
+        RngState().load_state_dict(rng)
+    return findings
+
+
+def raise_first(findings: list[Finding]) -> None:
+    for f in findings:
+        if f.level == "error":
+            cls = ConfigError if f.check == "config" else DataError
+            raise cls(f.what, where=f.where or f.check, fix=f.fix)
+
+
+def _first_batch(data: Any, cfg: RunConfig, device: torch.device) -> Any:
+    batch = next(iter(data.batches(cfg.data.batch_size, shuffle=False, device=device)), None)
+    if batch is None:
+        raise DataError("the data yielded no batches", where="data", fix="pass a non-empty set")
+    return batch
+
+
+def _batch_checks(
+    net: nn.Module, task: Any, batch: Any, data: Any, name: str, precision: Any, skip: set[str]
+) -> list[Finding]:
+    net.eval()
+    with torch.inference_mode(), precision.autocast():
+        outputs, target = task.preview(net, batch)
+        if outputs is None:
+            return []
+        found = []
+        if "targets" not in skip:
+            found.append(_targets(task, outputs, target, data, name))
+            if found[-1].level == "error":
+                return found  # the loss itself would fail on these targets
+        if "probabilities" not in skip and task.custom_loss is None:
+            found.append(_probabilities(task.name, outputs))
+        if "initial_loss" not in skip and name == "train" and task.custom_loss is None:
+            found.append(_initial_loss(task, outputs, target))
+    return [f for f in found if f is not None]
+
+
+def _targets(task: Any, outputs: Any, target: Any, data: Any, name: str) -> Finding:
+    try:
+        task.check(outputs, target, f"{name} batch 0")
+        tensors = getattr(data, "tensors", None)
+        if tensors is not None and isinstance(outputs, torch.Tensor) and outputs.dim() > 1:
+            task.check_targets(tensors[-1], outputs.shape[-1 if task.name == "lm" else 1], name)
+    except SurefitError as exc:
+        check = "config" if isinstance(exc, ConfigError) else "targets"
+        return Finding(check, "error", exc.what, exc.fix, exc.where)
+    return Finding("targets", "ok", f"{name} targets fit task '{task.name}'")
+
+
+def _probabilities(task: str, outputs: Any) -> Finding | None:
+    """Outputs that look like probabilities given to a loss that expects logits."""
+    if not isinstance(outputs, torch.Tensor) or not outputs.is_floating_point():
+        return None
+    out = outputs.float()
+    in_unit = bool(((out >= 0) & (out <= 1)).all())  # one read at set-up, not per step
+    if task in ("multiclass", "lm", "segmentation") and out.dim() >= 2 and out.shape[1] > 1:
+        sums = out.sum(-1 if task == "lm" else 1)
+        if in_unit and bool(torch.allclose(sums, torch.ones_like(sums), atol=1e-3)):
+            return Finding(
+                "probabilities",
+                "error",
+                "the model's outputs are in [0, 1] and sum to 1: they look like softmax "
+                "probabilities, but cross-entropy applies log-softmax itself",
+                "remove the final softmax from the model (return logits); apply softmax only "
+                "when you need probabilities at inference",
+                "model outputs",
+            )
+    if task in ("binary", "multilabel") and in_unit and out.numel() >= 8:
+        return Finding(
+            "probabilities",
+            "error",
+            "every model output is in [0, 1]: they look like sigmoid probabilities, but "
+            "binary cross-entropy with logits applies the sigmoid itself",
+            "remove the final sigmoid from the model (return logits)",
+            "model outputs",
+        )
+    return Finding("probabilities", "ok", "outputs are logits")
+
+
+def _initial_loss(task: Any, outputs: Any, target: Any) -> Finding | None:
+    """An untrained classifier should start near log C (log 2 per label for BCE)."""
+    if task.name in ("multiclass", "lm") and outputs.dim() >= 2:
+        classes = outputs.shape[-1 if task.name == "lm" else 1]
+        expected, why = math.log(classes), f"log {classes} for {classes} classes"
+    elif task.name in ("binary", "multilabel"):
+        expected, why = math.log(2), "log 2 per label"
+    else:
+        return None
+    observed = float(task.loss(outputs, target))  # one read at set-up
+    if not math.isfinite(observed) or observed > 1.5 * expected + 0.5:
+        return Finding(
+            "initial_loss",
+            "warning",
+            f"the first loss is {observed:.3g}, an untrained model should give about "
+            f"{expected:.3g} ({why})",
+            "the last layer's outputs are too large at initialisation: scale its weights down "
+            "(e.g. init the final Linear with std 0.01 or zero bias), check the input scaling, "
+            "or ignore this for a pretrained model",
+            "train batch 0",
+        )
+    return Finding("initial_loss", "ok", f"first loss {observed:.3g} (expected ~{expected:.3g})")
+
+
+def _batchnorm_accumulation(net: nn.Module, accumulate: int) -> Finding:
+    bn = [n for n, m in net.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if accumulate > 1 and bn:
+        return Finding(
+            "batchnorm_accumulation",
+            "warning",
+            f"BatchNorm ({', '.join(bn[:3])}{'...' if len(bn) > 3 else ''}) with gradient "
+            f"accumulation over {accumulate} micro-batches: its statistics see one micro-batch, "
+            "not the effective batch",
+            "use GroupNorm or LayerNorm, or a larger micro-batch with train.accumulate = 1",
+            "model",
+        )
+    return Finding("batchnorm_accumulation", "ok")
+
+
+def _unused_parameters(net: nn.Module, batch: Any, loss_of: Callable[[Any], Any]) -> Finding:
+    """Parameters that get no gradient from a backward pass (unused layers, frozen by mistake)."""
+    net.eval()
+    net.zero_grad(set_to_none=True)
+    loss = loss_of(batch)
+    if not isinstance(loss, torch.Tensor) or not loss.requires_grad:
+        return Finding("unused_parameters", "ok", "no trainable parameters reached the loss")
+    loss.backward()
+    unused = [n for n, p in net.named_parameters() if p.requires_grad and p.grad is None]
+    net.zero_grad(set_to_none=True)
+    if unused:
+        shown = ", ".join(unused[:5]) + (f" and {len(unused) - 5} more" if len(unused) > 5 else "")
+        return Finding(
+            "unused_parameters",
+            "warning",
+            f"{len(unused)} trainable parameter(s) receive no gradient: {shown}",
+            "remove the unused layers, call them in forward(), or freeze them on purpose with "
+            "requires_grad_(False)",
+            "model",
+        )
+    return Finding("unused_parameters", "ok", "every trainable parameter gets a gradient")
+
+
+def _sample_hashes(data: Any) -> dict[bytes, int] | None:
+    """First index of each distinct input sample, by a hash of its bytes (one copy to host)."""
+    tensors = getattr(data, "tensors", None)
+    if tensors is not None:
+        rows: Any = tensors[0][:MAX_HASHED].numpy(force=True)
+    elif getattr(data, "dataset", None) is not None:
+        ds = data.dataset
+        rows = (ds[i] for i in range(min(len(ds), MAX_HASHED)))
+        rows = (r[0] if isinstance(r, (tuple, list)) else r for r in rows)
+        rows = (r.numpy(force=True) if isinstance(r, torch.Tensor) else r for r in rows)
+    else:
+        return None
+    out: dict[bytes, int] = {}
+    for i, row in enumerate(rows):
+        if hasattr(row, "tobytes"):
+            out.setdefault(hashlib.blake2b(row.tobytes(), digest_size=16).digest(), i)
+    return out
+
+
+def _leakage(train: Any, val: Any) -> Finding:
+    """Identical input samples in train and validation (hash of each sample's bytes)."""
+    a, b = _sample_hashes(train), _sample_hashes(val)
+    if a is None or b is None:
+        return Finding("leakage", "ok", "not checked: the data path has no indexable samples")
+    both = [(a[h], i) for h, i in b.items() if h in a]
+    if both:
+        examples = ", ".join(f"train {t} = val {v}" for t, v in both[:3])
+        return Finding(
+            "leakage",
+            "warning",
+            f"{len(both)} validation sample(s) also appear in the training data ({examples})",
+            "deduplicate before splitting, or split by a group key (e.g. by source file)",
+            "val",
+        )
+    return Finding("leakage", "ok", f"no sample of {len(b)} in val is in train")

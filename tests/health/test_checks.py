@@ -1,0 +1,181 @@
+"""Each first-step check: one setup that triggers it, one correct setup that does not."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+from torch import nn
+
+import surefit as sf
+from tests.conftest import make_classification, mlp
+
+
+def _warnings(run_dir, check):
+    if not (run_dir / "events.jsonl").exists():
+        return []
+    events = [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines()]
+    return [e for e in events if e["event"] == "warning" and e["check"] == check]
+
+
+def _fit(model, tmp_path, **kw):
+    x, y = kw.pop("data", make_classification(256))
+    options = dict(epochs=1, batch_size=32, progress="off", run_dir=str(tmp_path))
+    options.update(kw)
+    return sf.fit(model, (x, y), **options)
+
+
+def test_softmax_fed_to_cross_entropy_is_an_error(tmp_path):
+    with pytest.raises(sf.DataError, match="softmax") as info:
+        _fit(nn.Sequential(mlp(), nn.Softmax(dim=1)), tmp_path, task="multiclass")
+    assert "remove the final softmax" in str(info.value)
+    assert not tmp_path.joinpath("metrics.jsonl").exists()  # nothing written
+    _fit(mlp(), tmp_path / "ok", task="multiclass")  # logits: no error
+
+
+def test_sigmoid_fed_to_bce_is_an_error(tmp_path):
+    x, y = make_classification(256, classes=2)
+    with pytest.raises(sf.DataError, match="sigmoid"):
+        _fit(
+            nn.Sequential(mlp(out=1), nn.Sigmoid()),
+            tmp_path,
+            data=(x, y.float()[:, None]),
+            task="binary",
+        )
+    _fit(mlp(out=1), tmp_path / "ok", data=(x, y.float()[:, None]), task="binary")
+
+
+def test_a_check_can_be_switched_off(tmp_path):
+    model = nn.Sequential(mlp(), nn.Softmax(dim=1))
+    _fit(model, tmp_path, task="multiclass", skip_checks=["probabilities"])
+    with pytest.raises(sf.ConfigError, match="did you mean"):
+        _fit(model, tmp_path / "b", skip_checks=["probabilites"])
+
+
+def test_initial_loss_far_from_log_c_warns(tmp_path):
+    model = mlp()
+    with torch.no_grad():
+        model[2].weight.mul_(60)
+    _fit(model, tmp_path)
+    (w,) = _warnings(tmp_path, "initial_loss")
+    assert "log 3" in w["what"]
+    _fit(mlp(), tmp_path / "ok")
+    assert _warnings(tmp_path / "ok", "initial_loss") == []
+
+
+def _bn_model():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(8, 16), nn.BatchNorm1d(16), nn.ReLU(), nn.Linear(16, 3))
+
+
+def test_batchnorm_with_accumulation_warns(tmp_path):
+    _fit(_bn_model(), tmp_path, accumulate=2)
+    (w,) = _warnings(tmp_path, "batchnorm_accumulation")
+    assert "GroupNorm" in w["fix"]
+    _fit(_bn_model(), tmp_path / "ok", accumulate=1)
+    assert _warnings(tmp_path / "ok", "batchnorm_accumulation") == []
+
+
+def test_train_val_leakage_warns_with_count(tmp_path):
+    x, y = make_classification(256)
+    sf.fit(
+        mlp(),
+        (x, y),
+        val=(x[10:30].clone(), y[10:30]),
+        epochs=1,
+        progress="off",
+        run_dir=str(tmp_path),
+    )
+    (w,) = _warnings(tmp_path, "leakage")
+    assert w["what"].startswith("20 validation sample(s)") and "train 10 = val 0" in w["what"]
+    xv, yv = make_classification(64, seed=5)
+    sf.fit(mlp(), (x, y), val=(xv, yv), epochs=1, progress="off", run_dir=str(tmp_path / "ok"))
+    assert _warnings(tmp_path / "ok", "leakage") == []
+
+
+class WithSpare(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.body = mlp()
+        self.spare = nn.Linear(3, 3)  # defined, never called
+
+    def forward(self, x):
+        return self.body(x)
+
+
+def test_unused_parameters_warn_by_name(tmp_path):
+    _fit(WithSpare(), tmp_path)
+    (w,) = _warnings(tmp_path, "unused_parameters")
+    assert "spare.weight" in w["what"] and "spare.bias" in w["what"]
+    _fit(mlp(), tmp_path / "ok")
+    assert _warnings(tmp_path / "ok", "unused_parameters") == []
+
+
+def test_lr_too_high_for_the_clip_warns(tmp_path):
+    x, y = make_classification(1024)
+    _fit(mlp(), tmp_path, data=(x, y), batch_size=8, clip_norm=0.01, log_every=20)
+    (w,) = _warnings(tmp_path, "lr_too_high")
+    assert "lower optim.lr" in w["fix"]
+    _fit(mlp(), tmp_path / "ok", data=(x, y), batch_size=8, clip_norm=1.0, log_every=20)
+    assert _warnings(tmp_path / "ok", "lr_too_high") == []
+
+
+def test_checks_leave_rng_and_model_untouched():
+    """Checking runs forward/backward passes; the run that follows must not notice them."""
+    x, y = make_classification(128)
+    a, b = _bn_model(), _bn_model()
+    sf.fit(a, (x, y), epochs=1, progress="off", seed=3)
+    sf.fit(b, (x, y), epochs=1, progress="off", seed=3, checks=False)
+    for pa, pb in zip(a.state_dict().values(), b.state_dict().values(), strict=True):
+        assert torch.equal(pa, pb)
+
+
+RECIPE = """
+name = "doctor-case"
+[model]
+name = "doctor_case:model"
+[data]
+name = "doctor_case:data"
+batch_size = 32
+[train]
+epochs = 1
+"""
+
+FACTORIES = """
+import torch
+from torch import nn
+
+def model(softmax=False):
+    torch.manual_seed(0)
+    layers = [nn.Linear(8, 16), nn.Tanh(), nn.Linear(16, 3)]
+    return nn.Sequential(*layers, nn.Softmax(dim=1)) if softmax else nn.Sequential(*layers)
+
+def data():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(200, 8, generator=g)
+    y = (x @ torch.randn(8, 3, generator=g)).argmax(1)
+    return {"train": (x, y), "val": (x[:40].clone(), y[:40])}
+"""
+
+
+@pytest.mark.parametrize("softmax", [False, True])
+def test_doctor_reports_every_check(tmp_path, softmax):
+    (tmp_path / "doctor_case.py").write_text(textwrap.dedent(FACTORIES))
+    (tmp_path / "r.toml").write_text(RECIPE)
+    args = [sys.executable, "-m", "surefit", "doctor", "r.toml"]
+    if softmax:
+        args += ["--set", "model.args={softmax=true}"]
+    done = subprocess.run(args, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    out = done.stdout
+    assert "warning leakage: 40 validation sample(s)" in out  # val is a slice of train
+    if softmax:
+        assert done.returncode == 1, done.stderr
+        assert "error   probabilities" in out and "fix: remove the final softmax" in out
+    else:
+        assert done.returncode == 0, out + done.stderr
+        assert "ok      unused_parameters" in out and "0 error(s)" in out
+    assert not (tmp_path / "runs").exists()  # doctor writes nothing
