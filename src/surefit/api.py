@@ -18,7 +18,7 @@ from .config import RunConfig
 from .data import DatasetData, TensorData, as_data, split_validation
 from .distributed import is_rank_zero, resolve_device
 from .errors import ConfigError
-from .log import Console, RunLog, _fmt
+from .log import Console, RunLog, summary
 from .loop import Parts, Trainer, compute_batch, evaluate_data
 from .optim import build_optimizer
 from .precision import Precision
@@ -90,6 +90,7 @@ class FitResult:
     checkpoint: Path | None  # best.pt if written, else the newest last-*.pt
     config: RunConfig = field(repr=False)
     model: nn.Module = field(repr=False)
+    resume_check: Any = None  # the verdict of check_resume=True (a selfcheck.ResumeCheck)
 
 
 def _normalise(key: str, value: Any) -> Any:
@@ -444,6 +445,11 @@ class Run:
         trainer, parts, run_dir, store, resuming = self._build()
         findings = self.checks(trainer, parts)
         raise_first(findings)  # before anything is written
+        check = None
+        if c.checkpoint.check_resume and not resuming:
+            from .selfcheck import check_in_process
+
+            check = check_in_process(self)
         log, console = parts.log, parts.log.console  # type: ignore[union-attr]
         test = parts.test
         if resuming and store is not None:
@@ -474,6 +480,9 @@ class Run:
             run_dir.mkdir(parents=True, exist_ok=True)
             atomic_write_text(run_dir / "config.toml", cfgmod.to_toml(c))
             log.event("resume" if resuming else "start", step=trainer.counters.optimizer_step)
+        if check is not None:
+            console.line(check.report())
+            log.event("resume_check", **dataclasses.asdict(check))
         for f in findings:
             if f.level == "warning" and not resuming:
                 console.line(f"warning: {f.what}\n  fix: {f.fix}")
@@ -496,6 +505,7 @@ class Run:
         finally:
             log.close()
         result = self._result(trainer, test_metrics, run_dir, store)
+        result.resume_check = check
         console.line(summary(result))
         return result
 
@@ -533,27 +543,6 @@ class Run:
             config=self.cfg,
             model=self.model,
         )
-
-
-def summary(result: FitResult) -> str:
-    """The final lines a person reads: why it stopped, best and test metrics, where things are."""
-    lines = [f"done: {result.stop_reason} ({result.steps} optimizer steps)"]
-    best = {k: v for k, v in result.best_metrics.items() if k.startswith("val_")}
-    if best:
-        lines.append(
-            "best:  "
-            + "  ".join(f"{k} {_fmt(v)}" for k, v in best.items())
-            + f"  (step {result.best_step})"
-        )
-    if result.test_metrics:
-        lines.append(
-            "test:  " + "  ".join(f"{k} {_fmt(v)}" for k, v in result.test_metrics.items())
-        )
-    if result.run_dir is not None:
-        lines.append(f"run directory: {result.run_dir}")
-        if result.preempted:
-            lines.append(f"checkpoint written; continue with: surefit resume {result.run_dir}")
-    return "\n".join(lines)
 
 
 def evaluate(

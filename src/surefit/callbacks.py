@@ -80,6 +80,11 @@ class RunView:
         """Stop after the current optimizer step; ``why`` goes to the log."""
         self._trainer.request_stop(why)
 
+    def pause(self, why: str) -> None:
+        """Stop after the current optimizer step as a preemption does: a checkpoint, no final
+        evaluation, so that ``surefit resume`` continues as if never stopped."""
+        self._trainer.pause(why)
+
 
 def auto_mode(monitor: str, mode: str) -> str:
     """min for losses and errors, max for scores."""
@@ -119,6 +124,17 @@ class Best:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.value, self.step = float(state["value"]), int(state["step"])
+
+
+class PauseAt(Callback):
+    """Pause the run (see ``RunView.pause``) when it reaches optimizer step ``step``."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_step_end(self, run: RunView) -> None:
+        if run.optimizer_step == self.step:
+            run.pause(f"paused at step {self.step}")
 
 
 class EarlyStopping(Callback):

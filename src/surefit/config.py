@@ -144,6 +144,7 @@ class CheckpointConfig:
     every_minutes: float = 0.0  # wall-clock minutes between checkpoints; 0 = off
     override: bool = False  # allow a resume with a changed learning rate (optim.lr)
     async_save: bool = False  # copy state to CPU and write it from a background thread
+    check_resume: bool = False  # before training, check on copies that stop + resume is exact
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -194,3 +194,24 @@ class NullConsole:
     def epoch_start(self, *args: Any) -> None: ...
     def epoch_end(self) -> None: ...
     def line(self, text: str) -> None: ...
+
+
+def summary(result: Any) -> str:
+    """The final lines a person reads: why it stopped, best and test metrics, where things are."""
+    lines = [f"done: {result.stop_reason} ({result.steps} optimizer steps)"]
+    best = {k: v for k, v in result.best_metrics.items() if k.startswith("val_")}
+    if best:
+        lines.append(
+            "best:  "
+            + "  ".join(f"{k} {_fmt(v)}" for k, v in best.items())
+            + f"  (step {result.best_step})"
+        )
+    if result.test_metrics:
+        lines.append(
+            "test:  " + "  ".join(f"{k} {_fmt(v)}" for k, v in result.test_metrics.items())
+        )
+    if result.run_dir is not None:
+        lines.append(f"run directory: {result.run_dir}")
+        if result.preempted:
+            lines.append(f"checkpoint written; continue with: surefit resume {result.run_dir}")
+    return "\n".join(lines)

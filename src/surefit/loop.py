@@ -181,6 +181,11 @@ class Trainer:
         if self.stop_reason is None:
             self.stop_reason = why
 
+    def pause(self, why: str) -> None:
+        """Stop at this step boundary with a checkpoint and no final evaluation (resumable)."""
+        self.preempted = self.preempted or why
+        self.request_stop(why)
+
     # -- the step ----------------------------------------------------------------------------------
     def compute(self, batch: Any) -> tuple[Any, Any, Any]:
         return compute_batch(self.net, batch, self.p.task, self.p.step)
@@ -487,8 +492,7 @@ class Trainer:
             name = signal.Signals(signum).name
             if self.preempted is not None and name == "SIGINT":
                 raise KeyboardInterrupt  # the second Ctrl-C: stop now
-            self.preempted = self.preempted or name
-            self.request_stop(f"preempted by {name}")
+            self.pause(f"preempted by {name}")
             if self.p.log is not None:
                 self.p.log.event("signal", signal=name, step=self.counters.optimizer_step)
 

@@ -21,7 +21,7 @@ SRC = Path(surefit.__file__).resolve().parent
 LAYERS: list[set[str]] = [
     {"cli"},
     {"recipes"},
-    {"api"},
+    {"api", "selfcheck"},
     {"loop"},
     {"callbacks", "checkpoint", "log", "health", "checks"},
     {"precision", "schedule", "optim", "tasks", "metrics", "data", "distributed"},
@@ -234,9 +234,28 @@ def test_cli_commands_and_flags_snapshot():
     sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
     assert _options(parser) == ["--help", "--version", "-h"]
     assert {name: _options(p) for name, p in sub.choices.items()} == {
-        "fit": ["--device", "--help", "--progress", "--run-dir", "--set", "-h", "recipe"],
+        "fit": [
+            "--device",
+            "--help",
+            "--pause-at",
+            "--progress",
+            "--run-dir",
+            "--set",
+            "-h",
+            "recipe",
+        ],
         "resume": ["--device", "--help", "--override", "--progress", "--set", "-h", "run_dir"],
         "doctor": ["--device", "--help", "--progress", "--set", "-h", "recipe"],
+        "check-resume": [
+            "--device",
+            "--help",
+            "--keep",
+            "--progress",
+            "--set",
+            "--steps",
+            "-h",
+            "recipe",
+        ],
         "export": ["--help", "--to", "--which", "-h", "run_dir"],
         "recipes": ["--help", "-h", "action", "name"],
     }
@@ -248,6 +267,7 @@ def test_cli_commands_and_flags_snapshot():
         "fit": {"progress": ["auto", "bar", "epoch", "off"]},
         "resume": {"progress": ["auto", "bar", "epoch", "off"]},
         "doctor": {"progress": ["auto", "bar", "epoch", "off"]},
+        "check-resume": {"progress": ["auto", "bar", "epoch", "off"]},
         "export": {"which": ["best", "last"]},
         "recipes": {"action": ["list", "show"]},
     }

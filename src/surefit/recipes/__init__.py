@@ -103,7 +103,12 @@ def _split(data: Any) -> tuple[Any, Any, Any]:
     )
 
 
-def run(cfg: RunConfig, console: Console | None = None, doctor: bool = False) -> Any:
+def run(
+    cfg: RunConfig,
+    console: Console | None = None,
+    doctor: bool = False,
+    callbacks: list[Any] | None = None,
+) -> Any:
     """Build the recipe's model and data from their factories and train (a FitResult), or with
     ``doctor`` run the first-step checks only (a list of findings)."""
     from ..api import Run
@@ -118,5 +123,7 @@ def run(cfg: RunConfig, console: Console | None = None, doctor: bool = False) ->
     model = resolve(cfg.model.name, "model.name")(**cfg.model.args)
     train, val, test = _split(resolve(cfg.data.name, "data.name")(**cfg.data.args))
     teacher = resolve(cfg.task.teacher, "task.teacher")() if cfg.task.teacher else None
-    the_run = Run(cfg, model, train, val, test, teacher=teacher, console=console)
+    the_run = Run(
+        cfg, model, train, val, test, teacher=teacher, console=console, callbacks=callbacks
+    )
     return the_run.doctor() if doctor else the_run.execute()
