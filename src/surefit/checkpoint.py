@@ -9,6 +9,7 @@ falls back to the previous good checkpoint, and never unpickles code (``weights_
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import tempfile
@@ -88,25 +89,33 @@ class CheckpointStore:
         atomic_write_text(self.folder / MANIFEST, json.dumps(manifest, indent=1))
 
     # -- save --------------------------------------------------------------------------------
-    def save(self, state: dict[str, Any], *, step: int, kind: str = "last") -> Path:
-        """Write a checkpoint atomically and record it; ``kind`` is "last" or "best"."""
-        name = f"last-{step:09d}.pt" if kind == "last" else "best.pt"
-        path = self.folder / name
-        atomic_write(path, lambda f: torch.save(state, f))
+    def save(self, state: dict[str, Any], *, step: int, kind: str | tuple = "last") -> Path:
+        """Write a checkpoint atomically and record it; ``kind`` is "last", "best", or both (one
+        serialization, the same bytes in each file). Returns the first file written."""
+        kinds = (kind,) if isinstance(kind, str) else tuple(kind)
+        buf = io.BytesIO()
+        torch.save(state, buf)
+        data = buf.getbuffer()
+        digest = hashlib.sha256(data).hexdigest()
+        written = []
+        for k in kinds:
+            name = f"last-{step:09d}.pt" if k == "last" else "best.pt"
+            atomic_write(self.folder / name, lambda f: f.write(data))
+            written.append({"file": name, "kind": k, "step": step, "sha256": digest})
         with self._lock:  # the manifest is read, changed and written by one writer at a time
-            return self._record(path, name, kind, step)
+            self._record(written)
+        return self.folder / written[0]["file"]
 
-    def _record(self, path: Path, name: str, kind: str, step: int) -> Path:
+    def _record(self, written: list[dict[str, Any]]) -> None:
         manifest = self.manifest()
-        entries = [e for e in manifest["checkpoints"] if e["file"] != name]
-        entries.append({"file": name, "kind": kind, "step": step, "sha256": sha256(path)})
+        names = {e["file"] for e in written}
+        entries = [e for e in manifest["checkpoints"] if e["file"] not in names] + written
         lasts = sorted((e for e in entries if e["kind"] == "last"), key=lambda e: e["step"])
         dropped = lasts[: max(0, len(lasts) - self.keep_last)]
         entries = [e for e in entries if e not in dropped]
         self._write_manifest({"checkpoints": entries})
         for e in dropped:  # removed only after the manifest no longer names them
             (self.folder / e["file"]).unlink(missing_ok=True)
-        return path
 
     # -- load --------------------------------------------------------------------------------
     def latest(self) -> list[dict[str, Any]]:

@@ -119,6 +119,7 @@ class Trainer:
         self._executor: Any = None  # the background checkpoint writer (async_save)
         self._pending: list[tuple[int, str, Any]] = []
         self.preempted: str | None = None  # the signal that stopped the run, if one did
+        self._best_due = False  # best.pt is written with the next save at this step
         bs, acc = cfg.data.batch_size, cfg.train.accumulate
         self.batches_per_epoch = parts.train.num_batches(bs, cfg.data.drop_last)
         self.steps_per_epoch = (
@@ -256,10 +257,10 @@ class Trainer:
         if t.eval_every_steps and c.optimizer_step % t.eval_every_steps == 0:
             self._evaluate_and_track()
         every, minutes = self.cfg.checkpoint.every_steps, self.cfg.checkpoint.every_minutes
-        if (every and c.optimizer_step % every == 0) or (
+        due = (every and c.optimizer_step % every == 0) or (
             minutes and time.perf_counter() - self._saved_at >= 60 * minutes
-        ):
-            self.save("last")
+        )
+        self.save("last" if due else "")  # and best.pt, when an evaluation just improved
         if t.max_steps and c.optimizer_step >= t.max_steps:
             self.request_stop(f"reached max_steps={t.max_steps}")
         if t.max_time_s and self._elapsed() >= t.max_time_s:
@@ -375,48 +376,56 @@ class Trainer:
 
     def _on_best(self) -> None:
         if self.p.store is not None and self.cfg.checkpoint.save_best:
-            self.save("best")
+            self._best_due = True  # written with the next save at this step (one serialization)
         elif self.cfg.train.restore_best:
             self.best_state = {
                 k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()
             }
 
     # -- checkpoints -------------------------------------------------------------------------------
-    def save(self, kind: str) -> Path | None:
-        """Write a checkpoint. A failed write (disk full, any OSError) leaves the previous
-        checkpoints and the manifest as they were; the run records it, goes on, and tries again
-        at the next save."""
-        if self.p.store is None:
+    def save(self, kind: str = "last") -> Path | None:
+        """Write a checkpoint ("last"), and best.pt when an evaluation at this step improved
+        (``kind=""``: best.pt only, if due). A failed write (disk full, any OSError) leaves the
+        previous checkpoints and the manifest as they were; the run records it, goes on, and tries
+        again at the next save."""
+        kinds = tuple(k for k in (kind, "best" if self._best_due else "") if k)
+        self._best_due = False
+        if self.p.store is None or not kinds:
             return None
         self._sync()  # the checkpoint holds host state only
         step = self.counters.optimizer_step
-        if kind == "last":
+        if "last" in kinds:
             self._saved_step, self._saved_at = step, time.perf_counter()
         if self.cfg.checkpoint.async_save:
             # state copied to CPU now; written by one background thread, in order
             self._drain(keep=1)  # before the copy: at most two snapshots in memory
             snapshot = cpu_copy(self.state_dict())
-            future = self._writer().submit(self.p.store.save, snapshot, step=step, kind=kind)
-            self._pending.append((step, kind, future))
+            future = self._writer().submit(self.p.store.save, snapshot, step=step, kind=kinds)
+            self._pending.append((step, kinds, future))
             return None
         try:
-            path = self.p.store.save(self.state_dict(), step=step, kind=kind)
+            path = self.p.store.save(self.state_dict(), step=step, kind=kinds)
         except OSError as exc:
-            self._saved_step = -1 if kind == "last" else self._saved_step
-            self._record_save(step, kind, None, exc)
+            self._saved_step = -1 if "last" in kinds else self._saved_step
+            self._record_save(step, kinds, None, exc)
             return None
-        self._record_save(step, kind, path, None)
+        self._record_save(step, kinds, path, None)
         return path
 
-    def _record_save(self, step: int, kind: str, path: Path | None, exc: Exception | None) -> None:
+    def _record_save(
+        self, step: int, kinds: tuple[str, ...], path: Path | None, exc: Exception | None
+    ) -> None:
+        log = self.p.log
+        for kind in kinds:
+            if exc is not None and log is not None:
+                log.event("checkpoint_failed", kind=kind, step=step, error=str(exc))
+            elif log is not None and path is not None:
+                name = "best.pt" if kind == "best" else f"last-{step:09d}.pt"
+                log.event("checkpoint", kind=kind, step=step, file=name)
         if exc is not None:
-            if self.p.log is not None:
-                self.p.log.event("checkpoint_failed", kind=kind, step=step, error=str(exc))
-                self.p.log.console.line(f"warning: checkpoint at step {step} not written: {exc}")
-            return
-        if self.p.log is not None and path is not None:
-            self.p.log.event("checkpoint", kind=kind, step=step, file=path.name)
-        self.emit("on_checkpoint", path)
+            self._console().line(f"warning: checkpoint at step {step} not written: {exc}")
+        elif path is not None:
+            self.emit("on_checkpoint", path)
 
     def _writer(self) -> Any:
         if self._executor is None:
@@ -466,8 +475,7 @@ class Trainer:
                 if self.p.val is not None and self.last_eval_step != self.counters.optimizer_step:
                     self._evaluate_and_track()
                 self._flush_interval()
-            if self._saved_step != self.counters.optimizer_step:
-                self.save("last")
+            self.save("last" if self._saved_step != self.counters.optimizer_step else "")
         except BaseException as exc:
             self.emit("on_exception", exc)
             raise

@@ -93,17 +93,19 @@ import surefit.checkpoint as ck
 from torch import nn
 
 run_dir, kill = sys.argv[1], sys.argv[2] == "kill"
-real_save, calls = torch.save, [0]
+real_write, calls = ck.atomic_write, [0]
 
-def slow_save(obj, f, *a, **k):
-    calls[0] += 1
-    if kill and calls[0] == 3:  # the third checkpoint: half written, then the process dies
-        f.write(b"x" * 1000)
-        f.flush()
-        os.kill(os.getpid(), signal.SIGKILL)
-    return real_save(obj, f, *a, **k)
+def slow_write(path, write):
+    if path.suffix == ".pt":
+        calls[0] += 1
+        if kill and calls[0] == 3:  # the third checkpoint: half written, then the process dies
+            with open(path.parent / f".{path.name}.killed.tmp", "wb") as f:
+                f.write(b"x" * 1000)
+                f.flush()
+                os.kill(os.getpid(), signal.SIGKILL)
+    return real_write(path, write)
 
-ck.torch.save = slow_save
+ck.atomic_write = slow_write
 torch.manual_seed(0)
 g = torch.Generator().manual_seed(0)
 x = torch.randn(64, 8, generator=g)

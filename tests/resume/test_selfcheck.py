@@ -24,7 +24,8 @@ def test_fit_check_resume_passes_on_an_exact_setup(tmp_path):
     # the real run started from the original weights: the check trained copies
     same = sf.fit(mlp(), (x, y), val=(x[:64], y[:64]), epochs=2, batch_size=16, accumulate=2,
                   progress="off")  # fmt: skip
-    assert all((a == b).all() for a, b in zip(model.parameters(), same.model.parameters()))
+    pairs = zip(model.parameters(), same.model.parameters(), strict=True)
+    assert all((a == b).all() for a, b in pairs)
     assert any(not (before[k] == v).all() for k, v in model.state_dict().items())
 
 
