@@ -23,7 +23,7 @@ LAYERS: list[set[str]] = [
     {"recipes"},
     {"api"},
     {"loop"},
-    {"callbacks", "checkpoint", "log", "health"},
+    {"callbacks", "checkpoint", "log", "loggers", "health"},
     {"precision", "schedule", "optim", "tasks", "metrics", "data", "distributed"},
     {"state"},
     {"config"},
