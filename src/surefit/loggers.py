@@ -221,7 +221,6 @@ class WandbSink(TrackerSink):
         mode = os.environ.get("WANDB_MODE") or (
             "online" if os.environ.get("WANDB_API_KEY") else "offline"
         )
-        os.environ.setdefault("WANDB_SILENT", "true")
         import wandb
 
         self.run_id = (self.resumed or {}).get("run_id") or uuid.uuid4().hex[:12]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 import struct
 import subprocess
 import sys
@@ -180,6 +181,27 @@ def test_a_resumed_run_continues_the_same_runs_without_duplicated_steps(tmp_path
     _assert_same(_without(series, TIMING), _without(want, TIMING))
     rows = (run_dir / "metrics.csv").read_text().splitlines()
     assert len(rows) == 1 + len((run_dir / "metrics.jsonl").read_text().splitlines())
+
+
+class _Interrupt(sf.Callback):
+    def on_step_end(self, run):
+        if run.optimizer_step == 6:
+            raise KeyboardInterrupt
+
+
+def test_a_preempted_run_ends_killed_and_an_interrupted_one_too(tmp_path):
+    from tests.resume.test_preemption import SendSignal
+
+    run_dir = tmp_path / "r"
+    _fit(run_dir, ["mlflow"], callbacks=[SendSignal(3, signal.SIGTERM)])
+    client, run, _ = _mlflow(run_dir)
+    assert run.info.status == "KILLED"
+    assert client.list_artifacts(run.info.run_id) == []  # best.pt only for a finished run
+    with pytest.raises(KeyboardInterrupt):
+        _fit(run_dir, ["mlflow"], callbacks=[_Interrupt()])
+    _, again, series = _mlflow(run_dir)
+    assert again.info.run_id == run.info.run_id and again.info.status == "KILLED"
+    assert [s for s, _ in series["train_loss"]] == [2, 4, 6]
 
 
 def test_a_failing_logger_is_recorded_once_and_training_goes_on(tmp_path, monkeypatch):
