@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import shutil
 import signal
 import struct
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -48,6 +50,33 @@ def _assert_same(got: dict, want: dict) -> None:
     for name in want:
         assert [s for s, _ in got[name]] == [s for s, _ in want[name]], name
         assert [v for _, v in got[name]] == pytest.approx([v for _, v in want[name]]), name
+
+
+@pytest.fixture
+def wandb_offline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No W&B key or mode set, and W&B's own settings and cache kept in the test's folder."""
+    for name in ("WANDB_API_KEY", "WANDB_MODE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("WANDB_CONFIG_DIR", str(tmp_path / "wandb-config"))
+    monkeypatch.setenv("WANDB_CACHE_DIR", str(tmp_path / "wandb-cache"))
+
+
+@pytest.fixture(scope="session")
+def _empty_mlflow_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An MLflow SQLite store whose tables are made once (that takes a second or two)."""
+    from mlflow.tracking import MlflowClient
+
+    path = tmp_path_factory.mktemp("mlflow") / "mlflow.db"
+    MlflowClient(tracking_uri=f"sqlite:///{path}").search_experiments()
+    return path
+
+
+@pytest.fixture
+def run_dir(tmp_path: Path, _empty_mlflow_store: Path) -> Path:
+    """A run directory whose default MLflow store exists already, with no experiment of ours."""
+    (tmp_path / "r" / "mlflow").mkdir(parents=True)
+    shutil.copyfile(_empty_mlflow_store, tmp_path / "r" / "mlflow" / "mlflow.db")
+    return tmp_path / "r"
 
 
 # -- readers ---------------------------------------------------------------------------------------
@@ -97,12 +126,24 @@ def _wandb_records(path: Path) -> list:
     return records
 
 
+def _finished_wandb_records(path: Path, wait_s: float = 60.0) -> list:
+    """The records once the file ends with the run's exit: wandb's service process writes the
+    file and may still be flushing it for a moment after ``finish()`` returns."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        records = _wandb_records(path)
+        if any(r.WhichOneof("record_type") == "exit" for r in records):
+            return records
+        assert time.monotonic() < deadline, f"{path.name} has no exit record"
+        time.sleep(0.1)
+
+
 def _wandb(run_dir: Path):
     """(run ids, config, metric name -> [(step, value)]) over every offline run in RUN_DIR/wandb."""
     files = sorted((run_dir / "wandb").glob("offline-run-*/run-*.wandb"))
     ids, config, series = set(), {}, {}
     for path in files:
-        for record in _wandb_records(path):
+        for record in _finished_wandb_records(path):
             kind = record.WhichOneof("record_type")
             if kind == "run":
                 ids.add(record.run.run_id)
@@ -145,11 +186,7 @@ def test_mlflow_holds_params_metrics_and_the_best_checkpoint(tmp_path):
     assert artifacts == ["checkpoints/best.pt"]
 
 
-def test_wandb_offline_run_holds_config_and_the_metrics_of_metrics_jsonl(tmp_path, monkeypatch):
-    monkeypatch.delenv("WANDB_API_KEY", raising=False)
-    monkeypatch.delenv("WANDB_MODE", raising=False)
-    monkeypatch.setenv("WANDB_CONFIG_DIR", str(tmp_path / "wandb-config"))
-    monkeypatch.setenv("WANDB_CACHE_DIR", str(tmp_path / "wandb-cache"))
+def test_wandb_offline_run_holds_config_and_the_metrics_of_metrics_jsonl(tmp_path, wandb_offline):
     _fit(tmp_path / "r", ["wandb"], lr=2e-3)
     files, ids, config, series = _wandb(tmp_path / "r")
     assert len(files) == 1 and len(ids) == 1
@@ -158,11 +195,8 @@ def test_wandb_offline_run_holds_config_and_the_metrics_of_metrics_jsonl(tmp_pat
 
 
 # -- resume, failure, rank zero --------------------------------------------------------------------
-def test_a_resumed_run_continues_the_same_runs_without_duplicated_steps(tmp_path, monkeypatch):
-    monkeypatch.delenv("WANDB_API_KEY", raising=False)
-    monkeypatch.delenv("WANDB_MODE", raising=False)
-    monkeypatch.setenv("WANDB_CONFIG_DIR", str(tmp_path / "wandb-config"))
-    run_dir, loggers = tmp_path / "r", ["tensorboard", "mlflow", "wandb", "csv"]
+def test_a_resumed_run_continues_the_same_runs_without_duplicated_steps(run_dir, wandb_offline):
+    loggers = ["tensorboard", "mlflow", "wandb", "csv"]
     # checkpoint at step 4, crash at 7: steps 5 to 7 were logged and are logged again on resume
     with pytest.raises(RuntimeError, match="simulated crash"):
         _fit(run_dir, loggers, callbacks=[Crash(7)], checkpoint_every=4, log_every=1)
@@ -189,10 +223,9 @@ class _Interrupt(sf.Callback):
             raise KeyboardInterrupt
 
 
-def test_a_preempted_run_ends_killed_and_an_interrupted_one_too(tmp_path):
+def test_a_preempted_run_ends_killed_and_an_interrupted_one_too(run_dir):
     from tests.resume.test_preemption import SendSignal
 
-    run_dir = tmp_path / "r"
     _fit(run_dir, ["mlflow"], callbacks=[SendSignal(3, signal.SIGTERM)])
     client, run, _ = _mlflow(run_dir)
     assert run.info.status == "KILLED"
