@@ -29,7 +29,6 @@ TRACKERS: dict[str, tuple[str, str]] = {
     "mlflow": ("mlflow", "mlflow"),
     "wandb": ("wandb", "wandb"),
 }
-STATUSES = ("FINISHED", "FAILED", "KILLED")  # how a run ends, in MLflow's words
 
 
 def _installed(module: str) -> bool:
