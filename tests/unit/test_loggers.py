@@ -161,10 +161,8 @@ def _wandb(run_dir: Path):
 
 # -- each tracker against metrics.jsonl ------------------------------------------------------------
 def test_import_surefit_imports_no_tracker():
-    code = (
-        "import sys, surefit; print([m for m in ('tensorboard', 'mlflow', 'wandb', "
-        "'torch.utils.tensorboard') if m in sys.modules])"
-    )
+    trackers = ("tensorboard", "mlflow", "wandb", "torch.utils.tensorboard")
+    code = f"import sys, surefit.api; print([m for m in {trackers} if m in sys.modules])"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
 
