@@ -172,8 +172,7 @@ def test_tensorboard_holds_the_metrics_of_metrics_jsonl(tmp_path):
     _assert_same(_tensorboard(tmp_path / "r"), _expected(tmp_path / "r"))
 
 
-def test_mlflow_holds_params_metrics_and_the_best_checkpoint(tmp_path):
-    run_dir = tmp_path / "r"
+def test_mlflow_holds_params_metrics_and_the_best_checkpoint(run_dir):
     _fit(run_dir, ["mlflow", "csv"], lr=2e-3)
     client, run, series = _mlflow(run_dir)
     _assert_same(series, _expected(run_dir))
