@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from . import config as cfgmod
-from .callbacks import EarlyStopping, check_callback
+from .callbacks import EarlyStopping, auto_mode, check_callback
 from .checkpoint import CheckpointStore, atomic_write_text, check_resume_fits
 from .checks import Finding, raise_first, run_checks
 from .config import RunConfig
@@ -379,7 +379,7 @@ class Run:
                 EarlyStopping(monitor, c.train.mode, c.train.patience, c.train.min_delta)
             )
         console = self.console or Console(c.log.progress if is_rank_zero() else "off", c.epochs)
-        log = RunLog(run_dir, list(c.log.loggers), console, enabled=is_rank_zero())
+        log = RunLog(run_dir, list(c.log.loggers), console, is_rank_zero(), c.to_dict())
         parts = Parts(
             model=self.model,
             task=task,
@@ -399,8 +399,6 @@ class Run:
             run_dir=run_dir,
         )
         trainer = Trainer(parts)
-        from .callbacks import auto_mode
-
         parts.schedule = self.schedule or build_schedule(
             c.schedule,
             optimizer,
@@ -502,8 +500,10 @@ class Run:
                     step_now = trainer.counters.optimizer_step
                     log.metric({"split": "test", "step": step_now, **test_metrics})
                 log.event("end", step=trainer.counters.optimizer_step, reason=trainer.stop_reason)
-        finally:
-            log.close()
+        except BaseException as exc:  # trackers mark their run failed (or killed), then re-raise
+            log.close(error=exc)
+            raise
+        log.close()
         result = self._result(trainer, test_metrics, run_dir, store)
         result.resume_check = check
         console.line(summary(result))

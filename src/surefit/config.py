@@ -151,7 +151,9 @@ class CheckpointConfig:
 class LogConfig:
     every_steps: int = 50  # optimizer steps between metric reads (the only host syncs)
     progress: str = "auto"  # one of PROGRESS; auto = bar on a terminal, one line per epoch else
-    loggers: list = field(default_factory=list)  # extra sinks; metrics.jsonl is always written
+    loggers: list = field(default_factory=list)  # csv, tensorboard, mlflow, wandb; jsonl always
+    project: str = ""  # MLflow experiment / W&B project name; "" = the run's name
+    mlflow_uri: str = ""  # MLflow tracking URI; "" = $MLFLOW_TRACKING_URI, else SQLite in run dir
 
 
 CHECKS = (

@@ -1,4 +1,5 @@
-"""Log sinks: the console (progress bar or one line per epoch), metrics.jsonl, events.jsonl, CSV.
+"""Log sinks: the console (progress bar or one line per epoch), metrics.jsonl, events.jsonl, CSV,
+and the trackers of ``loggers`` (TensorBoard, MLflow, W&B).
 
 Every sink receives host floats at the log interval; nothing here reads a device tensor.
 """
@@ -6,6 +7,7 @@ Every sink receives host floats at the log interval; nothing here reads a device
 from __future__ import annotations
 
 import csv
+import difflib
 import json
 import math
 import sys
@@ -14,8 +16,9 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from .errors import ConfigError
+from .loggers import SINKS, TRACKERS, TrackerSink, check_installed, metric_values
 
-KNOWN_LOGGERS = ("jsonl", "csv")
+KNOWN_LOGGERS = ("jsonl", "csv", *TRACKERS)
 
 
 def _fmt(value: Any) -> str:
@@ -79,6 +82,13 @@ class CsvSink:
             with self.path.open("a", newline="") as f:
                 csv.DictWriter(f, self.columns).writerow(record)
 
+    def restore(self, records: list[dict[str, Any]]) -> None:
+        """Rewrite metrics.csv from the records a resumed run keeps."""
+        self.rows, self.columns = [], []
+        self.path.unlink(missing_ok=True)
+        for record in records:
+            self.write(record)
+
     def close(self) -> None:
         pass
 
@@ -140,50 +150,119 @@ def epoch_line(epoch: int, epochs: int, values: dict[str, Any]) -> str:
 
 
 class RunLog:
-    """The run's sinks in one place: only rank zero writes (``enabled``)."""
+    """The run's sinks in one place: only rank zero writes (``enabled``).
+
+    A tracker sink that raises (a package broken, a server unreachable) is recorded once as a
+    ``logger_failed`` event and dropped; training goes on with the other sinks.
+    """
 
     def __init__(
-        self, run_dir: Path | None, loggers: list[str], console: Console, enabled: bool = True
+        self,
+        run_dir: Path | None,
+        loggers: list[str],
+        console: Console,
+        enabled: bool = True,
+        config: dict[str, Any] | None = None,
     ) -> None:
-        unknown = [name for name in loggers if name not in KNOWN_LOGGERS]
-        if unknown:
-            raise ConfigError(
-                f"unknown logger(s) {unknown}",
-                where="log.loggers",
-                fix=f"choose from {', '.join(KNOWN_LOGGERS)} (metrics.jsonl is always written)",
-            )
+        _check_loggers(loggers)
         self.console = console
         self.enabled = enabled and run_dir is not None
         self.metrics = JsonlSink(run_dir / "metrics.jsonl") if run_dir else None
         self.events = JsonlSink(run_dir / "events.jsonl") if run_dir else None
-        self.extra = [CsvSink(run_dir / "metrics.csv")] if run_dir and "csv" in loggers else []
+        on = run_dir is not None and self.enabled
+        self.csv = CsvSink(run_dir / "metrics.csv") if on and "csv" in loggers else None
+        self.trackers: list[TrackerSink] = (
+            [SINKS[name](run_dir, config or {}) for name in dict.fromkeys(loggers) if name in SINKS]
+            if on
+            else []
+        )
+        self.sent: set[tuple[Any, Any]] = set()  # (split, step) the trackers had before a resume
+        self.ended = "FINISHED"
         self.started = time.time()
 
     def metric(self, record: dict[str, Any]) -> None:
         if self.enabled and self.metrics is not None:
             self.metrics.write(record)
-            for sink in self.extra:
-                sink.write(record)
+            if self.csv is not None:
+                self.csv.write(record)
+            key, values = (record.get("split"), record.get("step")), metric_values(record)
+            for sink in list(self.trackers):
+                if sink.replays or sink.resumed is None or key not in self.sent:
+                    self._guard(sink, lambda s: (s.ensure_open(), s.write(int(key[1]), values)))
 
     def event(self, event: str, **fields: Any) -> None:
+        if event == "preempted":  # paused to be resumed: trackers end the run as killed
+            self.ended = "KILLED"
         if self.enabled and self.events is not None:
             self.events.write({"event": event, "time": round(time.time(), 3), **fields})
 
+    def _guard(self, sink: TrackerSink, call: Any) -> Any:
+        """Run ``call(sink)``; on an error record it, drop the sink and go on."""
+        try:
+            return call(sink)
+        except Exception as exc:
+            self.trackers.remove(sink)
+            self.event("logger_failed", logger=sink.name, error=f"{type(exc).__name__}: {exc}")
+            self.console.line(f"warning: logger '{sink.name}' failed and is off: {exc}")
+            return None
+
     def state_dict(self) -> dict[str, Any]:
+        trackers = {s.name: self._guard(s, lambda s: s.state_dict()) for s in list(self.trackers)}
         return {
             "metrics": self.metrics.state_dict() if self.metrics else {"lines": 0},
             "events": self.events.state_dict() if self.events else {"lines": 0},
+            "loggers": {name: state for name, state in trackers.items() if state is not None},
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         # events.jsonl is not cut back: what happened after the checkpoint (a crash) stays recorded
-        if self.enabled and self.metrics is not None:
-            self.metrics.load_state_dict(state["metrics"])
+        if not (self.enabled and self.metrics is not None):
+            return
+        before = _read_records(self.metrics.path)
+        self.metrics.load_state_dict(state["metrics"])
+        kept = before[: self.metrics.lines]
+        self.sent = {(r.get("split"), r.get("step")) for r in before[self.metrics.lines :]}
+        if self.csv is not None:
+            self.csv.restore(kept)
+        purge_step = max((int(r.get("step", 0)) for r in kept), default=0) + 1
+        saved = state.get("loggers", {})
+        for sink in self.trackers:
+            if sink.name in saved:
+                sink.load_state_dict(saved[sink.name], purge_step)
 
-    def close(self) -> None:
-        for sink in [self.metrics, self.events, *self.extra]:
+    def close(self, error: BaseException | None = None) -> None:
+        """Close every sink; trackers end their run FINISHED, FAILED on an error, KILLED when
+        interrupted or preempted (then only a finished run logs best.pt to MLflow)."""
+        status = self.ended
+        if error is not None:
+            status = "FAILED" if isinstance(error, Exception) else "KILLED"
+        best = self.metrics.path.parent / "checkpoints" / "best.pt" if self.metrics else None
+        for sink in list(self.trackers):
+            self._guard(sink, lambda s: s.close(status, best))
+        for sink in [self.metrics, self.events, self.csv]:
             if sink is not None:
                 sink.close()
+
+
+def _check_loggers(loggers: list[str]) -> None:
+    """Unknown names and missing packages fail here, before training or any write."""
+    for name in loggers:
+        if name not in KNOWN_LOGGERS:
+            close = difflib.get_close_matches(str(name), KNOWN_LOGGERS, n=1)
+            hint = f"did you mean '{close[0]}'? " if close else ""
+            raise ConfigError(
+                f"unknown logger '{name}'",
+                where="log.loggers",
+                fix=f"{hint}choose from {', '.join(KNOWN_LOGGERS)} (jsonl is always written)",
+            )
+    check_installed(loggers)
+
+
+def _read_records(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    lines = path.read_text().splitlines(keepends=True)
+    return [json.loads(line) for line in lines if line.endswith("\n")]
 
 
 class NullConsole:

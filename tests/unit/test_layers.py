@@ -23,7 +23,7 @@ LAYERS: list[set[str]] = [
     {"recipes"},
     {"api", "selfcheck"},
     {"loop"},
-    {"callbacks", "checkpoint", "log", "health", "checks"},
+    {"callbacks", "checkpoint", "log", "loggers", "health", "checks"},
     {"precision", "schedule", "optim", "tasks", "metrics", "data", "distributed"},
     {"state"},
     {"config"},
