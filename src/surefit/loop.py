@@ -482,6 +482,8 @@ class Trainer:
         finally:
             self._console().epoch_end()
             self._drain()  # every background write is durable before fit returns or raises
+            if self.health.quarantine is not None:
+                self.health.quarantine.close()
             if self._executor is not None:
                 self._executor.shutdown()
         self.emit("on_fit_end")
