@@ -48,6 +48,7 @@ class _Step:
     loss: torch.Tensor  # the window's sum of loss x samples, float64, on the device
     norm: torch.Tensor  # pre-clip global gradient norm, on the device
     host_skipped: bool  # the step was skipped by a host read (the schedule did not move)
+    lr: float = float("nan")  # the first group's learning rate this step used
 
 
 @dataclass
@@ -115,8 +116,9 @@ class Health:
         self.origin_reported = False
         self.high_norm_run = 0  # consecutive steps with the pre-clip norm far above clip_norm
         self._epoch_t0: dict[int, float] = {}
-        path = run_dir / "quarantine.jsonl" if run_dir is not None and enabled_io else None
-        self.quarantine = JsonlSink(path) if path is not None else None
+        folder = run_dir if enabled_io else None
+        self.quarantine = JsonlSink(folder / "quarantine.jsonl") if folder else None
+        self.per_step = JsonlSink(folder / "steps.jsonl") if folder else None
         self.snapshot: dict[str, Any] | None = None
 
     # -- the hot path ------------------------------------------------------------------------------
@@ -164,16 +166,31 @@ class Health:
             if p.epoch != self.epoch_index:
                 t0 = self._epoch_t0.get(p.epoch, time.perf_counter())
                 self.epoch, self.epoch_index = _Sums(t0=t0), p.epoch
+            spikes = self.spikes
             if _finite(loss, norm):
                 self._accept(p, loss, norm)
             else:
                 self._reject(p, loss, norm, examine, actions)
+            self._write_step(p, loss, norm, spike=self.spikes > spikes)
             if self.cfg.rollback_after and self.run_length >= self.cfg.rollback_after:
                 self.run_length = 0
                 if not actions["rollback"]:
                     actions["rollback"] = f"{self.cfg.rollback_after} bad or spiking steps in a row"
         self._check_limits(actions)
         return actions
+
+    def _write_step(self, p: _Step, loss: float, norm: float, spike: bool) -> None:
+        """One line of steps.jsonl: what each optimizer step did (for plots and forensics)."""
+        if self.per_step is None:
+            return
+        record = {"step": p.step, "loss": loss / max(p.samples, 1), "grad_norm": norm, "lr": p.lr}
+        if self.clip_norm > 0:
+            record["clipped"] = bool(norm > self.clip_norm)
+        if not _finite(loss, norm):
+            record["skipped"] = True
+        if spike:
+            record["spike"] = True
+        self.per_step.write(record)
 
     def _accept(self, p: _Step, loss: float, norm: float) -> None:
         clipped = self.clip_norm > 0 and norm > self.clip_norm
@@ -348,6 +365,7 @@ class Health:
             "origin_reported": self.origin_reported,
             "high_norm_run": self.high_norm_run,
             "quarantine": self.quarantine.state_dict() if self.quarantine else {"lines": 0},
+            "steps_file": self.per_step.state_dict() if self.per_step else {"lines": 0},
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -361,6 +379,8 @@ class Health:
         self.high_norm_run = int(state.get("high_norm_run", 0))
         if self.quarantine is not None:
             self.quarantine.load_state_dict(state["quarantine"])
+        if self.per_step is not None:
+            self.per_step.load_state_dict(state.get("steps_file", {"lines": 0}))
 
 
 # -- finding the bad samples and where the NaN started -----------------------------------------

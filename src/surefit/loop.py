@@ -204,7 +204,7 @@ class Trainer:
         self.p.precision.backward(loss / divisor)  # 4
         return loss.detach().double() * batch_size_of(batch)
 
-    def _optimizer_step(self, window: list[Any]) -> tuple[torch.Tensor, torch.Tensor, bool]:
+    def _optimizer_step(self, window: list[Any]) -> tuple[Any, Any, bool, float]:
         t = self.cfg.train
         self.optimizer.zero_grad(set_to_none=True)  # 1
         loss = None
@@ -214,10 +214,11 @@ class Trainer:
         norm = self.p.precision.unscale_and_clip(  # 5
             self.optimizer, self.params, t.clip_norm, t.clip_value
         )
+        lr = self.optimizer.param_groups[0]["lr"]  # the rate this update used (a host float)
         stepped = self.health.step(self.p.precision, self.optimizer, loss, norm)  # 6
         if stepped:
             self.p.schedule.after_optimizer_step()  # 7
-        return loss, norm, stepped
+        return loss, norm, stepped, lr
 
     def _windows(self, batches: Iterable[Any]) -> Iterator[list[Any]]:
         """Group micro-batches into accumulation windows aligned to the epoch's start."""
@@ -230,10 +231,10 @@ class Trainer:
         if window:
             yield window
 
-    def _after_step(self, window: list[Any], stepped: tuple[Any, Any, bool]) -> None:  # 8
+    def _after_step(self, window: list[Any], stepped: tuple[Any, Any, bool, float]) -> None:  # 8
         c, t = self.counters, self.cfg.train
         samples = sum(batch_size_of(b) for b in window)
-        loss, norm, applied = stepped
+        loss, norm, applied, lr = stepped
         self.health.record(
             _Step(
                 step=c.optimizer_step + 1,
@@ -244,6 +245,7 @@ class Trainer:
                 loss=loss,
                 norm=norm,
                 host_skipped=not applied,
+                lr=lr,
             )
         )
         c.optimizer_step += 1
@@ -482,8 +484,9 @@ class Trainer:
         finally:
             self._console().epoch_end()
             self._drain()  # every background write is durable before fit returns or raises
-            if self.health.quarantine is not None:
-                self.health.quarantine.close()
+            for sink in (self.health.quarantine, self.health.per_step):
+                if sink is not None:
+                    sink.close()
             if self._executor is not None:
                 self._executor.shutdown()
         self.emit("on_fit_end")

@@ -51,6 +51,11 @@ def test_nan_inputs_are_skipped_and_exactly_the_bad_samples_quarantined(tmp_path
     origin = _events(tmp_path, "nan_origin")
     assert len(origin) == 1 and origin[0]["module"] == "<data>"
     assert sum(h.get("skipped_steps", 0) for h in r.history) == 4
+    steps = _lines(tmp_path / "steps.jsonl")
+    assert [s["step"] for s in steps] == list(range(1, r.steps + 1))
+    assert sorted(s["step"] for s in steps if s.get("skipped")) == sorted(
+        q["step"] for q in quarantine
+    )
     assert r.best_metrics["val_loss" if "val_loss" in r.best_metrics else "train_loss"] < 2
 
 
