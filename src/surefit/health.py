@@ -33,6 +33,7 @@ from .state import RngState
 SPIKE_WINDOW = 64  # accepted step losses the spike detector's median and MAD look back over
 SPIKE_MIN_HISTORY = 16  # no spike is called before this many accepted steps
 MAX_EXAMINED = 4096  # samples of a bad window checked one by one
+SNAPSHOT_EVERY = 200  # optimizer steps between in-memory rollback copies (and at checkpoints)
 LR_HIGH_FACTOR, LR_HIGH_STEPS = 5.0, 50  # pre-clip norm above 5x clip_norm for 50 steps in a row
 
 
@@ -120,6 +121,7 @@ class Health:
         self.quarantine = JsonlSink(folder / "quarantine.jsonl") if folder else None
         self.per_step = JsonlSink(folder / "steps.jsonl") if folder else None
         self.snapshot: dict[str, Any] | None = None
+        self.snapshot_step = -(1 << 62)
 
     # -- the hot path ------------------------------------------------------------------------------
     def step(self, precision: Any, optimizer: torch.optim.Optimizer, loss: Any, norm: Any) -> bool:
@@ -284,10 +286,16 @@ class Health:
             self.log.event(event, **fields)
 
     # -- rollback ----------------------------------------------------------------------------------
-    def take_snapshot(self, parts: dict[str, Any]) -> None:
-        """Remember the state to roll back to, when the run is healthy (memory mode only)."""
-        if self.cfg.rollback_after and self.cfg.rollback_from == "memory" and not self.run_length:
-            self.snapshot = cpu_copy({k: v.state_dict() for k, v in parts.items()})
+    def take_snapshot(self, parts: dict[str, Any], step: int, force: bool = False) -> None:
+        """Remember the state to roll back to, when the run is healthy (memory mode only): at
+        each checkpoint (``force``; a resumed run holds the same copy) and at a sync point at
+        most every SNAPSHOT_EVERY steps (a copy costs the model and optimizer state)."""
+        if not (self.cfg.rollback_after and self.cfg.rollback_from == "memory"):
+            return
+        if self.run_length or not (force or step - self.snapshot_step >= SNAPSHOT_EVERY):
+            return
+        self.snapshot = cpu_copy({k: v.state_dict() for k, v in parts.items()})
+        self.snapshot_step = step
 
     def rollback(self, parts: dict[str, Any], saved: dict[str, Any] | None, why: str) -> bool:
         """Load the last good state into ``parts``; False when there is none."""

@@ -293,7 +293,7 @@ class Trainer:
             self._console().postfix({"loss": record["train_loss"], "lr": record["lr"]})
         return record
 
-    def _sync(self) -> None:
+    def _sync(self, snapshot: bool = False) -> None:
         """Read the pending steps and act on what health decides (at log, eval and save)."""
         actions = self.health.sync(self._examine)
         self.p.schedule.rewind(actions["rewind"])
@@ -313,7 +313,8 @@ class Trainer:
             if self.p.log is not None:
                 self.p.log.event("health_stop", why=actions["stop"])
             self.request_stop(actions["stop"])
-        self.health.take_snapshot(self._rollback_parts())
+        step = self.counters.optimizer_step
+        self.health.take_snapshot(self._rollback_parts(), step, force=snapshot)
 
     def _rollback_parts(self) -> dict[str, Any]:
         return {
@@ -394,7 +395,7 @@ class Trainer:
         self._best_due = False
         if self.p.store is None or not kinds:
             return None
-        self._sync()  # the checkpoint holds host state only
+        self._sync(snapshot=True)  # the checkpoint holds host state only
         step = self.counters.optimizer_step
         if "last" in kinds:
             self._saved_step, self._saved_at = step, time.perf_counter()
@@ -462,7 +463,7 @@ class Trainer:
     def fit(self) -> None:
         """Train until epochs, max_steps, max_time_s or a callback stops the run."""
         self._t_start = time.perf_counter()
-        self.health.take_snapshot(self._rollback_parts())
+        self.health.take_snapshot(self._rollback_parts(), self.counters.optimizer_step, force=True)
         self.net.train()
         self.emit("on_fit_start")
         try:
