@@ -104,9 +104,8 @@ def _split(data: Any) -> tuple[Any, Any, Any]:
     )
 
 
-def run(cfg: RunConfig, console: Console | None = None) -> FitResult:
-    """Build the recipe's model and data from their factories and train."""
-    from ..api import Run
+def build(cfg: RunConfig) -> tuple[Any, Any, Any, Any, Any]:
+    """(model, train, val, test, teacher) from the recipe's factories, the model seeded."""
     from ..state import seed_everything
 
     for key, value in (("model.name", cfg.model.name), ("data.name", cfg.data.name)):
@@ -118,4 +117,12 @@ def run(cfg: RunConfig, console: Console | None = None) -> FitResult:
     model = resolve(cfg.model.name, "model.name")(**cfg.model.args)
     train, val, test = _split(resolve(cfg.data.name, "data.name")(**cfg.data.args))
     teacher = resolve(cfg.task.teacher, "task.teacher")() if cfg.task.teacher else None
+    return model, train, val, test, teacher
+
+
+def run(cfg: RunConfig, console: Console | None = None) -> FitResult:
+    """Build the recipe's model and data from their factories and train."""
+    from ..api import Run
+
+    model, train, val, test, teacher = build(cfg)
     return Run(cfg, model, train, val, test, teacher=teacher, console=console).execute()
