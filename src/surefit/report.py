@@ -382,7 +382,8 @@ def write_plots(run: RunRecords, folder: Path | None = None) -> list[Path]:
     """Every plot the run's records allow, under ``folder`` (default RUN_DIR/plots).
 
     Each ``draw_*`` function returns a matplotlib Figure, or None when the records hold nothing
-    it draws; what a run did not log is left out, never an error."""
+    it draws; what a run did not log is left out, never an error.
+    """
     folder = folder or run.path / "plots"
     written = []
     for name, draw in PLOTS.items():
