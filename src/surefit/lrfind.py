@@ -10,6 +10,7 @@ whatever happens, so the model can be trained from where it was.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 from collections.abc import Iterator
@@ -186,20 +187,10 @@ def lr_find(
     names = {} if given is not None or optimizer is DEFAULT else {"optimizer": optimizer}
     cfg = build_config(config, **names, **keywords)
     run = Run(cfg, model, train, val, None, loss=loss, step=step, teacher=teacher)
-    weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    saved_optimizer = copy.deepcopy(given.state_dict()) if given is not None else None
-    rng = RngState().state_dict()
-    was_training = model.training
-    try:
+    with _restored(model, given):
         sweep = _Sweep(run, given)
         model.train()
         lrs, losses, smoothed, stop = _run_sweep(sweep, min_lr, max_lr, steps, smoothing, diverge)
-    finally:
-        model.load_state_dict(weights)
-        model.train(was_training)
-        if given is not None and saved_optimizer is not None:
-            given.load_state_dict(saved_optimizer)
-        RngState().load_state_dict(rng)
     suggestion, used = suggest(lrs, smoothed, rule)
     low = min(range(len(smoothed)), key=smoothed.__getitem__) if smoothed else None
     result = LRFindResult(
@@ -214,6 +205,23 @@ def lr_find(
     if plot is not None:
         result.plot = plot_lr_find(result, Path(plot))
     return result
+
+
+@contextlib.contextmanager
+def _restored(model: nn.Module, optimizer: torch.optim.Optimizer | None) -> Iterator[None]:
+    """Put back the model's weights, buffers and mode, the optimizer's state and the RNGs."""
+    weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    saved = copy.deepcopy(optimizer.state_dict()) if optimizer is not None else None
+    rng = RngState().state_dict()
+    was_training = model.training
+    try:
+        yield
+    finally:
+        model.load_state_dict(weights)
+        model.train(was_training)
+        if optimizer is not None and saved is not None:
+            optimizer.load_state_dict(saved)
+        RngState().load_state_dict(rng)
 
 
 def _run_sweep(

@@ -1,4 +1,4 @@
-"""Plots and a one-page HTML report of a run directory, and overlays of several runs.
+"""Plots and a one-page HTML report of a run directory.
 
 Reads only what a run writes (config.toml, metrics.jsonl, events.jsonl, checkpoints/MANIFEST.json),
 so it works on a finished, stopped or still running run and imports no torch. matplotlib is
@@ -36,6 +36,7 @@ class RunRecords:
     path: Path
     config: dict[str, Any]  # config.toml as written ({} when absent)
     train: list[dict[str, Any]]  # logged training steps (lines without a split)
+    replaced: list[dict[str, Any]]  # training lines of steps taken again later (rollbacks)
     evals: list[dict[str, Any]]  # evaluation lines (split "eval")
     tests: list[dict[str, Any]]  # test lines (split "test")
     events: list[dict[str, Any]]
@@ -97,17 +98,19 @@ def _read_jsonl(path: Path) -> list[dict[str, Any]]:
     return out
 
 
-def one_line(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Records in step order as one line: where the step goes back (a segment that repeats steps
-    after a resume), the later segment replaces what the earlier one wrote from that step on."""
+def one_line(records: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(line, replaced): the records in step order as one line, and those it leaves out. Where
+    the step goes back (steps taken again after a rollback, or a resumed segment that repeats
+    some), the later records replace what the earlier ones wrote from that step on."""
     out: list[dict[str, Any]] = []
+    replaced: list[dict[str, Any]] = []
     for r in records:
         if not _num(r):
             continue
         while out and out[-1]["step"] >= r["step"]:
-            out.pop()
+            replaced.append(out.pop())
         out.append(r)
-    return out
+    return out, sorted(replaced, key=lambda r: r["step"])
 
 
 def read_run(run_dir: str | Path) -> RunRecords:
@@ -131,11 +134,13 @@ def read_run(run_dir: str | Path) -> RunRecords:
         checkpoints = json.loads(manifest_path.read_text()).get("checkpoints", [])
     except (OSError, json.JSONDecodeError, AttributeError):
         checkpoints = []
+    train, replaced = one_line([r for r in metrics if "split" not in r])
     return RunRecords(
         path=path,
         config=config,
-        train=one_line([r for r in metrics if "split" not in r]),
-        evals=one_line([r for r in metrics if r.get("split") == "eval"]),
+        train=train,
+        replaced=replaced,
+        evals=one_line([r for r in metrics if r.get("split") == "eval"])[0],
         tests=[r for r in metrics if r.get("split") == "test"],
         events=_read_jsonl(path / "events.jsonl"),
         checkpoints=checkpoints if isinstance(checkpoints, list) else [],
@@ -218,6 +223,9 @@ def draw_loss(run: RunRecords) -> Any:
     fig, (ax,) = figure()
     if xs:
         ax.plot(xs, ys, color="tab:blue", linewidth=1.2, label="train loss (per logged step)")
+    rx, ry = series(run.replaced, *LOSS_KEYS)
+    if rx:
+        ax.plot(rx, ry, "x", color="tab:gray", markersize=4, label="train loss, steps taken again")
     evals = (
         ("train_loss", "tab:cyan", "train loss (mean since the last evaluation)"),
         ("val_loss", "tab:purple", "val loss"),

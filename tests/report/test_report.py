@@ -66,9 +66,24 @@ def test_one_line_lets_a_later_segment_replace_what_it_repeats():
     records = [{"step": s, "v": "a"} for s in range(1, 11)] + [
         {"step": s, "v": "b"} for s in range(6, 16)
     ]
-    line = report.one_line(records)
+    line, replaced = report.one_line(records)
     assert [r["step"] for r in line] == list(range(1, 16))
     assert [r["v"] for r in line] == ["a"] * 5 + ["b"] * 10
+    assert [(r["step"], r["v"]) for r in replaced] == [(s, "a") for s in range(6, 11)]
+
+
+def test_steps_taken_again_after_a_rollback_are_drawn_apart(tmp_path):
+    lines = [{"step": s, "train_loss": 1.0} for s in range(1, 6)]
+    lines += [{"step": 6, "train_loss": 50.0}]  # the spike, then back to step 4
+    lines += [{"step": s, "train_loss": 0.9} for s in range(5, 9)]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    (tmp_path / "events.jsonl").write_text(json.dumps({"event": "rollback", "step": 6}) + "\n")
+    run = report.read_run(tmp_path)
+    ax = report.draw_loss(run).axes[0]
+    by_label = {ln.get_label(): ln for ln in ax.lines}
+    assert list(by_label["train loss (per logged step)"].get_xdata()) == list(range(1, 9))
+    assert list(by_label["train loss, steps taken again"].get_ydata()) == [1.0, 50.0]
+    assert _marks(report.draw_loss(run), "rollback") == [6]
 
 
 def test_grad_norm_histogram_shows_the_clip_threshold_and_fraction(resumed_run):
