@@ -233,7 +233,7 @@ def draw_loss(run: RunRecords) -> Any:
     for key, colour, label in evals:
         ex, ey = series(run.evals, key)
         if ex:
-            ax.plot(ex, ey, "o-", color=colour, markersize=3, label=label)
+            ax.plot(ex, ey, "o-" if len(ex) <= 40 else "-", color=colour, markersize=3, label=label)
     _log_if_wide(ax, ys)
     _mark_events(ax, run)
     finish_axes(ax, "optimizer step", "loss", f"{run.name}: loss")
@@ -267,7 +267,8 @@ def draw_metrics(run: RunRecords) -> Any:
             pairs.append(("val_loss", "val_loss"))
         for name, label in pairs:
             xs, ys = series(run.evals, name)
-            ax.plot([to_x(x) for x in xs], ys, "o-", markersize=3, label=label)
+            style = "o-" if len(xs) <= 40 else "-"
+            ax.plot([to_x(x) for x in xs], ys, style, markersize=3, label=label)
         _mark_events(ax, run, to_x)
         finish_axes(
             ax, "epoch" if per else "optimizer step", "loss" if key == "train_loss" else key
@@ -350,7 +351,7 @@ def draw_grad_norm(run: RunRecords) -> Any:
         line.axhline(run.clip_norm, color="tab:red", linestyle="--", label="clip_norm")
     title = "pre-clip gradient norm"
     if every > 1:
-        title += f"\n(each a mean over {every} steps; log.every_steps=1 shows each step)"
+        title += f"\n(each the mean of {every} steps)"
     xlabel = hist.get_xlabel() or "gradient norm"
     finish_axes(hist, xlabel, "logged steps" if every == 1 else "log intervals", title)
     line.plot(xs, norms, color="tab:blue", linewidth=1.0, label="grad norm")
