@@ -39,3 +39,11 @@ def resumed_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, sf.FitR
 def other_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, sf.FitResult]:
     run_dir = tmp_path_factory.mktemp("runs") / "other"
     return run_dir, _fit(run_dir, lr=0.2, log_every=2)
+
+
+@pytest.fixture(scope="session")
+def written(resumed_run) -> tuple[Path, list[Path]]:
+    """(report.html, plots) of the resumed run, written once."""
+    from surefit.report import write_report
+
+    return write_report(resumed_run[0])

@@ -11,8 +11,6 @@ from pathlib import Path
 
 import pytest
 
-from surefit.report import write_report
-
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 FLAGS = [
     "--headless",
@@ -32,14 +30,14 @@ def _missing(what: str) -> None:
 
 
 @pytest.mark.slow
-def test_report_opens_offline_with_every_plot_and_no_console_error(resumed_run, tmp_path):
+def test_report_opens_offline_with_every_plot_and_no_console_error(resumed_run, written, tmp_path):
     try:
         from playwright.sync_api import sync_playwright
     except ImportError:
         _missing("playwright (the dev extra)")
     if not Path(CHROMIUM).is_file():
         _missing("chromium")
-    page_path, plots = write_report(resumed_run[0])
+    page_path, plots = written
     moved = tmp_path / "report.html"  # away from plots/: everything must be inside the page
     shutil.copyfile(page_path, moved)
     problems: list[str] = []

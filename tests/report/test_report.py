@@ -6,7 +6,6 @@ import base64
 import json
 import shutil
 from html.parser import HTMLParser
-from pathlib import Path
 
 import pytest
 
@@ -29,16 +28,21 @@ def _marks(fig, label: str) -> list[float]:
     ]
 
 
-def test_report_writes_every_plot_and_the_page(resumed_run, capsys):
+def test_report_command_writes_every_plot_and_the_page_without_torch(resumed_run, tmp_path):
     run_dir, _ = resumed_run
-    assert main(["report", str(run_dir)]) == 0
-    out = capsys.readouterr().out
+    r = python(
+        tmp_path,
+        "import sys\nfrom surefit.cli import main\n"
+        f"assert main(['report', {str(run_dir)!r}]) == 0\n"
+        "assert 'torch' not in sys.modules, 'report imported torch'\n",
+    )
+    assert r.returncode == 0, r.stderr
     assert {p.name for p in (run_dir / "plots").glob("*.png")} == PLOTS
     for name in PLOTS:
         path = run_dir / "plots" / name
         assert path.read_bytes().startswith(PNG)
-        assert f"wrote {path}" in out
-    assert (run_dir / "report.html").is_file()
+        assert f"wrote {path}" in r.stdout
+    assert f"wrote {run_dir / 'report.html'}" in r.stdout
 
 
 def test_a_resumed_run_is_one_line_with_its_resume_point_marked(resumed_run):
@@ -142,9 +146,9 @@ class _Links(HTMLParser):
         self.refs += [(tag, k, v or "") for k, v in attrs if k in ("src", "href", "srcset")]
 
 
-def test_the_page_is_self_contained(resumed_run, tmp_path):
-    run_dir, result = resumed_run
-    page, plots = report.write_report(run_dir)
+def test_the_page_is_self_contained(resumed_run, written, tmp_path):
+    _, result = resumed_run
+    page, plots = written
     # moved away from its run directory, the page still has everything
     moved = tmp_path / "elsewhere.html"
     shutil.copyfile(page, moved)
@@ -166,15 +170,3 @@ def test_the_page_is_self_contained(resumed_run, tmp_path):
     for event in ("start", "resume", "skip", "rollback", "end"):
         assert f"<td>{event}</td>" in text
     assert f"resumed at step {RESUMED_AT}" in text
-
-
-def test_report_reads_only_the_run_directory_and_imports_no_torch(resumed_run, tmp_path):
-    run_dir, _ = resumed_run
-    r = python(
-        tmp_path,
-        "import sys\nfrom surefit.cli import main\n"
-        f"assert main(['report', {str(run_dir)!r}]) == 0\n"
-        "assert 'torch' not in sys.modules, 'report imported torch'\n",
-    )
-    assert r.returncode == 0, r.stderr
-    assert Path(run_dir, "report.html").is_file()
