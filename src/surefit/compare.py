@@ -17,13 +17,20 @@ from .report import (
     figure,
     finish_axes,
     fmt,
+    log_if_wide,
     read_run,
     save_png,
     series,
 )
 
 # keys that differ between runs without changing what was trained
-NOT_CONFIG = {"train.run_dir", "description", "reference"}
+NOT_CONFIG = {
+    "train.run_dir",
+    "description",
+    "reference",
+    "checkpoint.resume",  # `surefit resume` sets it to "must"
+    "checkpoint.override",
+}
 
 
 def labels(runs: list[RunRecords]) -> list[str]:
@@ -103,10 +110,14 @@ def plot_compare(runs: list[RunRecords], out: Path) -> Path:
     panels = _panels(runs)
     fig, axes = figure(2, 2, width=11.0, height=7.0)
     for ax, (title, get) in zip(axes, panels, strict=False):
+        values = []
         for label, run in zip(labels(runs), runs, strict=True):
             xs, ys = get(run)
             if xs:
                 ax.plot(xs, ys, "o-" if len(xs) < 30 else "-", markersize=3, label=label)
+            values += ys
+        if "loss" in title:
+            log_if_wide(ax, values)
         finish_axes(ax, "optimizer step", title, title)
     for ax in axes[len(panels) :]:
         ax.set_visible(False)

@@ -209,7 +209,7 @@ def finish_axes(ax: Any, xlabel: str, ylabel: str, title: str = "") -> None:
         ax.legend(fontsize="small")
 
 
-def _log_if_wide(ax: Any, values: list[float]) -> None:
+def log_if_wide(ax: Any, values: list[float]) -> None:
     positive = [v for v in values if v > 0 and math.isfinite(v)]
     if positive and len(positive) == len(values) and max(positive) / min(positive) > 50:
         ax.set_yscale("log")
@@ -234,7 +234,7 @@ def draw_loss(run: RunRecords) -> Any:
         ex, ey = series(run.evals, key)
         if ex:
             ax.plot(ex, ey, "o-" if len(ex) <= 40 else "-", color=colour, markersize=3, label=label)
-    _log_if_wide(ax, ys)
+    log_if_wide(ax, ys)
     _mark_events(ax, run)
     finish_axes(ax, "optimizer step", "loss", f"{run.name}: loss")
     return fig
@@ -358,7 +358,7 @@ def draw_grad_norm(run: RunRecords) -> Any:
     mx, my = series(run.train, "grad_norm_max")
     if mx and every > 1:
         line.plot(mx, my, color="tab:gray", linewidth=0.8, alpha=0.7, label="max in interval")
-    _log_if_wide(line, norms + (my if every > 1 else []))
+    log_if_wide(line, norms + (my if every > 1 else []))
     _mark_events(line, run)
     finish_axes(line, "optimizer step", "gradient norm", "over training")
     fig.suptitle(f"{run.name}: gradient norm")
