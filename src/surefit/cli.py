@@ -116,7 +116,9 @@ def _report_commands(sub: Any) -> None:
         "in one PNG, and print a table of their best metrics and of the config keys that differ.",
     )
     cmp.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="two or more run directories")
-    cmp.add_argument("--out", default="compare.png", help="the PNG to write (default: %(default)s)")
+    cmp.add_argument(
+        "--out", default="compare.png", metavar="FILE", help="the PNG to write (%(default)s)"
+    )
     lrf = sub.add_parser(
         "lr-find",
         help="learning-rate range test of a recipe: plot and a suggested learning rate",
@@ -130,9 +132,14 @@ def _report_commands(sub: Any) -> None:
     lrf.add_argument("--max-lr", type=float, default=10.0, help="last learning rate (%(default)g)")
     lrf.add_argument("--steps", type=int, default=100, help="optimizer steps (%(default)d)")
     lrf.add_argument(
-        "--rule", choices=["steepest", "min/10"], default="steepest", help="how to suggest"
+        "--rule",
+        choices=["steepest", "min/10"],
+        default="steepest",
+        help="steepest descent of the smoothed loss (default), or the lowest loss's lr / 10",
     )
-    lrf.add_argument("--out", help="the PNG to write (default: runs/NAME-lr-find.png)")
+    lrf.add_argument(
+        "--out", metavar="FILE", help="the PNG to write (default: runs/NAME-lr-find.png)"
+    )
 
 
 def _recipe(p: argparse.ArgumentParser) -> None:
