@@ -19,6 +19,7 @@ __all__ = [
     "fit",
     "load_config",
     "load_weights",
+    "lr_find",
 ]
 
 from .errors import CheckpointError, ConfigError, DataError
@@ -33,6 +34,7 @@ _LAZY = {
     "RunConfig": ("config", "RunConfig"),
     "load_config": ("config", "load"),
     "load_weights": ("checkpoint", "load_weights"),
+    "lr_find": ("lrfind", "lr_find"),
 }
 
 if TYPE_CHECKING:
@@ -41,6 +43,7 @@ if TYPE_CHECKING:
     from .checkpoint import load_weights
     from .config import RunConfig
     from .config import load as load_config
+    from .lrfind import lr_find
 
 
 def __getattr__(name: str) -> Any:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import Any
 
 from . import __version__, recipes
 from . import config as cfgmod
@@ -21,6 +22,9 @@ EXAMPLES = """examples:
   surefit resume runs/mnist1d-cnn               continue a stopped run where it stopped
   surefit recipes                               list the built-in recipes
   surefit recipes show mnist1d-cnn > my.toml    copy one out to edit
+  surefit report runs/mnist1d-cnn               plots and report.html of a run
+  surefit compare runs/a runs/b                 overlay runs: best metrics, config differences
+  surefit lr-find mnist1d-cnn                   learning-rate range test of a recipe
 """
 
 
@@ -43,7 +47,7 @@ def _parser() -> argparse.ArgumentParser:
         epilog="examples:\n  surefit fit\n  surefit fit mnist1d-cnn --set train.epochs=5\n"
         "  surefit fit my.toml --set optim.lr=3e-4 --run-dir runs/try1",
     )
-    _recipe_arg(fit)
+    _recipe(fit)
     _common(fit)
     fit.add_argument(
         "--run-dir",
@@ -93,7 +97,7 @@ def _parser() -> argparse.ArgumentParser:
         "initial loss, BatchNorm with accumulation, train/val leakage, unused parameters) on "
         "the first batches without training or writing anything. Exit 1 when a check fails.",
     )
-    _recipe_arg(doc)
+    _recipe(doc)
     _common(doc)
 
     chk = sub.add_parser(
@@ -104,7 +108,7 @@ def _parser() -> argparse.ArgumentParser:
         "optimizer, schedule, RNG, metrics). Exit 0 when exact, 1 when not, with what differs "
         "and the likely cause.",
     )
-    _recipe_arg(chk)
+    _recipe(chk)
     chk.add_argument("--steps", type=int, default=8, help="steps before the stop (default: 8)")
     chk.add_argument("--keep", metavar="DIR", help="keep the runs' directories under DIR")
     _common(chk)
@@ -122,10 +126,53 @@ def _parser() -> argparse.ArgumentParser:
         help="list (default) or show NAME",
     )
     rec.add_argument("name", nargs="?", help="recipe to show")
+    _report_commands(sub)
     return p
 
 
-def _recipe_arg(p: argparse.ArgumentParser) -> None:
+def _report_commands(sub: Any) -> None:
+    rep = sub.add_parser(
+        "report",
+        help="plots (RUN_DIR/plots/*.png) and a one-page RUN_DIR/report.html of a run",
+        description="Draw a run's loss, metrics, learning rate, gradient norm and throughput "
+        "(resumes, skipped steps and rollbacks marked) under RUN_DIR/plots/, and write "
+        "RUN_DIR/report.html: one self-contained page that opens offline.",
+    )
+    rep.add_argument("run_dir", help="the run directory")
+    cmp = sub.add_parser(
+        "compare",
+        help="overlay runs' curves; print their best metrics and config differences",
+        description="Overlay the loss, validation and learning-rate curves of two or more runs "
+        "in one PNG, and print a table of their best metrics and of the config keys that differ.",
+    )
+    cmp.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="two or more run directories")
+    cmp.add_argument(
+        "--out", default="compare.png", metavar="FILE", help="the PNG to write (%(default)s)"
+    )
+    lrf = sub.add_parser(
+        "lr-find",
+        help="learning-rate range test of a recipe: plot and a suggested learning rate",
+        description="Train a recipe for up to --steps optimizer steps while the learning rate "
+        "grows exponentially from --min-lr to --max-lr; stop when the smoothed loss diverges; "
+        "save the plot and print a suggested optim.lr with the rule used. Writes no run.",
+    )
+    _recipe(lrf)
+    _overrides(lrf)
+    lrf.add_argument("--min-lr", type=float, default=1e-7, help="first learning rate (%(default)g)")
+    lrf.add_argument("--max-lr", type=float, default=10.0, help="last learning rate (%(default)g)")
+    lrf.add_argument("--steps", type=int, default=100, help="optimizer steps (%(default)d)")
+    lrf.add_argument(
+        "--rule",
+        choices=["steepest", "min/10"],
+        default="steepest",
+        help="steepest descent of the smoothed loss (default), or the lowest loss's lr / 10",
+    )
+    lrf.add_argument(
+        "--out", metavar="FILE", help="the PNG to write (default: runs/NAME-lr-find.png)"
+    )
+
+
+def _recipe(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "recipe",
         nargs="?",
@@ -135,6 +182,15 @@ def _recipe_arg(p: argparse.ArgumentParser) -> None:
 
 
 def _common(p: argparse.ArgumentParser) -> None:
+    _overrides(p)
+    p.add_argument(
+        "--progress",
+        choices=cfgmod.PROGRESS,
+        help="progress display: bar, one line per epoch, or off (default: auto)",
+    )
+
+
+def _overrides(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--set",
         dest="overrides",
@@ -142,11 +198,6 @@ def _common(p: argparse.ArgumentParser) -> None:
         default=[],
         metavar="KEY=VALUE",
         help="override a recipe key, e.g. --set optim.lr=1e-3 (repeatable)",
-    )
-    p.add_argument(
-        "--progress",
-        choices=cfgmod.PROGRESS,
-        help="progress display: bar, one line per epoch, or off (default: auto)",
     )
     p.add_argument("--device", help="device to train on: auto, cpu, cuda, cuda:1, mps")
 
@@ -165,7 +216,7 @@ def _build(text: str, name: str, where: str, args: argparse.Namespace) -> cfgmod
     data = cfgmod.parse_toml(text, where=where)
     data.setdefault("name", name)
     sets = list(args.overrides)
-    if args.progress:
+    if getattr(args, "progress", None):
         sets.append(f"log.progress={args.progress}")
     if args.device:
         sets.append(f"train.device={args.device}")
@@ -255,6 +306,40 @@ def cmd_recipes(args: argparse.Namespace) -> int:
     width = max(len(n) for n, _ in rows)
     for name, text in rows:
         print(f"{name:<{width}}  {text}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from .report import write_report
+
+    page, plots = write_report(args.run_dir)
+    for path in plots:
+        print(f"wrote {path}")
+    print(f"wrote {page}")
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from .compare import compare
+
+    png, text = compare(args.run_dirs, args.out)
+    print(text)
+    print(f"\nwrote {png}")
+    return 0
+
+
+def cmd_lr_find(args: argparse.Namespace) -> int:
+    from .lrfind import lr_find_recipe
+
+    name, text = recipes.source(args.recipe)
+    cfg = _build(text, name, args.recipe, args)
+    out = args.out or str(Path("runs") / f"{cfg.name}-lr-find.png")
+    result = lr_find_recipe(
+        cfg, min_lr=args.min_lr, max_lr=args.max_lr, steps=args.steps, rule=args.rule, plot=out
+    )
+    print(result.summary())
+    if result.suggestion is not None:
+        print(f"try: surefit fit {args.recipe} --set optim.lr={result.suggestion:.2g}")
     return 0
 
 

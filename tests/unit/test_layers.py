@@ -20,12 +20,13 @@ SRC = Path(surefit.__file__).resolve().parent
 # top to bottom; a module may import from its own layer or any layer below it
 LAYERS: list[set[str]] = [
     {"cli"},
-    {"recipes"},
+    {"recipes", "lrfind"},  # lrfind builds a recipe's parts as `fit` does
     {"api", "selfcheck"},
     {"loop"},
     {"callbacks", "checkpoint", "log", "loggers", "health", "checks"},
     {"precision", "schedule", "optim", "tasks", "metrics", "data", "distributed"},
     {"state"},
+    {"report", "compare"},  # read run directories only
     {"config"},
     {"errors"},
 ]
@@ -209,6 +210,7 @@ def test_public_names_snapshot():
         "fit",
         "load_config",
         "load_weights",
+        "lr_find",
     ]
     assert len(surefit.__all__) == len(set(surefit.__all__))
 
@@ -258,6 +260,20 @@ def test_cli_commands_and_flags_snapshot():
         ],
         "export": ["--help", "--to", "--which", "-h", "run_dir"],
         "recipes": ["--help", "-h", "action", "name"],
+        "report": ["--help", "-h", "run_dir"],
+        "compare": ["--help", "--out", "-h", "run_dirs"],
+        "lr-find": [
+            "--device",
+            "--help",
+            "--max-lr",
+            "--min-lr",
+            "--out",
+            "--rule",
+            "--set",
+            "--steps",
+            "-h",
+            "recipe",
+        ],
     }
     choices = {
         name: {a.dest: list(a.choices) for a in p._actions if a.choices}
@@ -270,4 +286,7 @@ def test_cli_commands_and_flags_snapshot():
         "check-resume": {"progress": ["auto", "bar", "epoch", "off"]},
         "export": {"which": ["best", "last"]},
         "recipes": {"action": ["list", "show"]},
+        "report": {},
+        "compare": {},
+        "lr-find": {"rule": ["steepest", "min/10"]},
     }

@@ -103,15 +103,8 @@ def _split(data: Any) -> tuple[Any, Any, Any]:
     )
 
 
-def run(
-    cfg: RunConfig,
-    console: Console | None = None,
-    doctor: bool = False,
-    callbacks: list[Any] | None = None,
-) -> Any:
-    """Build the recipe's model and data from their factories and train (a FitResult), or with
-    ``doctor`` run the first-step checks only (a list of findings)."""
-    from ..api import Run
+def build(cfg: RunConfig) -> tuple[Any, Any, Any, Any, Any]:
+    """(model, train, val, test, teacher) from the recipe's factories, the model seeded."""
     from ..state import seed_everything
 
     for key, value in (("model.name", cfg.model.name), ("data.name", cfg.data.name)):
@@ -123,6 +116,20 @@ def run(
     model = resolve(cfg.model.name, "model.name")(**cfg.model.args)
     train, val, test = _split(resolve(cfg.data.name, "data.name")(**cfg.data.args))
     teacher = resolve(cfg.task.teacher, "task.teacher")() if cfg.task.teacher else None
+    return model, train, val, test, teacher
+
+
+def run(
+    cfg: RunConfig,
+    console: Console | None = None,
+    doctor: bool = False,
+    callbacks: list[Any] | None = None,
+) -> Any:
+    """Build the recipe's model and data from their factories and train (a FitResult), or with
+    ``doctor`` run the first-step checks only (a list of findings)."""
+    from ..api import Run
+
+    model, train, val, test, teacher = build(cfg)
     the_run = Run(
         cfg, model, train, val, test, teacher=teacher, console=console, callbacks=callbacks
     )
