@@ -12,7 +12,7 @@ import html
 import json
 import math
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -41,6 +41,7 @@ class RunRecords:
     tests: list[dict[str, Any]]  # test lines (split "test")
     events: list[dict[str, Any]]
     checkpoints: list[dict[str, Any]]  # MANIFEST.json entries
+    steps: list[dict[str, Any]] = field(default_factory=list)  # steps.jsonl: one per step
 
     @property
     def name(self) -> str:
@@ -144,6 +145,7 @@ def read_run(run_dir: str | Path) -> RunRecords:
         tests=[r for r in metrics if r.get("split") == "test"],
         events=_read_jsonl(path / "events.jsonl"),
         checkpoints=checkpoints if isinstance(checkpoints, list) else [],
+        steps=one_line(_read_jsonl(path / "steps.jsonl"))[0],
     )
 
 
@@ -296,6 +298,9 @@ def draw_lr(run: RunRecords) -> Any:
 
 def clip_fraction(run: RunRecords) -> float | None:
     """Fraction of optimizer steps whose pre-clip gradient norm exceeded ``clip_norm``."""
+    per_step = [r["clipped"] for r in run.steps if "clipped" in r and not r.get("skipped")]
+    if per_step:
+        return sum(per_step) / len(per_step)
     weighted, total, last = 0.0, 0, 0
     for r in run.train:
         key = next((k for k in CLIP_KEYS if _num(r, k)), None)
@@ -336,7 +341,7 @@ def _histogram(ax: Any, norms: list[float]) -> None:
 def draw_grad_norm(run: RunRecords) -> Any:
     """Histogram of the pre-clip gradient norm with the clip threshold and the fraction of steps
     clipped, beside the norm over training."""
-    xs, norms = series(run.train, "grad_norm")
+    xs, norms = series(run.steps or run.train, "grad_norm")
     if not norms:
         return None
     every = _interval(xs)

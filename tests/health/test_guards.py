@@ -221,3 +221,17 @@ def test_health_state_round_trips():
     assert g.state_dict() == state
     assert g.epoch_record()["train_loss"] == pytest.approx(1.5)
     assert g.epoch_record()["clip_fraction"] == pytest.approx(2 / 3)
+
+
+def test_steps_file_holds_each_steps_values_and_the_report_uses_them(tmp_path):
+    from surefit.report import clip_fraction, read_run
+
+    x, y = make_classification(256)
+    _fit(mlp(), (x, y), tmp_path, log_every=1, clip_norm=0.5, epochs=1)
+    steps = _lines(tmp_path / "steps.jsonl")
+    logged = [m for m in _lines(tmp_path / "metrics.jsonl") if "split" not in m]
+    assert [s["grad_norm"] for s in steps] == [m["grad_norm"] for m in logged]
+    assert [s["loss"] for s in steps] == pytest.approx([m["train_loss"] for m in logged])
+    clipped = sum(s["grad_norm"] > 0.5 for s in steps)
+    assert 0 < clipped < len(steps)
+    assert clip_fraction(read_run(tmp_path)) == clipped / len(steps)
