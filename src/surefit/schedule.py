@@ -124,6 +124,10 @@ class Schedule:
         return self.scheduler.state_dict()
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """The position comes from the checkpoint; the shape (warmup, total steps) from this
+        run's config, so extending a run's epochs or max_steps stretches the schedule."""
+        if isinstance(self.scheduler, lrs.LambdaLR) and "lr_lambdas" in state:
+            state = {**state, "lr_lambdas": [None] * len(state["lr_lambdas"])}
         self.scheduler.load_state_dict(state)
 
 

@@ -398,3 +398,17 @@ def test_async_saving_writes_the_same_checkpoints_and_resumes_exactly(tmp_path):
                 torch.equal(sa[k], sb[k]) if isinstance(sa[k], torch.Tensor) else sa[k] == sb[k]
                 for k in sa
             ), (step, part)
+
+
+def test_extending_max_steps_on_resume_stretches_the_schedule(tmp_path):
+    x, y = make_classification(256)
+    common = dict(batch_size=16, progress="off", run_dir=tmp_path / "r", device="cpu", lr=0.01)
+    first = sf.fit(mlp(), (x, y), max_steps=20, eval_every_steps=10, **common)
+    assert first.history[-1]["lr"] == pytest.approx(0.001)  # the end of a 20-step cosine
+    longer = sf.fit(mlp(), (x, y), max_steps=40, eval_every_steps=10, **common)
+    lrs = [h["lr"] for h in longer.history]
+    from surefit.schedule import WarmupCosine
+
+    # step 30 of a cosine that now ends at step 40, not at 20 (where it would be at its floor)
+    assert lrs[2] == pytest.approx(0.01 * WarmupCosine(2, 40, 0.1)(30)) and lrs[2] > 0.002
+    assert lrs[-1] == pytest.approx(0.001)
