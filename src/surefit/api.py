@@ -12,10 +12,10 @@ from torch import nn
 
 from . import config as cfgmod
 from .callbacks import EarlyStopping, check_callback
-from .checkpoint import CheckpointStore, atomic_write_text, check_resume_fits
+from .checkpoint import CheckpointStore, atomic_write_text, check_resume_fits, for_strategy
 from .config import RunConfig
 from .data import DatasetData, TensorData, as_data, split_validation
-from .distributed import is_rank_zero, resolve_device
+from .distributed import is_rank_zero, no_grad, process_group, resolve_device, shard
 from .errors import ConfigError, DataError
 from .log import Console, RunLog, _fmt
 from .loop import Parts, Trainer, evaluate_data
@@ -181,7 +181,7 @@ def _preflight(trainer: Trainer, parts: Parts) -> None:
                     f"{name} data yielded no batches", where=name, fix="pass a non-empty data set"
                 )
             net.eval()
-            with torch.inference_mode(), parts.precision.autocast():
+            with no_grad(net), parts.precision.autocast():
                 outputs, target = task.preview(net, batch)
             if outputs is None:
                 continue
@@ -390,6 +390,10 @@ class Run:
         return build_task(task_cfg, self.loss, teacher=self.teacher)
 
     def execute(self) -> FitResult:
+        with process_group(self.cfg.train.device, self.cfg.distributed.timeout_s):
+            return self._execute()
+
+    def _execute(self) -> FitResult:
         c = self.cfg
         for cb in self.callbacks:
             check_callback(cb)
@@ -405,7 +409,9 @@ class Run:
             if d is not None:
                 d.to(device)
         precision = Precision(c.train.precision, device)
+        shard(self.model, c, precision.dtype)  # fsdp: before the optimizer sees the parameters
         optimizer = self.optimizer or build_optimizer(self.model, c.optim)
+        store = for_strategy(store, c.distributed.strategy, self.model, optimizer)
         callbacks = list(self.callbacks)
         monitor = c.train.monitor or "val_loss"
         if c.train.patience:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 import threading
 from pathlib import Path
@@ -18,6 +19,7 @@ from typing import Any
 
 import torch
 
+from . import distributed
 from .errors import CheckpointError
 
 MANIFEST = "MANIFEST.json"
@@ -55,10 +57,15 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 
 def sha256(path: Path) -> str:
+    """Of a file; of a folder, over its files' names and contents in name order."""
     h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    for file in files:
+        if path.is_dir():
+            h.update(file.relative_to(path).as_posix().encode())
+        with file.open("rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
     return h.hexdigest()
 
 
@@ -92,9 +99,14 @@ class CheckpointStore:
         """Write a checkpoint atomically and record it; ``kind`` is "last" or "best"."""
         name = f"last-{step:09d}.pt" if kind == "last" else "best.pt"
         path = self.folder / name
-        atomic_write(path, lambda f: torch.save(state, f))
-        with self._lock:  # the manifest is read, changed and written by one writer at a time
-            return self._record(path, name, kind, step)
+        try:
+            if distributed.is_rank_zero():  # one copy of the replicated state (DDP)
+                atomic_write(path, lambda f: torch.save(state, f))
+                with self._lock:  # the manifest is read, changed and written by one writer
+                    return self._record(path, name, kind, step)
+            return path
+        finally:
+            distributed.barrier()  # every rank sees the file once save returns
 
     def _record(self, path: Path, name: str, kind: str, step: int) -> Path:
         manifest = self.manifest()
@@ -105,8 +117,11 @@ class CheckpointStore:
         entries = [e for e in entries if e not in dropped]
         self._write_manifest({"checkpoints": entries})
         for e in dropped:  # removed only after the manifest no longer names them
-            (self.folder / e["file"]).unlink(missing_ok=True)
+            self._remove(self.folder / e["file"])
         return path
+
+    def _remove(self, path: Path) -> None:
+        path.unlink(missing_ok=True)
 
     # -- load --------------------------------------------------------------------------------
     def latest(self) -> list[dict[str, Any]]:
@@ -136,6 +151,83 @@ class CheckpointStore:
             where=str(self.folder),
             fix="start a fresh run (resume='never' with a new run_dir)",
         )
+
+
+class ShardedStore(CheckpointStore):
+    """FSDP checkpoints: folders of ``torch.distributed.checkpoint`` shards, one per save.
+
+    Each rank writes its shards of model and optimizer (keyed by parameter name, so a different
+    world size, one process included, reshards on load); rank zero adds ``state.pt`` with the rest
+    of the run state (counters, RNG, schedule...) and records the folder in the manifest with a
+    sha256 over its files. A save is written to a temporary folder and renamed into place.
+    """
+
+    def __init__(self, folder: Path, keep_last: int, model: Any, optimizer: Any) -> None:
+        super().__init__(folder, keep_last)
+        self.model, self.optimizer = model, optimizer
+
+    def save(self, state: dict[str, Any], *, step: int, kind: str = "last") -> Path:
+        name = f"last-{step:09d}" if kind == "last" else "best"
+        path, tmp = self.folder / name, self.folder / f".{name}.tmp"
+        if distributed.is_rank_zero():
+            shutil.rmtree(tmp, ignore_errors=True)
+        distributed.barrier()
+        distributed.save_model_optimizer_state(self.model, self.optimizer, tmp)
+        rest = {k: v for k, v in state.items() if k not in ("model", "optimizer")}
+        try:
+            if distributed.is_rank_zero():
+                atomic_write(tmp / "state.pt", lambda f: torch.save(rest, f))
+                old = self.folder / f".{name}.old"
+                shutil.rmtree(old, ignore_errors=True)
+                if path.exists():
+                    os.replace(path, old)
+                os.replace(tmp, path)
+                _fsync_dir(self.folder)
+                shutil.rmtree(old, ignore_errors=True)
+                with self._lock:
+                    return self._record(path, name, kind, step)
+            return path
+        finally:
+            distributed.barrier()
+
+    def _remove(self, path: Path) -> None:
+        shutil.rmtree(path, ignore_errors=True)
+
+    def load_latest(self, on_skip: Any = None) -> tuple[dict[str, Any], Path]:
+        """Load the newest verified folder's shards into model and optimizer; return the rest
+        of its state, with the model's (now loaded) state for the resume checks."""
+        for entry in self.latest():
+            path = self.folder / entry["file"]
+            try:
+                if sha256(path) != entry["sha256"]:
+                    raise CheckpointError("sha256 does not match the manifest", where=str(path))
+                state = load_file(path / "state.pt")
+            except (OSError, CheckpointError) as exc:
+                if on_skip is not None:
+                    on_skip(path, f"{path.name}: {getattr(exc, 'what', exc)}")
+                continue
+            try:
+                distributed.load_model_optimizer_state(self.model, self.optimizer, path)
+            except Exception as exc:  # DCP raises RuntimeError/ValueError/CheckpointException
+                raise CheckpointError(
+                    f"cannot load the sharded model and optimizer: {str(exc).splitlines()[0]}",
+                    where=str(path),
+                    fix="resume with the model and optimizer the run was started with",
+                ) from None
+            state["model"] = self.model.state_dict()
+            return state, path
+        raise CheckpointError(
+            "no readable checkpoint in the run directory",
+            where=str(self.folder),
+            fix="start a fresh run (resume='never' with a new run_dir)",
+        )
+
+
+def for_strategy(store: CheckpointStore | None, strategy: str, model: Any, optimizer: Any) -> Any:
+    """The store a run writes through: sharded folders under fsdp, single files otherwise."""
+    if store is None or strategy != "fsdp":
+        return store
+    return ShardedStore(store.folder, store.keep_last, model, optimizer)
 
 
 def check_resume_fits(

@@ -115,6 +115,13 @@ def _common(p: argparse.ArgumentParser) -> None:
         help="progress display: bar, one line per epoch, or off (default: auto)",
     )
     p.add_argument("--device", help="device to train on: auto, cpu, cuda, cuda:1, mps")
+    p.add_argument(
+        "--nproc",
+        type=int,
+        default=1,
+        metavar="N",
+        help="processes on this machine, launched through torch's elastic launcher (torchrun)",
+    )
 
 
 def _free_run_dir(name: str) -> str:
@@ -145,7 +152,29 @@ def cmd_fit(args: argparse.Namespace) -> int:
         cfg = cfg.replace(train={"run_dir": args.run_dir})
     elif not cfg.train.run_dir:
         cfg = cfg.replace(train={"run_dir": _free_run_dir(cfg.name)})
+    if args.nproc > 1:  # every process gets the run directory chosen here
+        return _launch(args.nproc, [*args.argv, "--run-dir", cfg.train.run_dir])
     return _exit_code(recipes.run(cfg))
+
+
+def _launch(nproc: int, argv: list[str]) -> int:
+    """Run ``surefit ARGV`` in ``nproc`` processes through torch.distributed.run (torchrun)."""
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import get_args_parser, run
+
+    rest, skip = [], False
+    for a in argv:  # the children are the processes: they must not launch again
+        if skip or a == "--nproc" or a.startswith("--nproc="):
+            skip = a == "--nproc"
+            continue
+        rest.append(a)
+    launch = ["--standalone", f"--nproc-per-node={nproc}", "-m", "surefit", *rest]
+    try:
+        run(get_args_parser().parse_args(launch))
+    except ChildFailedError as exc:  # torchrun has printed each failed rank's error
+        print(f"error: {exc.get_first_failure()[1].message or 'a process failed'}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def _exit_code(result: object) -> int:
@@ -169,6 +198,8 @@ def cmd_resume(args: argparse.Namespace) -> int:
         train={"run_dir": str(run_dir)},
         checkpoint={"resume": "must", "override": bool(args.override)},
     )
+    if args.nproc > 1:
+        return _launch(args.nproc, args.argv)
     return _exit_code(recipes.run(cfg))
 
 
@@ -202,6 +233,7 @@ def cmd_recipes(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     if args.command is None:
         parser.print_help()
         return 2

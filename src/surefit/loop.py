@@ -24,6 +24,7 @@ from torch import nn
 from .callbacks import EVENTS, Best, RunView
 from .checkpoint import CheckpointStore, cpu_copy
 from .config import RunConfig
+from .distributed import grad_sync, no_grad, reduce_eval, wrap
 from .errors import DataError
 from .log import NullConsole, RunLog, epoch_line
 from .precision import Precision
@@ -132,7 +133,7 @@ class Trainer:
         cfg = parts.config
         self.cfg = cfg
         self.model = parts.model  # what checkpoints read
-        self.net = torch.compile(parts.model) if cfg.train.compile else parts.model  # what runs
+        self.net = wrap(parts.model, cfg, parts.device)  # what runs: DDP, compiled, or the model
         self.optimizer = parts.optimizer
         self.params = _params_in_model_order(parts.model, self.optimizer)
         self.device = parts.device
@@ -237,8 +238,9 @@ class Trainer:
     def _optimizer_step(self, window: list[Any]) -> torch.Tensor:
         t = self.cfg.train
         self.optimizer.zero_grad(set_to_none=True)  # 1
-        for batch in window:  # 2-4
-            self._micro_step(batch, divisor=len(window))
+        for i, batch in enumerate(window):  # 2-4; gradients reduced across ranks on the last
+            with grad_sync(self.net, sync=i == len(window) - 1):
+                self._micro_step(batch, divisor=len(window))
         norm = self.p.precision.unscale_and_clip(  # 5
             self.optimizer, self.params, t.clip_norm, t.clip_value
         )
@@ -565,7 +567,7 @@ def evaluate_data(
     net.eval()
     total, count, metric_set = None, 0, None
     try:
-        with torch.inference_mode(), precision.autocast():
+        with no_grad(net), precision.autocast():
             for batch in data.batches(batch_size, shuffle=False, device=device):
                 loss, preds, target = compute_batch(net, batch, task, step)
                 n = batch_size_of(batch)
@@ -584,6 +586,7 @@ def evaluate_data(
             where=prefix,
             fix="pass a non-empty evaluation set",
         )
+    total, count = reduce_eval(total, count, metric_set)  # sums over ranks; one process: as is
     values = {"loss": (total / count).item()}  # the evaluation's intended sync
     if metric_set is not None:
         values.update(metric_set.compute())

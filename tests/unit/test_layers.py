@@ -234,8 +234,26 @@ def test_cli_commands_and_flags_snapshot():
     sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
     assert _options(parser) == ["--help", "--version", "-h"]
     assert {name: _options(p) for name, p in sub.choices.items()} == {
-        "fit": ["--device", "--help", "--progress", "--run-dir", "--set", "-h", "recipe"],
-        "resume": ["--device", "--help", "--override", "--progress", "--set", "-h", "run_dir"],
+        "fit": [
+            "--device",
+            "--help",
+            "--nproc",
+            "--progress",
+            "--run-dir",
+            "--set",
+            "-h",
+            "recipe",
+        ],
+        "resume": [
+            "--device",
+            "--help",
+            "--nproc",
+            "--override",
+            "--progress",
+            "--set",
+            "-h",
+            "run_dir",
+        ],
         "export": ["--help", "--to", "--which", "-h", "run_dir"],
         "recipes": ["--help", "-h", "action", "name"],
     }
