@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 from .distributed import shard_coords
 from .errors import ConfigError, DataError
@@ -288,6 +288,14 @@ class LoaderData:
     ) -> Iterator[Batch]:
         device = device or torch.device("cpu")
         sampler = getattr(self.loader, "sampler", None)
+        if shard_coords()[1] > 1 and not isinstance(sampler, DistributedSampler):
+            raise DataError(
+                f"{self.where} is a DataLoader without a DistributedSampler: every rank would "
+                "load all of it",
+                where=self.where,
+                fix="pass the Dataset (surefit shards it), or build the DataLoader with "
+                "sampler=DistributedSampler(dataset)",
+            )
         if hasattr(sampler, "set_epoch"):  # e.g. DistributedSampler
             sampler.set_epoch(epoch)
         empty = True

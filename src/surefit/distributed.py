@@ -162,6 +162,13 @@ def _check(cfg: RunConfig) -> None:
             where="data.batch_size",
             fix=f"use a multiple of {world}: the batch size is the global one, shared by ranks",
         )
+    if cfg.checkpoint.every_minutes:
+        raise ConfigError(
+            "checkpoint.every_minutes is not supported with several processes (ranks would "
+            "reach the minute at different steps)",
+            where="checkpoint.every_minutes",
+            fix="use checkpoint.every_steps",
+        )
     if cfg.checkpoint.async_save:
         raise ConfigError(
             "async_save is not supported with several processes",
@@ -265,6 +272,27 @@ def no_grad(net: nn.Module) -> Any:
     are reused in training (an inference tensor cannot be updated outside inference mode)."""
     sharded = _is_sharded(getattr(net, "_orig_mod", net))
     return torch.no_grad() if sharded else torch.inference_mode()
+
+
+def stop_together(
+    reason: str | None, preempted: str | None, device: torch.device
+) -> tuple[str | None, str | None]:
+    """With several processes, all stop at the step where any one stops (a signal or a time
+    limit reaches ranks at different steps; one rank going on alone would hang in a collective).
+
+    One 2-element all-reduce and host read per optimizer step, only with several processes.
+    """
+    if not _initialized() or torch.distributed.get_world_size() == 1:
+        return reason, preempted
+    flags = torch.tensor([reason is not None, preempted is not None], dtype=torch.float32)
+    flags = flags.to(device)
+    torch.distributed.all_reduce(flags, op=torch.distributed.ReduceOp.MAX)
+    stop, signalled = flags.tolist()  # the intended sync of a multi-process step
+    if stop and reason is None:
+        reason = "another rank stopped"
+    if signalled and preempted is None:
+        preempted = "another rank's signal"
+    return reason, preempted
 
 
 # -- metrics ---------------------------------------------------------------------------------------

@@ -24,7 +24,7 @@ from torch import nn
 from .callbacks import EVENTS, Best, RunView
 from .checkpoint import CheckpointStore, cpu_copy
 from .config import RunConfig
-from .distributed import grad_sync, no_grad, reduce_eval, wrap
+from .distributed import grad_sync, no_grad, reduce_eval, stop_together, wrap
 from .errors import DataError
 from .log import NullConsole, RunLog, epoch_line
 from .precision import Precision
@@ -521,6 +521,9 @@ class Trainer:
         for window in self._windows(batches):
             norm = self._optimizer_step(window)
             self._after_step(window, norm)
+            self.stop_reason, self.preempted = stop_together(
+                self.stop_reason, self.preempted, self.device
+            )
             if self.stop_reason is not None:
                 self._console().epoch_end()
                 return  # mid-epoch stop: the counters keep the position for a resume

@@ -84,3 +84,9 @@ def test_metric_states_are_summed_over_ranks(ddp_out: Path) -> None:
     iou = Overlap(3, "iou", skip_background=False)
     iou.update(preds, target)
     assert two["iou"] == pytest.approx(iou.compute().item())
+
+
+def test_a_stop_on_one_rank_stops_all_at_the_same_step(ddp_out: Path) -> None:
+    ranks = [torch.load(ddp_out / f"stop-{r}.pt") for r in (0, 1)]
+    assert [r["steps"] for r in ranks] == [3, 3]
+    assert [r["reason"] for r in ranks] == ["another rank stopped", "rank 1 only"]

@@ -253,12 +253,30 @@ def rank_share(world: int = 2) -> tuple[torch.Tensor, torch.Tensor]:
     return (preds, target) if r < 0 else (preds[r::world], target[r::world])
 
 
+class StopOnRankOne:
+    """Rank 1 alone asks to stop at step 3 (as a signal or a time limit may on one rank)."""
+
+    def on_step_end(self, run) -> None:  # noqa: ANN001
+        if rank() == 1 and run.optimizer_step == 3:
+            run.request_stop("rank 1 only")
+
+
+def stop_one(out: Path) -> None:
+    import surefit as sf
+
+    result = sf.fit(
+        mlp(), train=data(), batch_size=8, max_steps=50, callbacks=[StopOnRankOne()], **COMMON
+    )
+    torch.save({"steps": result.steps, "reason": result.stop_reason}, out / f"stop-{rank()}.pt")
+
+
 def ddp(out: Path) -> None:
     """The DDP scenarios, one after the other in the same processes (one launch)."""
     ddp_step(out)
     ddp_accumulate(out)
     uneven_eval(out)
     reduce_states(out)
+    stop_one(out)
 
 
 def main() -> None:
