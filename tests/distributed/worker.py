@@ -161,6 +161,7 @@ def fsdp_fit(run_dir: Path, steps: int, save_to: Path | None = None) -> nn.Modul
         checkpoint_every=2,
         run_dir=run_dir,
         strategy="fsdp",
+        clip_norm=0.05,  # below the gradient norm: every step clips, with the global norm
         callbacks=[SaveFull(save_to)] if save_to else [],
         **{**COMMON, "optimizer": "sgd", "lr": 0.1},
     )
