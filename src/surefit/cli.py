@@ -171,9 +171,10 @@ def _launch(nproc: int, argv: list[str]) -> int:
     launch = ["--standalone", f"--nproc-per-node={nproc}", "-m", "surefit", *rest]
     try:
         run(get_args_parser().parse_args(launch))
-    except ChildFailedError as exc:  # torchrun has printed each failed rank's error
-        print(f"error: {exc.get_first_failure()[1].message or 'a process failed'}", file=sys.stderr)
-        return 1
+    except ChildFailedError as exc:  # each rank has printed its own error above
+        rank, failure = exc.get_first_failure()
+        print(f"error: rank {rank} failed first (exit code {failure.exitcode})", file=sys.stderr)
+        return failure.exitcode if failure.exitcode > 0 else 1
     return 0
 
 

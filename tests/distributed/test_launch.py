@@ -70,21 +70,31 @@ def test_two_nodes_on_one_machine_complete_a_run(tmp_path: Path) -> None:
     assert abs(_final_loss(run_dir) - result.final_metrics["val_loss"]) < 1e-6
 
 
-def test_fit_nproc_launches_through_torchrun(tmp_path: Path) -> None:
-    recipe, run_dir = _recipe(tmp_path), tmp_path / "run"
-    done = subprocess.run(
-        [sys.executable, "-m", "surefit", "fit", str(recipe), "--nproc", "2", "--progress", "off"]
-        + ["--run-dir", str(run_dir)],
+def _fit_nproc(tmp_path: Path, *extra: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "surefit", "fit", str(_recipe(tmp_path)), "--nproc", "2"]
+        + ["--progress", "off", "--run-dir", str(tmp_path / "run"), *extra],
         env=torchrun_env(),
         cwd=tmp_path,
         capture_output=True,
         text=True,
         timeout=180,
     )
+
+
+def test_fit_nproc_launches_through_torchrun(tmp_path: Path) -> None:
+    done, run_dir = _fit_nproc(tmp_path), tmp_path / "run"
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     events = [json.loads(x)["event"] for x in (run_dir / "events.jsonl").read_text().splitlines()]
     assert events[0] == "start" and events[-1] == "end"  # one writer: no duplicated lines
     assert events.count("start") == 1
+
+
+def test_fit_nproc_exits_2_on_a_configuration_error(tmp_path: Path) -> None:
+    done = _fit_nproc(tmp_path, "--set", "data.batch_size=33")
+    assert done.returncode == 2
+    assert "data.batch_size=33 does not split over 2 processes" in done.stderr
+    assert "error: rank" in done.stderr
 
 
 def _failing(how: str, tmp_path: Path) -> subprocess.CompletedProcess:
