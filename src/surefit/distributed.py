@@ -35,7 +35,7 @@ def rank() -> int:
 def world_size() -> int:
     if _initialized():
         return torch.distributed.get_world_size()
-    return int(os.environ.get("WORLD_SIZE", "1"))
+    return int(os.environ.get("WORLD_SIZE", os.environ.get("SLURM_NTASKS", "1")))
 
 
 def local_rank() -> int:
