@@ -31,6 +31,7 @@ def render() -> str:
         "optim.implementation": config.IMPLEMENTATIONS, "schedule.name": config.SCHEDULES,
         "train.precision": config.PRECISIONS, "train.mode": config.MODES,
         "log.progress": config.PROGRESS, "checkpoint.resume": config.RESUME,
+        "distributed.strategy": config.STRATEGIES,
     }  # fmt: skip
     out = [
         "# Options",

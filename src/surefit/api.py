@@ -12,11 +12,11 @@ from torch import nn
 
 from . import config as cfgmod
 from .callbacks import EarlyStopping, auto_mode, check_callback
-from .checkpoint import CheckpointStore, atomic_write_text, check_resume_fits
+from .checkpoint import CheckpointStore, atomic_write_text, check_resume_fits, for_strategy
 from .checks import Finding, raise_first, run_checks
 from .config import RunConfig
 from .data import DatasetData, TensorData, as_data, split_validation
-from .distributed import is_rank_zero, resolve_device
+from .distributed import is_rank_zero, process_group, resolve_device, shard
 from .errors import ConfigError
 from .log import Console, RunLog, summary
 from .loop import Parts, Trainer, compute_batch, evaluate_data
@@ -371,7 +371,9 @@ class Run:
             if d is not None:
                 d.to(device)
         precision = Precision(c.train.precision, device)
+        shard(self.model, c, precision.dtype)  # fsdp: before the optimizer sees the parameters
         optimizer = self.optimizer or build_optimizer(self.model, c.optim)
+        store = for_strategy(store, c.distributed.strategy, self.model, optimizer)
         callbacks = list(self.callbacks)
         monitor = c.train.monitor or "val_loss"
         if c.train.patience:
@@ -439,6 +441,10 @@ class Run:
         return self.checks(trainer, parts)
 
     def execute(self) -> FitResult:
+        with process_group(self.cfg.train.device, self.cfg.distributed.timeout_s):
+            return self._execute()
+
+    def _execute(self) -> FitResult:
         c = self.cfg
         trainer, parts, run_dir, store, resuming = self._build()
         findings = self.checks(trainer, parts)

@@ -8,17 +8,22 @@ falls back to the previous good checkpoint, and never unpickles code (``weights_
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
 import os
+import shutil
+import signal
 import tempfile
 import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from . import distributed
 from .errors import CheckpointError
 
 MANIFEST = "MANIFEST.json"
@@ -56,11 +61,20 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 
 def sha256(path: Path) -> str:
+    """Of a file; of a folder, over its files' names and contents in name order."""
     h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    for file in files:
+        if path.is_dir():
+            h.update(file.relative_to(path).as_posix().encode())
+        with file.open("rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
     return h.hexdigest()
+
+
+def _file_name(kind: str, step: int) -> str:
+    return f"last-{step:09d}.pt" if kind == "last" else "best.pt"
 
 
 class CheckpointStore:
@@ -93,18 +107,23 @@ class CheckpointStore:
         """Write a checkpoint atomically and record it; ``kind`` is "last", "best", or both (one
         serialization, the same bytes in each file). Returns the first file written."""
         kinds = (kind,) if isinstance(kind, str) else tuple(kind)
-        buf = io.BytesIO()
-        torch.save(state, buf)
-        data = buf.getbuffer()
-        digest = hashlib.sha256(data).hexdigest()
-        written = []
-        for k in kinds:
-            name = f"last-{step:09d}.pt" if k == "last" else "best.pt"
-            atomic_write(self.folder / name, lambda f: f.write(data))
-            written.append({"file": name, "kind": k, "step": step, "sha256": digest})
-        with self._lock:  # the manifest is read, changed and written by one writer at a time
-            self._record(written)
-        return self.folder / written[0]["file"]
+        try:
+            if not distributed.is_rank_zero():  # one copy of the replicated state (DDP)
+                return self.folder / _file_name(kinds[0], step)
+            buf = io.BytesIO()
+            torch.save(state, buf)
+            data = buf.getbuffer()
+            digest = hashlib.sha256(data).hexdigest()
+            written = []
+            for k in kinds:
+                name = _file_name(k, step)
+                atomic_write(self.folder / name, lambda f: f.write(data))
+                written.append({"file": name, "kind": k, "step": step, "sha256": digest})
+            with self._lock:  # the manifest is read, changed and written by one writer at a time
+                self._record(written)
+            return self.folder / written[0]["file"]
+        finally:
+            distributed.barrier()  # every rank sees the file once save returns
 
     def _record(self, written: list[dict[str, Any]]) -> None:
         manifest = self.manifest()
@@ -115,7 +134,10 @@ class CheckpointStore:
         entries = [e for e in entries if e not in dropped]
         self._write_manifest({"checkpoints": entries})
         for e in dropped:  # removed only after the manifest no longer names them
-            (self.folder / e["file"]).unlink(missing_ok=True)
+            self._remove(self.folder / e["file"])
+
+    def _remove(self, path: Path) -> None:
+        path.unlink(missing_ok=True)
 
     # -- load --------------------------------------------------------------------------------
     def latest(self) -> list[dict[str, Any]]:
@@ -145,6 +167,88 @@ class CheckpointStore:
             where=str(self.folder),
             fix="start a fresh run (resume='never' with a new run_dir)",
         )
+
+
+class ShardedStore(CheckpointStore):
+    """FSDP checkpoints: folders of ``torch.distributed.checkpoint`` shards, one per save.
+
+    Each rank writes its shards of model and optimizer (keyed by parameter name, so a different
+    world size, one process included, reshards on load); rank zero adds ``state.pt`` with the rest
+    of the run state (counters, RNG, schedule...) and records the folder in the manifest with a
+    sha256 over its files. A save is written to a temporary folder and renamed into place.
+    """
+
+    def __init__(self, folder: Path, keep_last: int, model: Any, optimizer: Any) -> None:
+        super().__init__(folder, keep_last)
+        self.model, self.optimizer = model, optimizer
+
+    def save(self, state: dict[str, Any], *, step: int, kind: str | tuple = "last") -> Path:
+        kinds = (kind,) if isinstance(kind, str) else tuple(kind)
+        return [self._save_one(state, step, k) for k in kinds][0]
+
+    def _save_one(self, state: dict[str, Any], step: int, kind: str) -> Path:
+        name = f"last-{step:09d}" if kind == "last" else "best"
+        path, tmp = self.folder / name, self.folder / f".{name}.tmp"
+        if distributed.is_rank_zero():
+            shutil.rmtree(tmp, ignore_errors=True)
+        distributed.barrier()
+        distributed.save_model_optimizer_state(self.model, self.optimizer, tmp)
+        rest = {k: v for k, v in state.items() if k not in ("model", "optimizer")}
+        try:
+            if distributed.is_rank_zero():
+                atomic_write(tmp / "state.pt", lambda f: torch.save(rest, f))
+                old = self.folder / f".{name}.old"
+                shutil.rmtree(old, ignore_errors=True)
+                if path.exists():
+                    os.replace(path, old)
+                os.replace(tmp, path)
+                _fsync_dir(self.folder)
+                shutil.rmtree(old, ignore_errors=True)
+                entry = {"file": name, "kind": kind, "step": step, "sha256": sha256(path)}
+                with self._lock:
+                    self._record([entry])
+            return path
+        finally:
+            distributed.barrier()
+
+    def _remove(self, path: Path) -> None:
+        shutil.rmtree(path, ignore_errors=True)
+
+    def load_latest(self, on_skip: Any = None) -> tuple[dict[str, Any], Path]:
+        """Load the newest verified folder's shards into model and optimizer; return the rest
+        of its state, with the model's (now loaded) state for the resume checks."""
+        for entry in self.latest():
+            path = self.folder / entry["file"]
+            try:
+                if sha256(path) != entry["sha256"]:
+                    raise CheckpointError("sha256 does not match the manifest", where=str(path))
+                state = load_file(path / "state.pt")
+            except (OSError, CheckpointError) as exc:
+                if on_skip is not None:
+                    on_skip(path, f"{path.name}: {getattr(exc, 'what', exc)}")
+                continue
+            try:
+                distributed.load_model_optimizer_state(self.model, self.optimizer, path)
+            except Exception as exc:  # DCP raises RuntimeError/ValueError/CheckpointException
+                raise CheckpointError(
+                    f"cannot load the sharded model and optimizer: {str(exc).splitlines()[0]}",
+                    where=str(path),
+                    fix="resume with the model and optimizer the run was started with",
+                ) from None
+            state["model"] = self.model.state_dict()
+            return state, path
+        raise CheckpointError(
+            "no readable checkpoint in the run directory",
+            where=str(self.folder),
+            fix="start a fresh run (resume='never' with a new run_dir)",
+        )
+
+
+def for_strategy(store: CheckpointStore | None, strategy: str, model: Any, optimizer: Any) -> Any:
+    """The store a run writes through: sharded folders under fsdp, single files otherwise."""
+    if store is None or strategy != "fsdp":
+        return store
+    return ShardedStore(store.folder, store.keep_last, model, optimizer)
 
 
 def check_resume_fits(
@@ -284,3 +388,27 @@ def cpu_copy(obj: Any) -> Any:
     if isinstance(obj, (list, tuple)):
         return type(obj)(cpu_copy(v) for v in obj)
     return obj
+
+
+@contextlib.contextmanager
+def preemption_signals(on_signal: Callable[[str], None]) -> Iterator[None]:
+    """SIGTERM, SIGINT and SIGUSR1 call ``on_signal(name)``: the loop then stops at the next
+    optimizer-step boundary with a checkpoint (``on_signal`` raises KeyboardInterrupt for a
+    second SIGINT, to stop at once). Handlers can only be set from the main thread; the previous
+    ones are restored on exit."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    names = [n for n in ("SIGTERM", "SIGINT", "SIGUSR1") if hasattr(signal, n)]
+    previous = {n: signal.getsignal(getattr(signal, n)) for n in names}
+
+    def handler(signum: int, frame: Any) -> None:
+        on_signal(signal.Signals(signum).name)
+
+    for n in names:
+        signal.signal(getattr(signal, n), handler)
+    try:
+        yield
+    finally:
+        for n in names:
+            signal.signal(getattr(signal, n), previous[n])

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from .config import CHECKS, RunConfig
+from .distributed import no_grad
 from .errors import ConfigError, DataError, SurefitError
 from .state import RngState
 
@@ -96,7 +97,7 @@ def _batch_checks(
     net: nn.Module, task: Any, batch: Any, data: Any, name: str, precision: Any, skip: set[str]
 ) -> list[Finding]:
     net.eval()
-    with torch.inference_mode(), precision.autocast():
+    with no_grad(net), precision.autocast():
         outputs, target = task.preview(net, batch)
         if outputs is None:
             return []

@@ -49,6 +49,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     _recipe(fit)
     _common(fit)
+    _nproc(fit)
     fit.add_argument(
         "--run-dir",
         help="run directory (default: runs/NAME, or runs/NAME-2... when that one is taken)",
@@ -72,6 +73,7 @@ def _parser() -> argparse.ArgumentParser:
         "--override", action="store_true", help="allow a changed learning rate (--set optim.lr=...)"
     )
     _common(res)
+    _nproc(res)
 
     exp = sub.add_parser(
         "export",
@@ -202,6 +204,16 @@ def _overrides(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", help="device to train on: auto, cpu, cuda, cuda:1, mps")
 
 
+def _nproc(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--nproc",
+        type=int,
+        default=1,
+        metavar="N",
+        help="processes on this machine, launched through torch's elastic launcher (torchrun)",
+    )
+
+
 def _free_run_dir(name: str) -> str:
     base = Path("runs") / name
     if not base.exists() or not any(base.iterdir()):
@@ -230,6 +242,8 @@ def cmd_fit(args: argparse.Namespace) -> int:
         cfg = cfg.replace(train={"run_dir": args.run_dir})
     elif not cfg.train.run_dir:
         cfg = cfg.replace(train={"run_dir": _free_run_dir(cfg.name)})
+    if args.nproc > 1:  # every process gets the run directory chosen here
+        return _launch(args.nproc, [*args.argv, "--run-dir", cfg.train.run_dir])
     if args.pause_at:
         from .callbacks import PauseAt
 
@@ -258,6 +272,27 @@ def cmd_check_resume(args: argparse.Namespace) -> int:
     return 0 if check.exact else 1
 
 
+def _launch(nproc: int, argv: list[str]) -> int:
+    """Run ``surefit ARGV`` in ``nproc`` processes through torch.distributed.run (torchrun)."""
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import get_args_parser, run
+
+    rest, skip = [], False
+    for a in argv:  # the children are the processes: they must not launch again
+        if skip or a == "--nproc" or a.startswith("--nproc="):
+            skip = a == "--nproc"
+            continue
+        rest.append(a)
+    launch = ["--standalone", f"--nproc-per-node={nproc}", "-m", "surefit", *rest]
+    try:
+        run(get_args_parser().parse_args(launch))
+    except ChildFailedError as exc:  # each rank has printed its own error above
+        rank, failure = exc.get_first_failure()
+        print(f"error: rank {rank} failed first (exit code {failure.exitcode})", file=sys.stderr)
+        return failure.exitcode if failure.exitcode > 0 else 1
+    return 0
+
+
 def _exit_code(result: object) -> int:
     """0 when the run finished; EXIT_PREEMPTED when a signal paused it with a checkpoint."""
     return EXIT_PREEMPTED if getattr(result, "preempted", False) else 0
@@ -279,6 +314,8 @@ def cmd_resume(args: argparse.Namespace) -> int:
         train={"run_dir": str(run_dir)},
         checkpoint={"resume": "must", "override": bool(args.override)},
     )
+    if args.nproc > 1:
+        return _launch(args.nproc, args.argv)
     return _exit_code(recipes.run(cfg))
 
 
@@ -346,6 +383,7 @@ def cmd_lr_find(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     if args.command is None:
         parser.print_help()
         return 2

@@ -42,6 +42,7 @@ SCHEDULES = (
     "cosine_restarts",
 )
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+STRATEGIES = ("auto", "ddp", "fsdp")
 PROGRESS = ("auto", "bar", "epoch", "off")
 RESUME = ("auto", "never", "must")
 MODES = ("auto", "min", "max")
@@ -58,7 +59,7 @@ class ModelConfig:
 class DataConfig:
     name: str = ""  # built-in dataset name, or an import path "package.module:factory"
     args: dict = field(default_factory=dict)  # keyword arguments for the factory
-    batch_size: int = 64  # samples per micro-batch (one forward/backward pass)
+    batch_size: int = 64  # samples per micro-batch over all ranks (each of N takes 1/N)
     eval_batch_size: int = 0  # samples per evaluation batch; 0 = 4 x batch_size
     val_fraction: float = 0.0  # share of train carved out for validation when no val set is given
     stratify: bool = True  # keep class proportions in that split (classification targets)
@@ -182,6 +183,13 @@ class HealthConfig:
     skip_checks: list = field(default_factory=list)  # names from CHECKS to switch off
 
 
+@dataclass(frozen=True, kw_only=True)
+class DistributedConfig:
+    strategy: str = "auto"  # one of STRATEGIES when several processes run; auto = ddp
+    shard_modules: list = field(default_factory=list)  # fsdp block classes; [] = ModuleList items
+    timeout_s: float = 600.0  # seconds a collective may wait for a missing rank before failing
+
+
 SECTIONS: dict[str, type] = {
     "model": ModelConfig,
     "data": DataConfig,
@@ -192,6 +200,7 @@ SECTIONS: dict[str, type] = {
     "checkpoint": CheckpointConfig,
     "log": LogConfig,
     "health": HealthConfig,
+    "distributed": DistributedConfig,
 }
 META_KEYS = ("name", "description", "reference")  # free-text top-level keys of a recipe
 
@@ -210,6 +219,7 @@ class RunConfig:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     log: LogConfig = field(default_factory=LogConfig)
     health: HealthConfig = field(default_factory=HealthConfig)
+    distributed: DistributedConfig = field(default_factory=DistributedConfig)
 
     @property
     def epochs(self) -> int:
@@ -409,6 +419,8 @@ def validate(c: RunConfig) -> None:
         h.rollback_lr_factor,
         "a factor in (0, 1], e.g. 0.5",
     )
+    _choice("distributed.strategy", c.distributed.strategy, STRATEGIES)
+    _require(c.distributed.timeout_s > 0, "distributed.timeout_s", c.distributed.timeout_s, "> 0")
     _require(c.data.batch_size >= 1, "data.batch_size", c.data.batch_size, "an integer >= 1")
     _require(c.data.eval_batch_size >= 0, "data.eval_batch_size", c.data.eval_batch_size, ">= 0")
     _require(

@@ -20,8 +20,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
+from .distributed import shard_coords
 from .errors import ConfigError, DataError
 from .state import derive_seed
 
@@ -31,13 +32,43 @@ Batch = tuple
 def epoch_order(
     n: int, seed: int, epoch: int, rank: int = 0, world_size: int = 1, shuffle: bool = True
 ) -> torch.Tensor:
-    """The sample indices one rank visits in one epoch: a pure function of its arguments."""
+    """The sample indices one rank visits in one epoch: a pure function of its arguments.
+
+    With several ranks, the permutation's last ``n % world_size`` samples sit this epoch out, so
+    that every rank takes the same number of steps (a short rank would hang the others in a
+    collective); rank r takes every world_size-th of the rest, from position r. Which samples sit
+    out changes with the epoch's permutation.
+    """
     if shuffle:
         gen = torch.Generator().manual_seed(derive_seed(seed, epoch))
         order = torch.randperm(n, generator=gen)
     else:
         order = torch.arange(n)
-    return order[rank::world_size] if world_size > 1 else order
+    return order[: n - n % world_size][rank::world_size] if world_size > 1 else order
+
+
+def eval_shard(n: int, batch_size: int, rank: int, world_size: int) -> list[torch.Tensor]:
+    """One rank's evaluation batches: every sample once over all ranks, none dropped.
+
+    Rank r takes samples r, r + world_size, ... (shares differ by at most one); every rank cuts
+    its share into the same number of batches, since under FSDP each forward is a collective.
+    """
+    if n < world_size:
+        raise DataError(
+            f"an evaluation set of {n} samples cannot give each of {world_size} ranks one",
+            where="val",
+            fix="use a larger evaluation set, or fewer processes",
+        )
+    per_rank = max(1, batch_size // world_size)
+    count = min(math.ceil(math.ceil(n / world_size) / per_rank), n // world_size)
+    return list(torch.tensor_split(torch.arange(n)[rank::world_size], count))
+
+
+def _train_count(n: int, batch_size: int, drop_last: bool) -> int:
+    """Optimizer-side batches per epoch (per rank: the batch size is shared by the ranks)."""
+    _, world = shard_coords()
+    n -= n % world
+    return n // batch_size if drop_last else math.ceil(n / batch_size)
 
 
 def to_device(obj: Any, device: torch.device, non_blocking: bool = False) -> Any:
@@ -94,8 +125,7 @@ class TensorData:
         return self
 
     def num_batches(self, batch_size: int, drop_last: bool = False) -> int:
-        n = self.num_samples
-        return n // batch_size if drop_last else math.ceil(n / batch_size)
+        return _train_count(self.num_samples, batch_size, drop_last)
 
     def batches(
         self,
@@ -108,15 +138,22 @@ class TensorData:
         drop_last: bool = False,
         device: torch.device | None = None,
     ) -> Iterator[Batch]:
-        """Yield batches of epoch ``epoch`` from batch ``start_batch`` on."""
+        """Yield batches of epoch ``epoch`` from batch ``start_batch`` on (this rank's share)."""
         count = self.num_batches(batch_size, drop_last)
-        if not shuffle:
+        rank, world = shard_coords()
+        if not shuffle and world == 1:
             for b in range(start_batch, count):
                 yield tuple(t[b * batch_size : (b + 1) * batch_size] for t in self.tensors)
             return
-        order = epoch_order(self.num_samples, seed, epoch).to(self.tensors[0].device)
+        dev = self.tensors[0].device
+        if not shuffle:
+            for idx in eval_shard(self.num_samples, batch_size, rank, world)[start_batch:]:
+                yield tuple(t.index_select(0, idx.to(dev)) for t in self.tensors)
+            return
+        order = epoch_order(self.num_samples, seed, epoch, rank, world).to(dev)
+        size = batch_size // world
         for b in range(start_batch, count):
-            idx = order[b * batch_size : (b + 1) * batch_size]
+            idx = order[b * size : (b + 1) * size]
             yield tuple(t.index_select(0, idx) for t in self.tensors)
 
     def sample(self, indices: torch.Tensor, device: torch.device) -> Batch:
@@ -139,22 +176,33 @@ def _window(
     return epoch_order(data.num_samples, seed, epoch)[batch0 * batch_size : end]
 
 
-class EpochSampler(Sampler[int]):
-    """Yields ``epoch_order`` for the epoch set last, from a start position (for resume)."""
+class EpochBatches(Sampler[list[int]]):
+    """This rank's batches of sample indices for the epoch set last, from a start batch (resume)."""
 
-    def __init__(self, n: int, seed: int, shuffle: bool) -> None:
-        self.n, self.seed, self.shuffle = n, seed, shuffle
+    def __init__(self, n: int, batch_size: int, seed: int, shuffle: bool, drop_last: bool) -> None:
+        self.n, self.batch_size, self.seed = n, batch_size, seed
+        self.shuffle, self.drop_last = shuffle, drop_last
         self.epoch, self.start = 0, 0
 
     def set_epoch(self, epoch: int, start: int = 0) -> None:
         self.epoch, self.start = epoch, start
 
-    def __iter__(self) -> Iterator[int]:
-        order = epoch_order(self.n, self.seed, self.epoch, shuffle=self.shuffle)
-        return iter(order[self.start :].tolist())
+    def _batches(self) -> list[torch.Tensor]:
+        rank, world = shard_coords()
+        if not self.shuffle and world > 1:
+            return eval_shard(self.n, self.batch_size, rank, world)
+        order = epoch_order(self.n, self.seed, self.epoch, rank, world, shuffle=self.shuffle)
+        size = self.batch_size // world
+        chunks = list(torch.split(order, size))
+        if self.drop_last and chunks and len(chunks[-1]) < size:
+            chunks.pop()
+        return chunks
+
+    def __iter__(self) -> Iterator[list[int]]:
+        return iter([c.tolist() for c in self._batches()[self.start :]])
 
     def __len__(self) -> int:
-        return self.n - self.start
+        return max(0, len(self._batches()) - self.start)
 
 
 def _auto_workers(device: torch.device) -> int:
@@ -181,28 +229,25 @@ class DatasetData:
                 f"{where} is empty (0 samples)", where=where, fix="pass a non-empty set"
             )
         self.dataset = dataset
-        self._loaders: dict[tuple, tuple[DataLoader, EpochSampler]] = {}
+        self._loaders: dict[tuple, tuple[DataLoader, EpochBatches]] = {}
         self.num_workers = -1
 
     def to(self, device: torch.device) -> DatasetData:
         return self
 
     def num_batches(self, batch_size: int, drop_last: bool = False) -> int:
-        n = self.num_samples
-        return n // batch_size if drop_last else math.ceil(n / batch_size)
+        return _train_count(self.num_samples, batch_size, drop_last)
 
     def _loader(
         self, batch_size: int, seed: int, shuffle: bool, drop_last: bool, device: torch.device
-    ) -> tuple[DataLoader, EpochSampler]:
+    ) -> tuple[DataLoader, EpochBatches]:
         key = (batch_size, seed, shuffle, drop_last)
         if key not in self._loaders:
-            sampler = EpochSampler(self.num_samples, seed, shuffle)
+            sampler = EpochBatches(self.num_samples, batch_size, seed, shuffle, drop_last)
             workers = self.num_workers if self.num_workers >= 0 else _auto_workers(device)
             loader = DataLoader(
                 self.dataset,
-                batch_size=batch_size,
-                sampler=sampler,
-                drop_last=drop_last,
+                batch_sampler=sampler,
                 num_workers=workers,
                 pin_memory=device.type == "cuda",
                 persistent_workers=workers > 0,
@@ -224,7 +269,7 @@ class DatasetData:
     ) -> Iterator[Batch]:
         device = device or torch.device("cpu")
         loader, sampler = self._loader(batch_size, seed, shuffle, drop_last, device)
-        sampler.set_epoch(epoch, start_batch * batch_size)
+        sampler.set_epoch(epoch, start_batch)
         for batch in loader:
             yield _as_batch(to_device(batch, device, non_blocking=device.type == "cuda"))
 
@@ -274,6 +319,14 @@ class LoaderData:
     ) -> Iterator[Batch]:
         device = device or torch.device("cpu")
         sampler = getattr(self.loader, "sampler", None)
+        if shard_coords()[1] > 1 and not isinstance(sampler, DistributedSampler):
+            raise DataError(
+                f"{self.where} is a DataLoader without a DistributedSampler: every rank would "
+                "load all of it",
+                where=self.where,
+                fix="pass the Dataset (surefit shards it), or build the DataLoader with "
+                "sampler=DistributedSampler(dataset)",
+            )
         if hasattr(sampler, "set_epoch"):  # e.g. DistributedSampler
             sampler.set_epoch(epoch)
         empty = True

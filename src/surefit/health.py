@@ -27,6 +27,7 @@ from torch import nn
 
 from .checkpoint import cpu_copy
 from .config import HealthConfig
+from .distributed import sum_over_ranks
 from .log import JsonlSink
 from .state import RngState
 
@@ -134,7 +135,7 @@ class Health:
             precision.step(optimizer)  # fp16: GradScaler skips inf/NaN gradients itself
             return True
         bad = torch.isfinite(loss + norm).logical_not_()
-        if optimizer.defaults.get("fused"):
+        if all(g.get("fused") for g in optimizer.param_groups):  # (a resume may change it)
             optimizer.grad_scale, optimizer.found_inf = None, bad.float()  # GradScaler's protocol
             try:
                 optimizer.step()
@@ -160,10 +161,18 @@ class Health:
         actions: dict[str, Any] = {"rewind": 0, "rollback": "", "stop": ""}
         if not self.pending:
             return actions
-        values = torch.stack([x for p in self.pending for x in (p.loss, p.norm.double())]).tolist()
         pending, self.pending = self.pending, []
+        n = len(pending)
+        losses = torch.stack([p.loss for p in pending])
+        samples = torch.tensor([float(p.samples) for p in pending], dtype=losses.dtype)
+        # every rank decides on the same numbers: losses and samples summed over ranks (the
+        # gradient norm is already global after the gradient all-reduce)
+        summed = sum_over_ranks(torch.stack([losses, samples.to(losses.device)]))
+        norms = torch.stack([p.norm.double() for p in pending])
+        values = torch.cat([summed.flatten(), norms.to(summed.device)]).tolist()  # one read
         for i, p in enumerate(pending):
-            loss, norm = values[2 * i], values[2 * i + 1]
+            loss, norm = values[i], values[2 * n + i]
+            p.samples = int(values[n + i])
             self.steps += 1
             if p.epoch != self.epoch_index:
                 t0 = self._epoch_t0.get(p.epoch, time.perf_counter())

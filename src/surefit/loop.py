@@ -8,10 +8,7 @@ Loss and grad-norm sums stay on the device; the host reads them at the log inter
 
 from __future__ import annotations
 
-import contextlib
 import math
-import signal
-import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -22,8 +19,9 @@ import torch
 from torch import nn
 
 from .callbacks import EVENTS, Best, RunView
-from .checkpoint import CheckpointStore, cpu_copy
+from .checkpoint import CheckpointStore, cpu_copy, preemption_signals
 from .config import RunConfig
+from .distributed import grad_sync, no_grad, reduce_eval, stop_together, wrap
 from .errors import DataError
 from .health import Health, _Step, examine_window
 from .log import NullConsole, RunLog, epoch_line
@@ -94,7 +92,7 @@ class Trainer:
         cfg = parts.config
         self.cfg = cfg
         self.model = parts.model  # what checkpoints read
-        self.net = torch.compile(parts.model) if cfg.train.compile else parts.model  # what runs
+        self.net = wrap(parts.model, cfg, parts.device)  # what runs: DDP, compiled, or the model
         self.optimizer = parts.optimizer
         self.params = _params_in_model_order(parts.model, self.optimizer)
         self.device = parts.device
@@ -208,8 +206,9 @@ class Trainer:
         t = self.cfg.train
         self.optimizer.zero_grad(set_to_none=True)  # 1
         loss = None
-        for batch in window:  # 2-4
-            weighted = self._micro_step(batch, divisor=len(window))
+        for i, batch in enumerate(window):  # 2-4; gradients reduced across ranks on the last
+            with grad_sync(self.net, sync=i == len(window) - 1):
+                weighted = self._micro_step(batch, divisor=len(window))
             loss = weighted if loss is None else loss + weighted
         norm = self.p.precision.unscale_and_clip(  # 5
             self.optimizer, self.params, t.clip_norm, t.clip_value
@@ -467,7 +466,7 @@ class Trainer:
         self.net.train()
         self.emit("on_fit_start")
         try:
-            with self._preemption_signals():
+            with preemption_signals(self._on_signal):
                 while self.counters.epoch < self.cfg.epochs and self.stop_reason is None:
                     self._train_epoch()
             if self.stop_reason is None:
@@ -492,31 +491,13 @@ class Trainer:
                 self._executor.shutdown()
         self.emit("on_fit_end")
 
-    @contextlib.contextmanager
-    def _preemption_signals(self) -> Iterator[None]:
-        """SIGTERM, SIGUSR1 and SIGINT stop at the next optimizer-step boundary, with a checkpoint;
-        a second SIGINT stops at once."""
-        if threading.current_thread() is not threading.main_thread():
-            yield  # signal handlers can only be set from the main thread
-            return
-        names = [n for n in ("SIGTERM", "SIGINT", "SIGUSR1") if hasattr(signal, n)]
-        previous = {n: signal.getsignal(getattr(signal, n)) for n in names}
-
-        def handler(signum: int, frame: Any) -> None:
-            name = signal.Signals(signum).name
-            if self.preempted is not None and name == "SIGINT":
-                raise KeyboardInterrupt  # the second Ctrl-C: stop now
-            self.pause(f"preempted by {name}")
-            if self.p.log is not None:
-                self.p.log.event("signal", signal=name, step=self.counters.optimizer_step)
-
-        for n in names:
-            signal.signal(getattr(signal, n), handler)
-        try:
-            yield
-        finally:
-            for n in names:
-                signal.signal(getattr(signal, n), previous[n])
+    def _on_signal(self, name: str) -> None:
+        if self.preempted is not None and name == "SIGINT":
+            raise KeyboardInterrupt  # the second Ctrl-C: stop now
+        self.preempted = self.preempted or name
+        self.request_stop(f"preempted by {name}")
+        if self.p.log is not None:
+            self.p.log.event("signal", signal=name, step=self.counters.optimizer_step)
 
     def _train_epoch(self) -> None:
         c, cfg = self.counters, self.cfg
@@ -534,6 +515,9 @@ class Trainer:
         )
         for window in self._windows(batches):
             self._after_step(window, self._optimizer_step(window))
+            self.stop_reason, self.preempted = stop_together(
+                self.stop_reason, self.preempted, self.device
+            )
             if self.stop_reason is not None:
                 self._console().epoch_end()
                 return  # mid-epoch stop: the counters keep the position for a resume
@@ -580,7 +564,7 @@ def evaluate_data(
     net.eval()
     total, count, metric_set = None, 0, None
     try:
-        with torch.inference_mode(), precision.autocast():
+        with no_grad(net), precision.autocast():
             for batch in data.batches(batch_size, shuffle=False, device=device):
                 loss, preds, target = compute_batch(net, batch, task, step)
                 n = batch_size_of(batch)
@@ -599,6 +583,7 @@ def evaluate_data(
             where=prefix,
             fix="pass a non-empty evaluation set",
         )
+    total, count = reduce_eval(total, count, metric_set)  # sums over ranks; one process: as is
     values = {"loss": (total / count).item()}  # the evaluation's intended sync
     if metric_set is not None:
         values.update(metric_set.compute())

@@ -18,6 +18,8 @@ import torch
 class Mean:
     """Running mean of a per-batch value, weighted by the batch's sample count."""
 
+    sum_states = ("total", "count")  # summed over ranks before compute
+
     def __init__(self, fn: Callable[[Any, Any], torch.Tensor] | None = None) -> None:
         self.fn = fn
         self.reset()
@@ -49,6 +51,8 @@ class Mean:
 class Fraction:
     """Share of hits over all counted items: ``sum(hits) / sum(counted)``."""
 
+    sum_states = ("num", "den")
+
     def __init__(self, hits: Callable[[Any, Any], tuple[torch.Tensor, torch.Tensor]]) -> None:
         self.hits = hits
         self.reset()
@@ -71,6 +75,8 @@ class Fraction:
 
 class Overlap:
     """Dice and IoU over a whole set: per-class intersection and sizes, summed on the device."""
+
+    sum_states = ("inter", "pred", "true")
 
     def __init__(self, num_classes: int, kind: str, skip_background: bool) -> None:
         self.num_classes, self.kind, self.skip_background = num_classes, kind, skip_background

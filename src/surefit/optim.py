@@ -134,6 +134,7 @@ def _fusable(model: nn.Module, cfg: OptimConfig) -> bool:
         cfg.name in FUSED
         and bool(params)
         and all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params)
+        and all(type(p.data) is torch.Tensor for p in params)  # sharded (FSDP) ones: no kernel
         and len({p.device for p in params}) == 1
     )
 

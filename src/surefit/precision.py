@@ -61,10 +61,11 @@ class Precision:
         grads = [p.grad for p in params if p.grad is not None]
         if not grads:
             return torch.zeros((), device=self.device)
-        if clip_norm > 0:
-            norm = torch.nn.utils.clip_grad_norm_(params, clip_norm)
-        else:
-            norm = torch.nn.utils.get_total_norm(grads)
+        norm = torch.nn.utils.get_total_norm(grads)
+        if hasattr(norm, "full_tensor"):  # FSDP: per-shard norms (a DTensor); sum over ranks
+            norm = norm.full_tensor()
+        if clip_norm > 0:  # the same two steps as clip_grad_norm_, with the global norm
+            torch.nn.utils.clip_grads_with_norm_(params, clip_norm, norm)
         if clip_value > 0:
             torch.nn.utils.clip_grad_value_(params, clip_value)
         return norm

@@ -239,6 +239,7 @@ def test_cli_commands_and_flags_snapshot():
         "fit": [
             "--device",
             "--help",
+            "--nproc",
             "--pause-at",
             "--progress",
             "--run-dir",
@@ -246,7 +247,16 @@ def test_cli_commands_and_flags_snapshot():
             "-h",
             "recipe",
         ],
-        "resume": ["--device", "--help", "--override", "--progress", "--set", "-h", "run_dir"],
+        "resume": [
+            "--device",
+            "--help",
+            "--nproc",
+            "--override",
+            "--progress",
+            "--set",
+            "-h",
+            "run_dir",
+        ],
         "doctor": ["--device", "--help", "--progress", "--set", "-h", "recipe"],
         "check-resume": [
             "--device",
