@@ -96,7 +96,7 @@ class OptimConfig:
     eps: float = 1e-8  # adam-family/rmsprop/adagrad epsilon
     decay_all: bool = False  # also decay biases, normalisation and embedding weights
     lr_groups: dict = field(default_factory=dict)  # parameter-name prefix -> learning rate
-    implementation: str = "auto"  # one of IMPLEMENTATIONS; auto = torch's default choice
+    implementation: str = "auto"  # one of IMPLEMENTATIONS; auto = fused where torch has it
 
 
 @dataclass(frozen=True, kw_only=True)

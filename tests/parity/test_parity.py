@@ -1,4 +1,10 @@
-"""surefit == a hand-written canonical loop, bit for bit (fp32, CPU)."""
+"""surefit == a hand-written canonical loop, bit for bit (fp32, CPU).
+
+surefit picks torch's fused optimizer kernels where they exist (optim.implementation = "auto"), and
+a fused step rounds differently from the for-loop one, so the hand loop here builds its optimizer
+the way the fastest hand-written loop does, with ``fused=True``; the last test pins
+``implementation = "for_loop"`` against torch's default constructor.
+"""
 
 from __future__ import annotations
 
@@ -57,7 +63,7 @@ def test_fit_equals_hand_written_loop_bitwise(name):
             batch_size=32,
             seed=7,
         )
-        make = lambda m: torch.optim.SGD(m.parameters(), lr=0.1, momentum=0.9)
+        make = lambda m: torch.optim.SGD(m.parameters(), lr=0.1, momentum=0.9, fused=True)
     else:
         _fit(
             a,
@@ -71,7 +77,7 @@ def test_fit_equals_hand_written_loop_bitwise(name):
             batch_size=32,
             seed=7,
         )
-        make = lambda m: torch.optim.AdamW(m.parameters(), lr=1e-2, weight_decay=0.0)
+        make = lambda m: torch.optim.AdamW(m.parameters(), lr=1e-2, weight_decay=0.0, fused=True)
     hand_loop(b, x, y, epochs=3, batch_size=32, seed=7, make_opt=make)
     for (name_a, pa), (_, pb) in zip(a.named_parameters(), b.named_parameters(), strict=True):
         assert torch.equal(pa, pb), name_a
@@ -97,7 +103,7 @@ def test_parity_with_weight_decay_groups_and_clipping():
         decay = [p for p in m.parameters() if p.ndim > 1]
         no_decay = [p for p in m.parameters() if p.ndim <= 1]
         groups = [{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}]
-        return torch.optim.AdamW(groups, lr=1e-2)
+        return torch.optim.AdamW(groups, lr=1e-2, fused=True)
 
     hand_loop(b, x, y, epochs=2, batch_size=16, seed=3, make_opt=make, clip=0.5)
     for pa, pb in zip(a.parameters(), b.parameters(), strict=True):
@@ -124,7 +130,7 @@ def test_short_last_window_divides_by_its_real_size():
         optimizer="sgd", lr=0.3, weight_decay=0.0, momentum=0.0, clip_norm=None, epochs=1, seed=0
     )
     _fit(a, x, y, batch_size=8, accumulate=4, **common)
-    make = lambda m: torch.optim.SGD(m.parameters(), lr=0.3)
+    make = lambda m: torch.optim.SGD(m.parameters(), lr=0.3, fused=True)
     hand_loop(b, x, y, epochs=1, batch_size=8, seed=0, make_opt=make, accumulate=4)
     for pa, pb in zip(a.parameters(), b.parameters(), strict=True):
         assert torch.equal(pa, pb)
@@ -132,7 +138,7 @@ def test_short_last_window_divides_by_its_real_size():
     # and the same hand loop dividing the short window by 4 differs: the test can fail
     c = mlp(seed=4)
     torch.manual_seed(0)
-    opt = torch.optim.SGD(c.parameters(), lr=0.3)
+    opt = torch.optim.SGD(c.parameters(), lr=0.3, fused=True)
     order = epoch_order(40, 0, 0)
     batches = [order[i : i + 8] for i in range(0, 40, 8)]
     for w in range(0, 5, 4):
@@ -157,3 +163,16 @@ def test_fit_trains_the_given_model_in_place_and_reports():
     assert r.best_metrics["val_accuracy"] > 0.8
     assert len(r.history) == 15 and r.history[-1]["epoch"] == 15
     assert math.isfinite(r.history[-1]["train_loss"])
+
+
+@pytest.mark.parametrize("implementation", ["for_loop", "fused"])
+def test_implementation_override_equals_that_torch_constructor(implementation):
+    x, y = make_classification(200)
+    a, b = mlp(seed=2), mlp(seed=2)
+    _fit(a, x, y, optimizer="adamw", lr=1e-2, weight_decay=0.0, clip_norm=None, epochs=2,
+         batch_size=32, seed=5, implementation=implementation)  # fmt: skip
+    kw = {"foreach": False} if implementation == "for_loop" else {"fused": True}
+    make = lambda m: torch.optim.AdamW(m.parameters(), lr=1e-2, weight_decay=0.0, **kw)
+    hand_loop(b, x, y, epochs=2, batch_size=32, seed=5, make_opt=make)
+    for pa, pb in zip(a.parameters(), b.parameters(), strict=True):
+        assert torch.equal(pa, pb)
