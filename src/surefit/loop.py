@@ -26,6 +26,7 @@ from .checkpoint import CheckpointStore, cpu_copy
 from .config import RunConfig
 from .errors import DataError
 from .log import NullConsole, RunLog, epoch_line
+from .perf import TimedBatches, report_wait, run_threads
 from .precision import Precision
 from .schedule import Schedule
 from .state import Counters, RngState
@@ -450,7 +451,7 @@ class Trainer:
         self.net.train()
         self.emit("on_fit_start")
         try:
-            with self._preemption_signals():
+            with self._preemption_signals(), run_threads(self.p):
                 while self.counters.epoch < self.cfg.epochs and self.stop_reason is None:
                     self._train_epoch()
             if self.stop_reason is None:
@@ -516,6 +517,7 @@ class Trainer:
             drop_last=cfg.data.drop_last,
             device=self.device,
         )
+        batches = TimedBatches(batches, self.device)  # data wait vs step, per epoch
         for window in self._windows(batches):
             norm = self._optimizer_step(window)
             self._after_step(window, norm)
@@ -523,6 +525,7 @@ class Trainer:
                 self._console().epoch_end()
                 return  # mid-epoch stop: the counters keep the position for a resume
         self._console().epoch_end()
+        report_wait(batches, self.p, c.epoch)
         c.epoch += 1
         c.batch_in_epoch = 0
         self.p.schedule.after_epoch()

@@ -24,7 +24,7 @@ LAYERS: list[set[str]] = [
     {"api"},
     {"loop"},
     {"callbacks", "checkpoint", "log", "health"},
-    {"precision", "schedule", "optim", "tasks", "metrics", "data", "distributed"},
+    {"precision", "schedule", "optim", "tasks", "metrics", "data", "distributed", "perf"},
     {"state"},
     {"config"},
     {"errors"},
