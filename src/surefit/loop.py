@@ -103,7 +103,7 @@ class _Accumulators:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         for k, v in state.items():
-            setattr(self, k, v.to(self.device) if isinstance(v, torch.Tensor) else v)
+            setattr(self, k, v.to(self.device, copy=True) if isinstance(v, torch.Tensor) else v)
         self.t0 = self.epoch_t0 = time.perf_counter()
 
 
@@ -227,11 +227,10 @@ class Trainer:
                 fix="reduce it (loss.mean()), or return (loss, outputs) from step=fn",
             )
         # the last window of an epoch can be short: divide by its real length
-        self.p.precision.backward(loss / divisor)  # 4
-        n = batch_size_of(batch)
-        weighted = loss.detach().double() * n
-        self.acc.loss += weighted
-        self.acc.epoch_loss += weighted
+        self.p.precision.backward(loss / divisor if divisor > 1 else loss)  # 4
+        n, loss = batch_size_of(batch), loss.detach()
+        self.acc.loss.add_(loss, alpha=n)  # in place, one kernel each (sums in float64)
+        self.acc.epoch_loss.add_(loss, alpha=n)
         self.acc.samples += n
         self.acc.epoch_samples += n
 
@@ -264,13 +263,13 @@ class Trainer:
         c.batch_in_epoch += len(window)
         c.micro_batch += len(window)
         c.samples += sum(batch_size_of(b) for b in window)
-        norm = norm.detach().double()
-        a.norm += norm
-        a.epoch_norm += norm
+        norm = norm.detach()
+        a.norm.add_(norm)
+        a.epoch_norm.add_(norm)
         a.epoch_steps += 1
-        a.norm_max = torch.maximum(a.norm_max, norm)
+        torch.maximum(a.norm_max, norm, out=a.norm_max)
         if t.clip_norm > 0:
-            a.clipped += (norm > t.clip_norm).double()
+            a.clipped.add_(norm > t.clip_norm)
         a.steps += 1
         self._console().step()
         if c.optimizer_step % self.cfg.log.every_steps == 0:
