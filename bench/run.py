@@ -84,12 +84,15 @@ def spawn(args: list[str], timeout: float = 900) -> dict:
 
 
 def load() -> str:
-    return os.getloadavg().__repr__() if hasattr(os, "getloadavg") else "n/a"
+    """The load averages (1, 5, 15 min) and the time, for the record of a measurement."""
+    avg = ", ".join(f"{v:.1f}" for v in os.getloadavg()) if hasattr(os, "getloadavg") else "n/a"
+    return f"({avg}) at {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}"
 
 
 def throughput(quick: bool, repeats: int, lines: list[str]) -> None:
     from loops import PEER_MODULES, VARIANTS
 
+    lines += ["## Training throughput", ""]
     skipped = [v for v, m in PEER_MODULES.items() if importlib.util.find_spec(m) is None]
     variants = [v for v in VARIANTS if v not in skipped]
     for workload, (desc, _, epochs, quick_epochs) in WORKLOADS.items():
@@ -123,7 +126,7 @@ def throughput(quick: bool, repeats: int, lines: list[str]) -> None:
         lines.append("")
 
 
-def import_times(repeats: int, lines: list[str]) -> None:
+def import_times(quick: bool, repeats: int, lines: list[str]) -> None:
     py = sys.executable
     cli = [py, "-m", "surefit", "--help"]
     cases = {
@@ -185,14 +188,15 @@ def _accs(values: list[float]) -> str:
     return " ".join(f"{a:.3f}" for a in values)
 
 
-def checkpoint_section(quick: bool, lines: list[str]) -> None:
-    cmd = [sys.executable, str(HERE / "checkpoint_overhead.py"), "--epochs", "2" if quick else "5"]
+def checkpoint_section(quick: bool, repeats: int, lines: list[str]) -> None:
+    cmd = [sys.executable, str(HERE / "checkpoint_overhead.py"), "--epochs", "2" if quick else "5",
+           "--repeats", str(repeats)]  # fmt: skip
     out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, check=True).stdout
     lines += [
         "## Checkpoint overhead (`bench/checkpoint_overhead.py`)",
         "",
         "The default recipe's model and data, batch 100, checkpoints every 50 steps, at epoch ends "
-        "and to `best.pt`, against none, one process, interleaved, medians of 3; "
+        f"and to `best.pt`, against none, one process, interleaved, medians of {repeats}; "
         f"load {load()}.",
         "",
         *out.strip().splitlines(),
@@ -218,10 +222,19 @@ def header(quick: bool, repeats: int) -> list[str]:
         f"{platform.machine()}, {os.cpu_count()} CPU cores, {platform.system()}; "
         + ", ".join(versions),
         f"- Load average (1, 5, 15 min) at the start: {load()}",
-        f"- Fresh process per run, 2 torch threads, {repeats} repeats, medians.",
+        "- Fresh process per run, 2 torch threads, repeats interleaved, medians. Sections can be "
+        "run on their own (`--skip`); each section states its own date and load.",
         "",
     ]
 
+
+SECTIONS = {
+    "throughput": throughput,
+    "import": import_times,
+    "accuracy": to_accuracy,
+    "checkpoint": checkpoint_section,
+}
+RESULTS = HERE / "results"  # one file per section; docs/benchmarks.md joins those present
 
 LIMITS = """## What limits these numbers
 
@@ -244,6 +257,7 @@ def main() -> None:
     p.add_argument("--out", default=str(ROOT / "docs" / "benchmarks.md"))
     p.add_argument("--worker", nargs=3, metavar=("WORKLOAD", "VARIANT", "EPOCHS"))
     p.add_argument("--accuracy", nargs=2, metavar=("WHO", "EPOCHS"))
+    p.add_argument("--repeats", type=int, default=0, help="repeats (default 3, --quick 1)")
     p.add_argument("--skip", default="", help="comma list of sections to skip: throughput,"
                    "import,accuracy,checkpoint")  # fmt: skip
     args = p.parse_args()
@@ -255,21 +269,20 @@ def main() -> None:
 
         print(json.dumps(run_accuracy(args.accuracy[0], int(args.accuracy[1]))))
         return
-    repeats = 1 if args.quick else 3
+    repeats = args.repeats or (1 if args.quick else 3)
     skip = set(filter(None, args.skip.split(",")))
-    lines = header(args.quick, repeats)
-    if "throughput" not in skip:
-        lines += ["## Training throughput", ""]
-        throughput(args.quick, repeats, lines)
-    if "import" not in skip:
-        import_times(repeats, lines)
-    if "accuracy" not in skip:
-        to_accuracy(args.quick, repeats, lines)
-    if "checkpoint" not in skip:
-        checkpoint_section(args.quick, lines)
-    lines.append(LIMITS)
-    Path(args.out).write_text("\n".join(lines))
-    print("\n".join(lines))
+    RESULTS.mkdir(exist_ok=True)
+    for name, fn in SECTIONS.items():
+        if name in skip:
+            continue
+        lines: list[str] = []
+        fn(args.quick, repeats, lines)
+        (RESULTS / f"{name}.md").write_text("\n".join(lines) + "\n")
+    parts = [(RESULTS / f"{n}.md") for n in SECTIONS]
+    body = [p.read_text() for p in parts if p.exists()]
+    text = "\n".join(header(args.quick, repeats)) + "\n" + "\n".join(body) + "\n" + LIMITS
+    Path(args.out).write_text(text)
+    print(text)
 
 
 if __name__ == "__main__":

@@ -521,10 +521,11 @@ class Trainer:
             norm = self._optimizer_step(window)
             self._after_step(window, norm)
             if self.stop_reason is not None:
-                self._console().epoch_end()
-                return  # mid-epoch stop: the counters keep the position for a resume
+                break
         self._console().epoch_end()
         report_wait(batches, self.p, c.epoch)
+        if self.stop_reason is not None:
+            return  # mid-epoch stop: the counters keep the position for a resume
         c.epoch += 1
         c.batch_in_epoch = 0
         self.p.schedule.after_epoch()

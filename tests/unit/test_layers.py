@@ -20,7 +20,7 @@ SRC = Path(surefit.__file__).resolve().parent
 # top to bottom; a module may import from its own layer or any layer below it
 LAYERS: list[set[str]] = [
     {"cli"},
-    {"recipes"},
+    {"recipes", "profile"},
     {"api"},
     {"loop"},
     {"callbacks", "checkpoint", "log", "health"},

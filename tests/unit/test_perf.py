@@ -93,3 +93,28 @@ def test_wait_time_is_the_time_spent_fetching(monkeypatch):
     assert "75%" in advice and "num_workers" in advice
     quick = {**s, "data_wait_share": 0.05}
     assert perf.input_bound_advice(quick, "DatasetData", torch.device("cpu")) == ""
+
+
+def _recipe(cache):
+    from surefit import config, recipes
+
+    _, text = recipes.source("mnist1d-cnn")
+    cfg = config.from_dict(config.parse_toml(text, where="recipe"))
+    return cfg.replace(data={"args": {"cache": str(cache)}}, model={"args": {"channels": 8}})
+
+
+def test_profile_run_splits_the_time(mnist1d_cache):
+    from surefit.profile import profile_run
+
+    r = profile_run(_recipe(mnist1d_cache), steps=3)
+    assert r.steps == 3 and r.threads >= 1
+    assert 0 <= r.data_wait_s <= r.seconds and r.step_s > 0 and r.steps_per_s > 0
+    assert any("steps/s" in line for line in r.lines())
+
+
+def test_max_batch_on_cpu_is_a_power_of_two(mnist1d_cache):
+    from surefit.profile import max_batch
+
+    r = max_batch(_recipe(mnist1d_cache), limit=256)
+    assert r.device == "cpu" and r.bytes_per_sample > 0 and r.fixed_bytes > 0
+    assert r.max_batch == 256  # 8 channels on 40 points: far below the memory of any machine
