@@ -87,5 +87,7 @@ def hand_run(epochs: int) -> dict[str, Any]:
 
 
 def run_accuracy(who: str, epochs: int) -> dict[str, Any]:
-    torch.set_num_threads(2)
+    import os
+
+    torch.set_num_threads(int(os.environ.get("BENCH_THREADS", "2")))
     return surefit_run(epochs) if who == "surefit" else hand_run(epochs)

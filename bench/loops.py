@@ -127,6 +127,12 @@ def surefit(model: nn.Module, x: Any, y: Any, epochs: int, bs: int, threads: int
     return r.steps
 
 
+def _threads() -> int:
+    import os
+
+    return int(os.environ.get("BENCH_THREADS", "2"))
+
+
 def _has_threads_option() -> bool:
     from surefit.config import TrainConfig
 
@@ -139,7 +145,7 @@ VARIANTS = {
     "b": ("(b) textbook DataLoader + .item()", textbook),
     "c": ("(c) PyTorch Lightning Trainer", lightning),
     "d": ("(d) HF Accelerate", accelerate),
-    "surefit": ("surefit fit(), 2 threads", lambda *a: surefit(*a, threads=2)),
+    "surefit": ("surefit fit(), the bench's threads", lambda *a: surefit(*a, threads=_threads())),
     "surefit-auto": ("surefit fit(), threads auto", lambda *a: surefit(*a, threads=0)),
 }
 PEER_MODULES = {"c": "lightning", "d": "accelerate"}

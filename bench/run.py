@@ -59,7 +59,8 @@ def worker(workload: str, variant: str, epochs: int) -> dict:
     import torch
     from loops import VARIANTS
 
-    torch.set_num_threads(2)
+    threads = int(os.environ.get("BENCH_THREADS", "2"))
+    torch.set_num_threads(threads)
     _, fn = VARIANTS[variant]
     bs = WORKLOADS[workload][1]
     model, x, y = build(workload, seed=1)
@@ -92,9 +93,12 @@ def load() -> str:
 def throughput(quick: bool, repeats: int, lines: list[str]) -> None:
     from loops import PEER_MODULES, VARIANTS
 
-    lines += ["## Training throughput", ""]
+    threads = os.environ.get("BENCH_THREADS", "2")
+    lines += ["## Training throughput", "", f"Every run on {threads} torch thread(s).", ""]
     skipped = [v for v, m in PEER_MODULES.items() if importlib.util.find_spec(m) is None]
     variants = [v for v in VARIANTS if v not in skipped]
+    if threads == "1":  # auto cannot choose more threads than the process has: same as pinned
+        variants.remove("surefit-auto")
     for workload, (desc, _, epochs, quick_epochs) in WORKLOADS.items():
         ep = quick_epochs if quick else epochs
         rates: dict[str, list[float]] = {v: [] for v in variants}
@@ -132,7 +136,7 @@ def import_times(quick: bool, repeats: int, lines: list[str]) -> None:
     cases = {
         "python -c pass": [py, "-c", "pass"],
         "import torch": [py, "-c", "import torch"],
-        "import surefit": [py, "-c", "import surefit"],
+        "import torch, surefit": [py, "-c", "import torch, surefit"],
         "surefit --help": cli,
     }
     times: dict[str, list[float]] = {k: [] for k in cases}
@@ -151,8 +155,8 @@ def import_times(quick: bool, repeats: int, lines: list[str]) -> None:
         "| command | seconds | ratio |",
         "|---|---|---|",
         f"| python -c pass | {py0:.3f} | 1.00 |",
-        f"| import torch | {torch0:.3f} | {torch0 / py0:.2f} to python -c pass |",
-        f"| import surefit | {sf0:.3f} | {sf0 / torch0:.2f} to torch, +{sf0 - torch0:.2f} s |",
+        f"| import torch | {torch0:.3f} | {torch0 / py0:.1f} to python -c pass |",
+        f"| import torch, surefit | {sf0:.3f} | {sf0 / torch0:.2f} to torch, {sf0 - torch0:+.2f} s |",  # noqa: E501
         f"| python -m surefit --help | {cli0:.3f} | {cli0 / py0:.2f} to python -c pass |",
         "",
     ]
@@ -222,7 +226,8 @@ def header(quick: bool, repeats: int) -> list[str]:
         f"{platform.machine()}, {os.cpu_count()} CPU cores, {platform.system()}; "
         + ", ".join(versions),
         f"- Load average (1, 5, 15 min) at the start: {load()}",
-        "- Fresh process per run, 2 torch threads, repeats interleaved, medians. Sections can be "
+        f"- Fresh process per run, {os.environ['BENCH_THREADS']} torch thread(s) (`--threads`), "
+        "repeats interleaved, medians. Sections can be "
         "run on their own (`--skip`); each section states its own date and load.",
         "",
     ]
@@ -257,6 +262,7 @@ def main() -> None:
     p.add_argument("--out", default=str(ROOT / "docs" / "benchmarks.md"))
     p.add_argument("--worker", nargs=3, metavar=("WORKLOAD", "VARIANT", "EPOCHS"))
     p.add_argument("--accuracy", nargs=2, metavar=("WHO", "EPOCHS"))
+    p.add_argument("--threads", type=int, default=2, help="torch threads of every run")
     p.add_argument("--repeats", type=int, default=0, help="repeats (default 3, --quick 1)")
     p.add_argument("--skip", default="", help="comma list of sections to skip: throughput,"
                    "import,accuracy,checkpoint")  # fmt: skip
@@ -270,6 +276,7 @@ def main() -> None:
         print(json.dumps(run_accuracy(args.accuracy[0], int(args.accuracy[1]))))
         return
     repeats = args.repeats or (1 if args.quick else 3)
+    os.environ["BENCH_THREADS"] = str(args.threads)
     skip = set(filter(None, args.skip.split(",")))
     RESULTS.mkdir(exist_ok=True)
     for name, fn in SECTIONS.items():
