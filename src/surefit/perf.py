@@ -74,8 +74,21 @@ def run_threads(parts: Any) -> Iterator[ThreadChoice]:
     choice = choose_threads(requested, parts.device, flops)
     if parts.log is not None:
         parts.log.event("threads", threads=choice.threads, reason=choice.reason)
-    with threads_for_run(choice):
+    with threads_for_run(choice), _cudnn_benchmark(parts):
         yield choice
+
+
+@contextlib.contextmanager
+def _cudnn_benchmark(parts: Any) -> Iterator[None]:
+    """cuDNN picks the fastest convolution algorithms for the run's shapes (by timing them once
+    per shape) on CUDA when the run is not deterministic; the flag is restored afterwards."""
+    before = torch.backends.cudnn.benchmark
+    if parts.device.type == "cuda" and not parts.config.train.deterministic:
+        torch.backends.cudnn.benchmark = True
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.benchmark = before
 
 
 def choose_threads(

@@ -118,3 +118,17 @@ def test_max_batch_on_cpu_is_a_power_of_two(mnist1d_cache):
     r = max_batch(_recipe(mnist1d_cache), limit=256)
     assert r.device == "cpu" and r.bytes_per_sample > 0 and r.fixed_bytes > 0
     assert r.max_batch == 256  # 8 channels on 40 points: far below the memory of any machine
+
+
+@pytest.mark.parametrize("deterministic", [False, True])
+def test_cudnn_benchmark_only_for_non_deterministic_cuda_runs(deterministic):
+    from types import SimpleNamespace
+
+    from surefit.config import RunConfig
+
+    cfg = RunConfig().replace(train={"deterministic": deterministic})
+    parts = SimpleNamespace(device=torch.device("cuda"), config=cfg)
+    before = torch.backends.cudnn.benchmark
+    with perf._cudnn_benchmark(parts):
+        assert torch.backends.cudnn.benchmark is (True if not deterministic else before)
+    assert torch.backends.cudnn.benchmark is before
