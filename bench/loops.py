@@ -121,6 +121,7 @@ def surefit(model: nn.Module, x: Any, y: Any, epochs: int, bs: int, threads: int
         weight_decay=WD,
         clip_norm=CLIP,
         schedule="constant",
+        decay_all=True,  # weight decay on every parameter, in one group, as the other loops do
         device="cpu",
         **opts,
     )
