@@ -242,6 +242,25 @@ competes with the training threads. The 5 % goal for async saving every 50 steps
 the next steps are to make epoch-end saves optional and to write `best.pt` as weights only.
 """
 
+PROFILE_NOTES = """## Where the time goes (profiles of 2026-11-23)
+
+- Threads: on this shared 2-core machine at a load average of 7-11, every 2-thread run was 7-40
+  times slower than the same run on one thread (OpenMP threads wait for a core held by another
+  process): in a `--quick` pass at 2 threads, (a+) made 11 steps/s on `tiny` where surefit with
+  `threads = 0` (auto, which picked one thread) made 211. The tables above therefore use
+  `--threads 1`; `train.threads = 0` makes that choice by itself (see docs/loop.md).
+- Optimizer kernel: surefit's default is now torch's fused AdamW on CPU; that is (a+)'s gain
+  over (a) on `tiny`. On `small` the convolutions dominate and the kernel barely matters.
+- surefit's step adds, per optimizer step: the scheduler's wrapper around `optimizer.step`
+  (a constant schedule is a LambdaLR too), four in-place sums on the device (loss, norm, max,
+  clipped), the batch-fetch clock and the event dispatch: a few per cent of a 3 ms step in
+  cProfile. Set-up inside `fit()` is about 25 ms (50 ms with the FLOP count that picks threads).
+- The default-recipe run pays once for importing torchmetrics (2.5 s here, of which 1.4 s is
+  scipy.signal that torchmetrics imports), for checkpoints at every epoch end and on every new
+  best, and for accuracy and top-5 metrics at each of the 100 evaluations; (a) computes loss and
+  accuracy at each evaluation and writes nothing.
+"""
+
 SECTIONS = {
     "throughput": throughput,
     "import": import_times,
@@ -294,7 +313,7 @@ def main() -> None:
         lines: list[str] = []
         fn(args.quick, repeats, lines)
         (RESULTS / f"{name}.md").write_text("\n".join(lines) + "\n")
-    notes = {"checkpoint": CHECKPOINT_NOTES}
+    notes = {"checkpoint": CHECKPOINT_NOTES + "\n" + PROFILE_NOTES}
     parts = [(RESULTS / f"{n}.md", notes.get(n, "")) for n in SECTIONS]
     body = [p.read_text() + note for p, note in parts if p.exists()]
     text = "\n".join(header(args.quick, repeats)) + "\n" + "\n".join(body) + "\n" + LIMITS
