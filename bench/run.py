@@ -222,10 +222,9 @@ def header(quick: bool, repeats: int) -> list[str]:
         "ratio against a baseline measured in the same run on the same machine; the machine is "
         "shared, so compare ratios, not absolute rates.",
         "",
-        f"- Measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; "
+        f"- Written {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; "
         f"{platform.machine()}, {os.cpu_count()} CPU cores, {platform.system()}; "
         + ", ".join(versions),
-        f"- Load average (1, 5, 15 min) at the start: {load()}",
         f"- Fresh process per run, {os.environ['BENCH_THREADS']} torch thread(s) (`--threads`), "
         "repeats interleaved, medians. Sections can be "
         "run on their own (`--skip`); each section states its own date and load.",
