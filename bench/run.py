@@ -218,7 +218,8 @@ def header(quick: bool, repeats: int) -> list[str]:
     return [
         "# Benchmarks",
         "",
-        "Written by `python bench/run.py" + (" --quick" if quick else "") + "`. Every number is a "
+        f"Written by `python bench/run.py{' --quick' if quick else ''} "
+        f"--threads {os.environ['BENCH_THREADS']}`. Every number is a "
         "ratio against a baseline measured in the same run on the same machine; the machine is "
         "shared, so compare ratios, not absolute rates.",
         "",
