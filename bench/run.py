@@ -283,7 +283,8 @@ LIMITS = """## What limits these numbers
   0.01), clipping at 1.0, constant learning rate, same batches per epoch. The peers use a
   DataLoader over a TensorDataset as their documentation shows; their loggers, checkpoints,
   progress bars and summaries are off, so they are measured at their fastest. surefit runs with
-  its defaults (per-epoch line, device-side loss and norm sums, its optimizer choice).
+  its defaults (per-epoch line, device-side loss and norm sums, its optimizer choice), with
+  `decay_all = true` so that weight decay covers every parameter in one group, as in the others.
 - (a) is torch's default AdamW (a for-loop over parameters on CPU); (a+) is `fused=True`.
 - A run times the training call only, after a one-epoch warm-up in the same process; imports and
   data generation are outside it. Import time is its own table.
