@@ -251,16 +251,17 @@ PROFILE_NOTES = """## Where the time goes (profiles of 2026-11-23)
   `--threads 1`; `train.threads = 0` makes that choice by itself (see docs/loop.md).
 - Optimizer kernel: surefit's default is now torch's fused AdamW on CPU; that is (a+)'s gain
   over (a) on `tiny`. On `small` the convolutions dominate and the kernel barely matters.
-- On `tiny` at one thread (run of 07:04-07:08), surefit made 1.02 x (a) but 0.87 x (a+): the
-  issue's goal of 0.95 x (a+) is not met. The gap is about 0.14 ms per optimizer step. What
-  surefit adds: set-up inside `fit()` (about 25 ms, 50 ms with the FLOP count that picks the
-  thread count; 0.04 ms a step over these 640 steps), the per-epoch bookkeeping (a read of the
-  epoch sums, the epoch line, the data-wait event), and per step the scheduler's wrapper around
-  `optimizer.step` (a constant schedule is a LambdaLR too), four in-place sums on the device,
-  the batch-fetch clock and the event dispatch. Next: a constant schedule without a torch
-  scheduler, and one device sum vector instead of four scalars.
-- `small` varies by 2x between repeats of the same loop at this load (see the runs column); its
-  ratios are not conclusive in this run.
+- On `tiny` at one thread, surefit made 1.02 x (a) and 0.87 x (a+) in a run at 07:04-07:08,
+  and 1.07 x (a) and 0.86 x (a+) in the run above, after a constant schedule stopped stepping
+  its torch scheduler: the issue's goal of 0.95 x (a+) is not met. The gap is about 0.2 ms per
+  optimizer step. What surefit adds: set-up inside `fit()` (about 25 ms, 50 ms with the FLOP
+  count that picks the thread count; 0.04 ms a step over these 640 steps), the per-epoch
+  bookkeeping (a read of the epoch sums, the epoch line, the data-wait event), and per step
+  four in-place sums on the device, the batch-fetch clock, the accumulation-window generator
+  and the event dispatch. Next: one device sum vector instead of four scalars, and a profile
+  without cProfile's own overhead (py-spy) to rank the rest.
+- `small` varies by up to 1.5x between repeats of the same loop at this load (see the runs
+  column; (a+) even came out below (a)); its ratios are not conclusive.
 - The default-recipe run pays once for importing torchmetrics (2.5 s here, of which 1.4 s is
   scipy.signal that torchmetrics imports), for checkpoints at every epoch end and on every new
   best, and for accuracy and top-5 metrics at each of the 100 evaluations; (a) computes loss and
