@@ -97,7 +97,7 @@ class OptimConfig:
     eps: float = 1e-8  # adam-family/rmsprop/adagrad epsilon
     decay_all: bool = False  # also decay biases, normalisation and embedding weights
     lr_groups: dict = field(default_factory=dict)  # parameter-name prefix -> learning rate
-    implementation: str = "auto"  # one of IMPLEMENTATIONS; auto = torch's default choice
+    implementation: str = "auto"  # one of IMPLEMENTATIONS; auto = fused where torch has it
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -127,6 +127,7 @@ class TrainConfig:
     deterministic: bool = False  # torch deterministic algorithms (and cudnn flags on CUDA)
     device: str = "auto"  # "auto", "cpu", "cuda", "cuda:1", "mps"
     compile: bool = False  # run the model through torch.compile
+    threads: int = 0  # torch intra-op CPU threads for the run; 0 = auto (1 for small models)
     eval_every_steps: int = 0  # optimizer steps between evaluations; 0 = at each epoch's end
     monitor: str = ""  # metric that defines "best"; "" = val_loss
     mode: str = "auto"  # one of MODES; auto = min for losses and errors, max otherwise
@@ -422,6 +423,7 @@ def validate(c: RunConfig) -> None:
     _choice("distributed.strategy", c.distributed.strategy, STRATEGIES)
     _require(c.distributed.timeout_s > 0, "distributed.timeout_s", c.distributed.timeout_s, "> 0")
     _require(c.data.batch_size >= 1, "data.batch_size", c.data.batch_size, "an integer >= 1")
+    _require(c.train.threads >= 0, "train.threads", c.train.threads, "0 (auto) or a count >= 1")
     _require(c.data.eval_batch_size >= 0, "data.eval_batch_size", c.data.eval_batch_size, ">= 0")
     _require(
         0.0 <= c.data.val_fraction < 1.0,

@@ -29,6 +29,17 @@ from .state import derive_seed
 Batch = tuple
 
 
+def batch_size_of(batch: Any) -> int:
+    """Samples in a batch: the leading size of its first tensor (host metadata, no sync)."""
+    if isinstance(batch, torch.Tensor):
+        return batch.shape[0] if batch.dim() else 1
+    if isinstance(batch, (tuple, list)) and batch:
+        return batch_size_of(batch[0])
+    if isinstance(batch, dict) and batch:
+        return batch_size_of(next(iter(batch.values())))
+    return 1
+
+
 def epoch_order(
     n: int, seed: int, epoch: int, rank: int = 0, world_size: int = 1, shuffle: bool = True
 ) -> torch.Tensor:

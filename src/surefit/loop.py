@@ -21,27 +21,18 @@ from torch import nn
 from .callbacks import EVENTS, Best, RunView
 from .checkpoint import CheckpointStore, cpu_copy, preemption_signals
 from .config import RunConfig
+from .data import batch_size_of
 from .distributed import grad_sync, no_grad, reduce_eval, stop_together, wrap
 from .errors import DataError
 from .health import Health, _Step, examine_window
 from .log import NullConsole, RunLog, epoch_line
+from .perf import TimedBatches, report_wait, run_threads
 from .precision import Precision
 from .schedule import Schedule
 from .state import Counters, RngState
 from .tasks import Task, perplexity
 
 StepFn = Callable[[nn.Module, Any], Any]
-
-
-def batch_size_of(batch: Any) -> int:
-    """Samples in a batch: the leading size of its first tensor (host metadata, no sync)."""
-    if isinstance(batch, torch.Tensor):
-        return batch.shape[0] if batch.dim() else 1
-    if isinstance(batch, (tuple, list)) and batch:
-        return batch_size_of(batch[0])
-    if isinstance(batch, dict) and batch:
-        return batch_size_of(next(iter(batch.values())))
-    return 1
 
 
 @dataclass
@@ -199,7 +190,7 @@ class Trainer:
                 fix="reduce it (loss.mean()), or return (loss, outputs) from step=fn",
             )
         # the last window of an epoch can be short: divide by its real length
-        self.p.precision.backward(loss / divisor)  # 4
+        self.p.precision.backward(loss / divisor if divisor > 1 else loss)  # 4
         return loss.detach().double() * batch_size_of(batch)
 
     def _optimizer_step(self, window: list[Any]) -> tuple[Any, Any, bool, float]:
@@ -466,7 +457,7 @@ class Trainer:
         self.net.train()
         self.emit("on_fit_start")
         try:
-            with preemption_signals(self._on_signal):
+            with preemption_signals(self._on_signal), run_threads(self.p):
                 while self.counters.epoch < self.cfg.epochs and self.stop_reason is None:
                     self._train_epoch()
             if self.stop_reason is None:
@@ -513,15 +504,18 @@ class Trainer:
             drop_last=cfg.data.drop_last,
             device=self.device,
         )
+        batches = TimedBatches(batches, self.device)  # data wait vs step, per epoch
         for window in self._windows(batches):
             self._after_step(window, self._optimizer_step(window))
             self.stop_reason, self.preempted = stop_together(
                 self.stop_reason, self.preempted, self.device
             )
             if self.stop_reason is not None:
-                self._console().epoch_end()
-                return  # mid-epoch stop: the counters keep the position for a resume
+                break
         self._console().epoch_end()
+        report_wait(batches, self.p, c.epoch)
+        if self.stop_reason is not None:
+            return  # mid-epoch stop: the counters keep the position for a resume
         c.epoch += 1
         c.batch_in_epoch = 0
         self.p.schedule.after_epoch()

@@ -89,13 +89,7 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer
     groups = param_groups(model, cfg)
     for g in groups:
         g.pop("names")
-    impl = {}
-    if cfg.implementation == "fused" or (cfg.implementation == "auto" and _fusable(model, cfg)):
-        impl = {"fused": True}
-    elif cfg.implementation == "foreach":
-        impl = {"foreach": True}
-    elif cfg.implementation == "for_loop":
-        impl = {"foreach": False}
+    impl = implementation(cfg.name, [p for g in groups for p in g["params"]], cfg.implementation)
     betas = tuple(cfg.betas)
     o = torch.optim
     name = cfg.name
@@ -123,19 +117,45 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer
     raise ConfigError(f"unknown optimizer '{name}'", where="optim.name", fix="see OPTIMIZERS")
 
 
-FUSED = ("sgd", "adam", "adamw", "adagrad")  # torch optimizers with a fused implementation
+# torch optimizers with a fused kernel, and the device types it runs on (Adagrad's is CPU-only)
+_FUSED = {"sgd": None, "adam": None, "adamw": None, "adagrad": ("cpu",)}
 
 
-def _fusable(model: nn.Module, cfg: OptimConfig) -> bool:
-    """Fused where torch has it for these parameters: fewer kernels per step, and it can skip a
-    non-finite step on the device (found_inf), so the health guard needs no per-step host read."""
-    params = [p for p in model.parameters() if p.requires_grad]
+def implementation(name: str, params: list[torch.Tensor], requested: str = "auto") -> dict:
+    """The optimizer constructor's ``fused``/``foreach`` keywords for ``requested``.
+
+    ``auto`` picks the fused kernel (one kernel for all parameters instead of a Python loop; on
+    CPU, AdamW steps a 0.1 M-parameter MLP about 4x faster) where torch has one for this
+    optimizer and every parameter is a floating-point tensor on a device it supports, and
+    otherwise leaves the choice to torch (foreach on CUDA, a for-loop on CPU).
+    """
+    if requested == "fused":
+        return {"fused": True}
+    if requested == "foreach":
+        return {"foreach": True}
+    if requested == "for_loop":
+        return {"foreach": False}
+    if name in _FUSED and params and _fusable(params, _FUSED[name]):
+        return {"fused": True}
+    return {}
+
+
+def _fusable(params: list[torch.Tensor], only: tuple[str, ...] | None) -> bool:
+    try:
+        from torch.optim.optimizer import _get_fused_kernels_supported_devices
+
+        supported = only or tuple(_get_fused_kernels_supported_devices())
+    except ImportError:  # a private helper: fall back to the devices torch has long supported
+        supported = only or ("cpu", "cuda")
+    devices = {p.device for p in params}
     return (
-        cfg.name in FUSED
-        and bool(params)
-        and all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params)
+        len(devices) == 1
+        and next(iter(devices)).type in supported
+        and all(
+            p.is_floating_point() and not p.is_sparse and not nn.parameter.is_lazy(p)
+            for p in params
+        )
         and all(type(p.data) is torch.Tensor for p in params)  # sharded (FSDP) ones: no kernel
-        and len({p.device for p in params}) == 1
     )
 
 

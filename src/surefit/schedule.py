@@ -64,7 +64,7 @@ def warmup_steps(cfg: ScheduleConfig, total_steps: int) -> int:
 
 
 class Schedule:
-    """A torch scheduler and the unit it steps in."""
+    """A torch scheduler and the unit it steps in ("step", "epoch", "metric"; "fixed": never)."""
 
     def __init__(self, scheduler: Any, unit: str, total_steps: int) -> None:
         self.scheduler = scheduler
@@ -144,7 +144,8 @@ def build_schedule(
     warm = min(warmup_steps(cfg, total), total)
     name = cfg.name
     if name == "constant":
-        return Schedule(lrs.LambdaLR(optimizer, Constant()), "step", total)
+        # never stepped: its factor is always 1, and a step per batch costs a Python call chain
+        return Schedule(lrs.LambdaLR(optimizer, Constant()), "fixed", total)
     if name in ("warmup_cosine", "cosine"):
         shape = WarmupCosine(warm if name == "warmup_cosine" else 0, total, cfg.min_lr_ratio)
         return Schedule(lrs.LambdaLR(optimizer, shape), "step", total)

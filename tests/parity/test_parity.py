@@ -1,4 +1,10 @@
-"""surefit == a hand-written canonical loop, bit for bit (fp32, CPU)."""
+"""surefit == a hand-written canonical loop, bit for bit (fp32, CPU).
+
+surefit picks torch's fused optimizer kernels where they exist (optim.implementation = "auto"), and
+a fused step rounds differently from the for-loop one, so the hand loop here builds its optimizer
+the way the fastest hand-written loop does, with ``fused=True``; the last test pins
+``implementation = "for_loop"`` against torch's default constructor.
+"""
 
 from __future__ import annotations
 
@@ -132,7 +138,7 @@ def test_short_last_window_divides_by_its_real_size():
     # and the same hand loop dividing the short window by 4 differs: the test can fail
     c = mlp(seed=4)
     torch.manual_seed(0)
-    opt = torch.optim.SGD(c.parameters(), lr=0.3)
+    opt = torch.optim.SGD(c.parameters(), lr=0.3, fused=True)
     order = epoch_order(40, 0, 0)
     batches = [order[i : i + 8] for i in range(0, 40, 8)]
     for w in range(0, 5, 4):
@@ -157,3 +163,16 @@ def test_fit_trains_the_given_model_in_place_and_reports():
     assert r.best_metrics["val_accuracy"] > 0.8
     assert len(r.history) == 15 and r.history[-1]["epoch"] == 15
     assert math.isfinite(r.history[-1]["train_loss"])
+
+
+@pytest.mark.parametrize("implementation", ["for_loop", "fused"])
+def test_implementation_override_equals_that_torch_constructor(implementation):
+    x, y = make_classification(200)
+    a, b = mlp(seed=2), mlp(seed=2)
+    _fit(a, x, y, optimizer="adamw", lr=1e-2, weight_decay=0.0, clip_norm=None, epochs=2,
+         batch_size=32, seed=5, implementation=implementation)  # fmt: skip
+    kw = {"foreach": False} if implementation == "for_loop" else {"fused": True}
+    make = lambda m: torch.optim.AdamW(m.parameters(), lr=1e-2, weight_decay=0.0, **kw)
+    hand_loop(b, x, y, epochs=2, batch_size=32, seed=5, make_opt=make)
+    for pa, pb in zip(a.parameters(), b.parameters(), strict=True):
+        assert torch.equal(pa, pb)

@@ -20,11 +20,11 @@ SRC = Path(surefit.__file__).resolve().parent
 # top to bottom; a module may import from its own layer or any layer below it
 LAYERS: list[set[str]] = [
     {"cli"},
-    {"recipes", "lrfind"},  # lrfind builds a recipe's parts as `fit` does
+    {"recipes", "lrfind", "profile"},  # they build a recipe's parts as `fit` does
     {"api", "selfcheck"},
     {"loop"},
     {"callbacks", "checkpoint", "log", "loggers", "health", "checks"},
-    {"precision", "schedule", "optim", "tasks", "metrics", "data", "distributed"},
+    {"precision", "schedule", "optim", "tasks", "metrics", "data", "distributed", "perf"},
     {"state"},
     {"report", "compare"},  # read run directories only
     {"config"},

@@ -1,0 +1,333 @@
+"""surefit against the best hand-written loop and the framework loops, written to
+docs/benchmarks.md.
+
+Run: bench/.venv/bin/python bench/run.py [--quick]   (scripts/setup-bench makes bench/.venv;
+with .venv/bin/python the peers that are not installed are skipped with a note)
+
+Every measurement runs in a fresh process, 2 torch threads, the variants of a repeat interleaved
+so that load changes on a shared machine hit them alike; tables give medians of the repeats and
+every ratio is to (a), the best hand-written loop, measured in the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path.insert(0, str(HERE))
+
+WORKLOADS = {
+    # name: (description, batch size, epochs, quick epochs)
+    "tiny": ("MLP 40-256-256-10 on 4,000 x 40 in-memory samples, batch 128", 128, 20, 5),
+    "small": ("the default recipe's 1-D CNN (64 channels) on MNIST-1D, batch 100", 100, 8, 2),
+}
+
+
+def build(workload: str, seed: int = 0):
+    """(model, x, y) of a workload, from fixed seeds."""
+    import torch
+    from torch import nn
+
+    torch.manual_seed(seed)
+    if workload == "tiny":
+        model = nn.Sequential(
+            nn.Linear(40, 256), nn.ReLU(), nn.Linear(256, 256), nn.ReLU(), nn.Linear(256, 10)
+        )
+        g = torch.Generator().manual_seed(1)
+        x = torch.randn(4000, 40, generator=g)
+        y = torch.randint(0, 10, (4000,), generator=g)
+        return model, x, y
+    from surefit.recipes import mnist1d
+
+    model = mnist1d.cnn(64)
+    x, y = mnist1d.load()["train"]
+    return model, x, y
+
+
+def worker(workload: str, variant: str, epochs: int) -> dict:
+    """One timed run in this (fresh) process, after one warm-up epoch on a throw-away model."""
+    import torch
+    from loops import VARIANTS
+
+    threads = int(os.environ.get("BENCH_THREADS", "2"))
+    torch.set_num_threads(threads)
+    _, fn = VARIANTS[variant]
+    bs = WORKLOADS[workload][1]
+    model, x, y = build(workload, seed=1)
+    fn(model, x, y, 1, bs)  # warm-up: lazy imports, allocator, first-call costs
+    model, x, y = build(workload)
+    t0 = time.perf_counter()
+    steps = fn(model, x, y, epochs, bs)
+    seconds = time.perf_counter() - t0
+    return {"steps": steps, "seconds": seconds, "steps_per_s": steps / seconds,
+            "threads": torch.get_num_threads()}  # fmt: skip
+
+
+def spawn(args: list[str], timeout: float = 900) -> dict:
+    env = {**os.environ, "PYTHONPATH": str(HERE)}
+    out = subprocess.run(
+        [sys.executable, str(HERE / "run.py"), *args],
+        capture_output=True, text=True, timeout=timeout, env=env, cwd=ROOT,
+    )  # fmt: skip
+    if out.returncode != 0:
+        raise RuntimeError(f"{args} failed:\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def load() -> str:
+    """The load averages (1, 5, 15 min) and the time, for the record of a measurement."""
+    avg = ", ".join(f"{v:.1f}" for v in os.getloadavg()) if hasattr(os, "getloadavg") else "n/a"
+    return f"({avg}) at {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}"
+
+
+def throughput(quick: bool, repeats: int, lines: list[str]) -> None:
+    from loops import PEER_MODULES, VARIANTS
+
+    threads = os.environ.get("BENCH_THREADS", "2")
+    lines += ["## Training throughput", "", f"Every run on {threads} torch thread(s).", ""]
+    skipped = [v for v, m in PEER_MODULES.items() if importlib.util.find_spec(m) is None]
+    variants = [v for v in VARIANTS if v not in skipped]
+    if threads == "1":  # auto cannot choose more threads than the process has: same as pinned
+        variants.remove("surefit-auto")
+    for workload, (desc, _, epochs, quick_epochs) in WORKLOADS.items():
+        ep = quick_epochs if quick else epochs
+        rates: dict[str, list[float]] = {v: [] for v in variants}
+        loads = [load()]
+        for _ in range(repeats):
+            for v in variants:
+                r = spawn(["--worker", workload, v, str(ep)])
+                rates[v].append(r["steps_per_s"])
+                steps = r["steps"]
+            loads.append(load())
+            print(f"  {workload}: repeat done, load {loads[-1]}", file=sys.stderr)
+        base = statistics.median(rates["a"])
+        lines += [
+            f"### `{workload}`: {desc}",
+            "",
+            f"{ep} epochs = {steps} optimizer steps per run; load averages (1, 5, 15 min) "
+            f"before and after each repeat: {', '.join(loads)}.",
+            "",
+            f"| loop | steps/s (median of {repeats}) | runs | ratio to (a) |",
+            "|---|---|---|---|",
+        ]
+        for v in variants:
+            med = statistics.median(rates[v])
+            runs = " ".join(f"{r:.0f}" for r in rates[v])
+            lines.append(f"| {VARIANTS[v][0]} | {med:.1f} | {runs} | {med / base:.3f} |")
+        for v in skipped:
+            note = f"not run: `{PEER_MODULES[v]}` is not installed"
+            lines.append(f"| {VARIANTS[v][0]} | {note} | | |")
+        lines.append("")
+
+
+def import_times(quick: bool, repeats: int, lines: list[str]) -> None:
+    py = sys.executable
+    cli = [py, "-m", "surefit", "--help"]
+    cases = {
+        "python -c pass": [py, "-c", "pass"],
+        "import torch": [py, "-c", "import torch"],
+        "import torch, surefit": [py, "-c", "import torch, surefit"],
+        "surefit --help": cli,
+    }
+    times: dict[str, list[float]] = {k: [] for k in cases}
+    for _ in range(max(repeats, 5)):
+        for k, cmd in cases.items():
+            t0 = time.perf_counter()
+            subprocess.run(cmd, capture_output=True, check=True, cwd=ROOT)
+            times[k].append(time.perf_counter() - t0)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    py0, torch0, sf0, cli0 = med.values()
+    lines += [
+        "## Import and start-up time",
+        "",
+        f"Wall time of a fresh process, median of {max(repeats, 5)}, interleaved; load {load()}.",
+        "",
+        "| command | seconds | ratio |",
+        "|---|---|---|",
+        f"| python -c pass | {py0:.3f} | 1.00 |",
+        f"| import torch | {torch0:.3f} | {torch0 / py0:.1f} to python -c pass |",
+        f"| import torch, surefit | {sf0:.3f} | {sf0 / torch0:.2f} to torch, {sf0 - torch0:+.2f} s |",  # noqa: E501
+        f"| python -m surefit --help | {cli0:.3f} | {cli0 / py0:.2f} to python -c pass |",
+        "",
+    ]
+
+
+def to_accuracy(quick: bool, repeats: int, lines: list[str]) -> None:
+    epochs = "10" if quick else "100"
+    walls: dict[str, list[float]] = {"surefit": [], "hand": []}
+    accs: dict[str, list[float]] = {"surefit": [], "hand": []}
+    for _ in range(repeats):
+        for who in walls:
+            r = spawn(["--accuracy", who, epochs], timeout=1800)
+            walls[who].append(r["seconds"])
+            accs[who].append(r["test_accuracy"])
+    s, h = statistics.median(walls["surefit"]), statistics.median(walls["hand"])
+    lines += [
+        "## The default recipe to test accuracy",
+        "",
+        f"`mnist1d-cnn` for {epochs} epochs (3,600 train / 400 val, batch 100, AdamW lr 1e-2, "
+        "warmup-cosine to 1 %, clip 1.0, an evaluation per epoch, the test set at the end), "
+        "surefit's recipe run (run directory and checkpoints at their defaults) against (a) "
+        f"with the same schedule, fresh processes, {repeats} repeats interleaved, load {load()}.",
+        "",
+        "| loop | seconds (median) | test accuracy (each run) | ratio to (a) |",
+        "|---|---|---|---|",
+        f"| (a) hand-written | {h:.1f} | {_accs(accs['hand'])} | 1.000 |",
+        f"| surefit recipe | {s:.1f} | {_accs(accs['surefit'])} | {s / h:.3f} |",
+        "",
+    ]
+
+
+def _accs(values: list[float]) -> str:
+    return " ".join(f"{a:.3f}" for a in values)
+
+
+def checkpoint_section(quick: bool, repeats: int, lines: list[str]) -> None:
+    cmd = [sys.executable, str(HERE / "checkpoint_overhead.py"), "--epochs", "2" if quick else "5",
+           "--repeats", str(repeats)]  # fmt: skip
+    out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, check=True).stdout
+    lines += [
+        "## Checkpoint overhead (`bench/checkpoint_overhead.py`)",
+        "",
+        "The default recipe's model and data, batch 100, checkpoints every 50 steps, at epoch ends "
+        f"and to `best.pt`, against none, one process, interleaved, medians of {repeats}; "
+        f"load {load()}.",
+        "",
+        *out.strip().splitlines(),
+        "",
+    ]
+
+
+def header(quick: bool, repeats: int) -> list[str]:
+    import torch
+
+    versions = [f"torch {torch.__version__}", f"python {platform.python_version()}"]
+    for m in ("surefit", "lightning", "accelerate"):
+        if importlib.util.find_spec(m) is not None:
+            versions.append(f"{m} {__import__(m).__version__}")
+    return [
+        "# Benchmarks",
+        "",
+        f"Written by `python bench/run.py{' --quick' if quick else ''} "
+        f"--threads {os.environ['BENCH_THREADS']}`. Every number is a "
+        "ratio against a baseline measured in the same run on the same machine; the machine is "
+        "shared, so compare ratios, not absolute rates.",
+        "",
+        f"- Written {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; "
+        f"{platform.machine()}, {os.cpu_count()} CPU cores, {platform.system()}; "
+        + ", ".join(versions),
+        f"- Fresh process per run, {os.environ['BENCH_THREADS']} torch thread(s) (`--threads`), "
+        "repeats interleaved, medians. Sections can be "
+        "run on their own (`--skip`); each section states its own date and load.",
+        "",
+    ]
+
+
+CHECKPOINT_NOTES = """A profile of the synchronous run (2026-11-23, 2-core machine) showed about
+12 ms per write, in `torch.save` of the full state (the model and optimizer are only 30 k
+parameters; the state also holds the RNG states and the history): 1.5 optimizer steps of this
+tiny model. With the default epoch-end and best saves, a short run writes a checkpoint every 14
+steps. On a 2-core machine the background writer barely helps, because pickling holds the GIL and
+competes with the training threads. The 5 % goal for async saving every 50 steps is not met yet;
+the next steps are to make epoch-end saves optional and to write `best.pt` as weights only.
+"""
+
+PROFILE_NOTES = """## Where the time goes (profiles of 2026-11-23)
+
+- Threads: on this shared 2-core machine at a load average of 7-11, every 2-thread run was 7-40
+  times slower than the same run on one thread (OpenMP threads wait for a core held by another
+  process): in a `--quick` pass at 2 threads, (a+) made 11 steps/s on `tiny` where surefit with
+  `threads = 0` (auto, which picked one thread) made 211. The tables above therefore use
+  `--threads 1`; `train.threads = 0` makes that choice by itself (see docs/loop.md).
+- Optimizer kernel: surefit's default is now torch's fused AdamW on CPU; that is (a+)'s gain
+  over (a) on `tiny`. On `small` the convolutions dominate and the kernel barely matters.
+- On `tiny` at one thread, surefit made 1.02 x (a) and 0.87 x (a+) in a run at 07:04-07:08,
+  and 1.07 x (a) and 0.86 x (a+) in the run above, after a constant schedule stopped stepping
+  its torch scheduler: the issue's goal of 0.95 x (a+) is not met. The gap is about 0.2 ms per
+  optimizer step. What surefit adds: set-up inside `fit()` (about 25 ms, 50 ms with the FLOP
+  count that picks the thread count; 0.04 ms a step over these 640 steps), the per-epoch
+  bookkeeping (a read of the epoch sums, the epoch line, the data-wait event), and per step
+  four in-place sums on the device, the batch-fetch clock, the accumulation-window generator
+  and the event dispatch. Next: one device sum vector instead of four scalars, and a profile
+  without cProfile's own overhead (py-spy) to rank the rest.
+- `small` varies by up to 1.5x between repeats of the same loop at this load (see the runs
+  column; (a+) even came out below (a)); its ratios are not conclusive.
+- The default-recipe run pays once for importing torchmetrics (2.5 s here, of which 1.4 s is
+  scipy.signal that torchmetrics imports), for checkpoints at every epoch end and on every new
+  best, and for accuracy and top-5 metrics at each of the 100 evaluations; (a) computes loss and
+  accuracy at each evaluation and writes nothing.
+"""
+
+SECTIONS = {
+    "throughput": throughput,
+    "import": import_times,
+    "accuracy": to_accuracy,
+    "checkpoint": checkpoint_section,
+}
+RESULTS = HERE / "results"  # one file per section; docs/benchmarks.md joins those present
+
+LIMITS = """## What limits these numbers
+
+- The machine is shared: a load average above the core count means other work took CPU time
+  during the run. Interleaving spreads it across the variants; the per-run columns show the spread.
+- All variants do equal work: the same model and initial weights, AdamW (lr 1e-3, weight decay
+  0.01), clipping at 1.0, constant learning rate, same batches per epoch. The peers use a
+  DataLoader over a TensorDataset as their documentation shows; their loggers, checkpoints,
+  progress bars and summaries are off, so they are measured at their fastest. surefit runs with
+  its defaults (per-epoch line, device-side loss and norm sums, its optimizer choice), with
+  `decay_all = true` so that weight decay covers every parameter in one group, as in the others.
+- (a) is torch's default AdamW (a for-loop over parameters on CPU); (a+) is `fused=True`.
+- A run times the training call only, after a one-epoch warm-up in the same process; imports and
+  data generation are outside it. Import time is its own table.
+"""
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true", help="fewer epochs and repeats: a smoke run")
+    p.add_argument("--out", default=str(ROOT / "docs" / "benchmarks.md"))
+    p.add_argument("--worker", nargs=3, metavar=("WORKLOAD", "VARIANT", "EPOCHS"))
+    p.add_argument("--accuracy", nargs=2, metavar=("WHO", "EPOCHS"))
+    p.add_argument("--threads", type=int, default=2, help="torch threads of every run")
+    p.add_argument("--repeats", type=int, default=0, help="repeats (default 3, --quick 1)")
+    p.add_argument("--skip", default="", help="comma list of sections to skip: throughput,"
+                   "import,accuracy,checkpoint")  # fmt: skip
+    args = p.parse_args()
+    if args.worker:
+        print(json.dumps(worker(args.worker[0], args.worker[1], int(args.worker[2]))))
+        return
+    if args.accuracy:
+        from accuracy import run_accuracy
+
+        print(json.dumps(run_accuracy(args.accuracy[0], int(args.accuracy[1]))))
+        return
+    repeats = args.repeats or (1 if args.quick else 3)
+    os.environ["BENCH_THREADS"] = str(args.threads)
+    skip = set(filter(None, args.skip.split(",")))
+    RESULTS.mkdir(exist_ok=True)
+    for name, fn in SECTIONS.items():
+        if name in skip:
+            continue
+        lines: list[str] = []
+        fn(args.quick, repeats, lines)
+        (RESULTS / f"{name}.md").write_text("\n".join(lines) + "\n")
+    notes = {"checkpoint": CHECKPOINT_NOTES + "\n" + PROFILE_NOTES}
+    parts = [(RESULTS / f"{n}.md", notes.get(n, "")) for n in SECTIONS]
+    body = [p.read_text() + note for p, note in parts if p.exists()]
+    text = "\n".join(header(args.quick, repeats)) + "\n" + "\n".join(body) + "\n" + LIMITS
+    Path(args.out).write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,211 @@
+"""Where a run's time goes, and the CPU thread count it runs with.
+
+* ``choose_threads``: torch's intra-op thread count for the run. Small models lose more to
+  thread hand-off than they gain from a second core, and on a loaded machine every extra thread
+  waits for a core; the choice goes by the forward pass's FLOPs per batch.
+* ``TimedBatches``: wraps a batch iterator and splits each epoch's wall time into time spent
+  waiting for the next batch and time in the step (CPU clock around the fetch; on CUDA, events
+  recorded without a sync and read once at the epoch's end).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+# Forward FLOPs per batch under which a run takes one CPU thread: bench/'s tiny MLP (20 MFLOP per
+# batch) steps faster on one thread than on two; the default recipe's CNN is 39 MFLOP.
+ONE_THREAD_FLOPS = 30e6
+WAIT_WARNING_SHARE = 0.2  # the input-bound warning fires above this share of an epoch's time
+
+
+@dataclass(frozen=True)
+class ThreadChoice:
+    threads: int  # torch.get_num_threads() for the run
+    previous: int  # what it was before the run
+    reason: str  # why, for the run's events and console
+
+
+def forward_flops(model: nn.Module, forward: Callable[[], Any]) -> int | None:
+    """FLOPs of ``forward()`` (one forward pass of ``model``), counted by torch without changing
+    any state (eval mode, no grad, RNG forked); None where torch's counter cannot count it."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    was_training = model.training
+    try:
+        model.eval()
+        with torch.random.fork_rng(devices=[]), torch.no_grad():
+            counter = FlopCounterMode(display=False)
+            with counter:
+                forward()
+        return int(counter.get_total_flops())
+    except Exception:  # any model torch's counter cannot trace: no estimate
+        return None
+    finally:
+        model.train(was_training)
+
+
+def batch_flops(parts: Any) -> int | None:
+    """Forward FLOPs of one training batch of ``parts`` (a loop's Parts): counted on the first
+    in-memory batch, else estimated as 2 x parameters x batch size (low for conv nets)."""
+    cfg, model = parts.config, parts.model
+    if hasattr(parts.train, "tensors") and parts.step is None:
+        batch = next(iter(parts.train.batches(cfg.data.batch_size, device=parts.device)))
+        inputs, _ = parts.task.split(batch)
+        return forward_flops(model, lambda: parts.task.forward(model, inputs))
+    params = sum(p.numel() for p in model.parameters())
+    return 2 * params * cfg.data.batch_size
+
+
+@contextlib.contextmanager
+def run_threads(parts: Any) -> Iterator[ThreadChoice]:
+    """The thread count for a run of ``parts``, recorded as a ``threads`` event; the process gets
+    its previous count back when the run ends."""
+    requested = parts.config.train.threads
+    on_cpu = parts.device.type == "cpu"
+    flops = batch_flops(parts) if requested <= 0 and on_cpu else None
+    choice = choose_threads(requested, parts.device, flops)
+    if parts.log is not None:
+        parts.log.event("threads", threads=choice.threads, reason=choice.reason)
+    with threads_for_run(choice), _cudnn_benchmark(parts):
+        yield choice
+
+
+@contextlib.contextmanager
+def _cudnn_benchmark(parts: Any) -> Iterator[None]:
+    """cuDNN picks the fastest convolution algorithms for the run's shapes (by timing them once
+    per shape) on CUDA when the run is not deterministic; the flag is restored afterwards."""
+    before = torch.backends.cudnn.benchmark
+    if parts.device.type == "cuda" and not parts.config.train.deterministic:
+        torch.backends.cudnn.benchmark = True
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.benchmark = before
+
+
+def choose_threads(
+    requested: int,
+    device: torch.device,
+    flops: int | None,
+    cores: int | None = None,
+    load: float | None = None,
+) -> ThreadChoice:
+    """The intra-op thread count: ``requested`` when > 0; else on CPU one thread for a small
+    model, and otherwise the cores that other processes leave free (the 1-minute load average
+    less this process), at most what torch uses now and at least one."""
+    previous = torch.get_num_threads()
+    if requested > 0:
+        return ThreadChoice(requested, previous, f"train.threads = {requested}")
+    if device.type != "cpu":
+        return ThreadChoice(previous, previous, f"torch's default on {device.type}")
+    if flops is not None and flops < ONE_THREAD_FLOPS:
+        mflops = flops / 1e6
+        return ThreadChoice(1, previous, f"small model: {mflops:.0f} MFLOP per forward batch")
+    if cores is None and hasattr(os, "sched_getaffinity"):
+        cores = len(os.sched_getaffinity(0))
+    if load is None and hasattr(os, "getloadavg"):
+        load = os.getloadavg()[0]
+    if cores is None or load is None:
+        return ThreadChoice(previous, previous, "torch's default")
+    free = max(1, min(previous, int(cores - max(0.0, load - 1.0))))
+    why = f"{cores} cores, load average {load:.1f}"
+    if flops is not None:
+        why += f", {flops / 1e6:.0f} MFLOP per forward batch"
+    return ThreadChoice(free, previous, why)
+
+
+@contextlib.contextmanager
+def threads_for_run(choice: ThreadChoice) -> Iterator[None]:
+    """Use ``choice.threads`` for the block, then give the process its previous count back."""
+    torch.set_num_threads(choice.threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(choice.previous)
+
+
+class TimedBatches:
+    """Iterate ``batches``, adding the seconds spent waiting for each batch to ``wait_s``.
+
+    On CUDA the batch fetch is host work that overlaps the device's queue; the step's device time
+    is bracketed by events recorded at each fetch and read at ``summary()`` (one sync per epoch).
+    """
+
+    def __init__(self, batches: Iterable[Any], device: torch.device) -> None:
+        self.batches = batches
+        self.cuda = device.type == "cuda"
+        self.wait_s = 0.0
+        self.count = 0
+        self.t0 = time.perf_counter()
+        self.events: list[Any] = []
+
+    def __iter__(self) -> Iterator[Any]:
+        it = iter(self.batches)
+        while True:
+            t = time.perf_counter()
+            if self.cuda:
+                self._mark()
+            try:
+                batch = next(it)
+            except StopIteration:
+                return
+            self.wait_s += time.perf_counter() - t
+            self.count += 1
+            yield batch
+
+    def _mark(self) -> None:
+        event = torch.cuda.Event(enable_timing=True)
+        event.record()
+        self.events.append(event)
+
+    def summary(self) -> dict[str, float]:
+        """Seconds of the epoch so far: total, waiting for data, the rest; and the wait share."""
+        total = max(time.perf_counter() - self.t0, 1e-9)
+        out = {"epoch_s": total, "data_wait_s": self.wait_s, "step_s": total - self.wait_s}
+        if self.cuda and len(self.events) > 1:
+            self.events[-1].synchronize()
+            device_ms = self.events[0].elapsed_time(self.events[-1])
+            out["device_busy_s"] = device_ms / 1000
+        out["data_wait_share"] = self.wait_s / total
+        return out
+
+
+def input_bound_advice(summary: dict[str, float], data_kind: str, device: torch.device) -> str:
+    """The warning's text when the wait share is above ``WAIT_WARNING_SHARE``; '' otherwise."""
+    share = summary.get("data_wait_share", 0.0)
+    if share <= WAIT_WARNING_SHARE:
+        return ""
+    fixes = {
+        "TensorData": "the in-memory path is already used: the transform or batch building is "
+        "the cost; precompute it",
+        "DatasetData": "pass in-memory tensors (x, y) if the data fits in memory, or set "
+        "data.num_workers > 0 and keep __getitem__ light (precompute transforms)",
+        "LoaderData": "raise the DataLoader's num_workers, set persistent_workers=True"
+        + (", pin_memory=True" if device.type == "cuda" else "")
+        + ", or pass in-memory tensors / the Dataset so surefit batches it",
+    }
+    fix = fixes.get(data_kind, "make the data faster to load")
+    return (
+        f"input-bound: {share:.0%} of the epoch waited for data "
+        f"({summary['data_wait_s']:.2f} s of {summary['epoch_s']:.2f} s); fix: {fix}"
+    )
+
+
+def report_wait(timed: TimedBatches, parts: Any, epoch: int) -> dict[str, float]:
+    """Record an epoch's data-wait split as a ``data_wait`` event; warn when input-bound."""
+    summary = timed.summary()
+    if parts.log is not None:
+        parts.log.event("data_wait", epoch=epoch, **{k: round(v, 4) for k, v in summary.items()})
+        advice = input_bound_advice(summary, type(parts.train).__name__, parts.device)
+        if advice:
+            parts.log.event("input_bound", epoch=epoch, message=advice)
+            parts.log.console.line(f"warning: {advice}")
+    return summary

@@ -1,0 +1,231 @@
+"""What ``surefit doctor --profile`` and ``--max-batch`` report, as library functions.
+
+``profile_run(cfg)`` trains a recipe for a few steps in a scratch run directory and returns where
+the time went (waiting for data against the step) and the throughput, optionally with the torch
+profiler's top operators. ``max_batch(cfg)`` finds the largest power-of-two batch that fits: on
+CUDA by trying forward + backward + optimizer step; on CPU from the memory one sample needs
+(activations saved for backward) and the memory the system has available.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .config import RunConfig
+
+
+@dataclass(frozen=True)
+class ProfileReport:
+    steps: int  # optimizer steps run
+    batch_size: int  # samples per micro-batch
+    threads: int  # CPU threads the run used
+    seconds: float  # wall time of the steps (epoch clocks summed)
+    data_wait_s: float  # of which waiting for the next batch
+    step_s: float  # of which in the step (forward, backward, optimizer, logging)
+    data_wait_share: float  # data_wait_s / seconds
+    samples_per_s: float
+    steps_per_s: float
+    advice: str  # the input-bound warning, '' when the run is not input-bound
+    top_ops: str = ""  # torch profiler table, when asked for
+
+    def lines(self) -> list[str]:
+        """The report as console lines."""
+        out = [
+            f"{self.steps} steps of batch {self.batch_size} on {self.threads} CPU thread(s): "
+            f"{self.steps_per_s:.1f} steps/s, {self.samples_per_s:,.0f} samples/s",
+            f"time: {self.seconds:.2f} s = data wait {self.data_wait_s:.2f} s "
+            f"({self.data_wait_share:.0%}) + step {self.step_s:.2f} s",
+        ]
+        if self.advice:
+            out.append(f"warning: {self.advice}")
+        if self.top_ops:
+            out += ["", self.top_ops]
+        return out
+
+
+def profile_run(cfg: RunConfig, steps: int = 50, top_ops: int = 0) -> ProfileReport:
+    """Train the recipe ``cfg`` for ``steps`` optimizer steps (no evaluation, progress off, a
+    scratch run directory) and report the data-wait / step split and the throughput; with
+    ``top_ops`` > 0, also the torch profiler's top operators by self time."""
+    from . import recipes
+
+    with tempfile.TemporaryDirectory() as tmp:
+        run_cfg = cfg.replace(
+            train={"max_steps": steps, "run_dir": str(Path(tmp) / "run"), "eval_every_steps": 0},
+            log={"progress": "off"},
+        )
+        table = ""
+        if top_ops > 0:
+            from torch.profiler import ProfilerActivity, profile
+
+            acts = [ProfilerActivity.CPU] + (
+                [ProfilerActivity.CUDA] if torch.cuda.is_available() else []
+            )
+            with profile(activities=acts) as prof:
+                result = recipes.run(run_cfg)
+            table = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=top_ops)
+        else:
+            result = recipes.run(run_cfg)
+        events = _events(Path(tmp) / "run" / "events.jsonl")
+    return _report(events, result.steps, cfg.data.batch_size, table)
+
+
+def _events(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(s) for s in path.read_text().splitlines()] if path.exists() else []
+
+
+def _report(events: list[dict[str, Any]], steps: int, bs: int, table: str) -> ProfileReport:
+    waits = [e for e in events if e["event"] == "data_wait"]
+    threads = [e["threads"] for e in events if e["event"] == "threads"] or [0]
+    advice = [e["message"] for e in events if e["event"] == "input_bound"]
+    seconds = max(sum(e["epoch_s"] for e in waits), 1e-9)
+    wait = sum(e["data_wait_s"] for e in waits)
+    return ProfileReport(
+        steps=steps,
+        batch_size=bs,
+        threads=threads[-1],
+        seconds=seconds,
+        data_wait_s=wait,
+        step_s=seconds - wait,
+        data_wait_share=wait / seconds,
+        samples_per_s=steps * bs / seconds,
+        steps_per_s=steps / seconds,
+        advice=advice[-1] if advice else "",
+        top_ops=table,
+    )
+
+
+@dataclass(frozen=True)
+class BatchReport:
+    device: str  # where it was measured
+    max_batch: int  # largest power-of-two batch that fits (0: not even one)
+    bytes_per_sample: float  # activation memory one sample adds (CPU estimate; CUDA measured)
+    fixed_bytes: int  # parameters, gradients and optimizer state
+    tried: dict[int, bool] = field(default_factory=dict)  # CUDA: batch size -> fitted
+
+    def lines(self) -> list[str]:
+        mib = 2**20
+        out = [
+            f"largest power-of-two batch on {self.device}: {self.max_batch}",
+            f"memory: {self.fixed_bytes / mib:.1f} MiB fixed (weights, gradients, optimizer "
+            f"state) + {self.bytes_per_sample / mib:.3f} MiB per sample",
+        ]
+        if self.tried:
+            tries = (f"{b} {'ok' if ok else 'out of memory'}" for b, ok in self.tried.items())
+            out.append("tried: " + ", ".join(tries))
+        return out
+
+
+def max_batch(cfg: RunConfig, limit: int = 1 << 16) -> BatchReport:
+    """The largest power-of-two training batch of recipe ``cfg`` up to ``limit``: on CUDA by
+    running forward, backward and an optimizer step at doubling sizes until one runs out of
+    memory; on CPU from the activation bytes per sample and the memory available."""
+    from .distributed import resolve_device
+
+    model, task, sample = _build(cfg)
+    device = resolve_device(cfg.train.device)
+    model.to(device)
+    fixed = _fixed_bytes(model)
+    per_sample = _saved_bytes(model, task, sample, 8, device) / 8
+    if device.type != "cuda":
+        free = _available_bytes()
+        fits = int((free - fixed) // max(per_sample, 1)) if free > fixed else 0
+        best = 1 << (fits.bit_length() - 1) if fits >= 1 else 0
+        return BatchReport(device.type, min(best, limit), per_sample, fixed)
+    tried: dict[int, bool] = {}
+    b = 1
+    while b <= limit:
+        tried[b] = _fits_cuda(model, task, sample, b, device)
+        if not tried[b]:
+            break
+        b *= 2
+    ok = [k for k, v in tried.items() if v]
+    return BatchReport(str(device), max(ok) if ok else 0, per_sample, fixed, tried)
+
+
+def _build(cfg: RunConfig) -> tuple[torch.nn.Module, Any, Any]:
+    """The recipe's model, task and one training batch (host tensors)."""
+    import dataclasses
+
+    from . import recipes
+    from .data import as_data
+    from .tasks import build_task, infer_task
+
+    model = recipes.resolve(cfg.model.name, "model.name")(**cfg.model.args)
+    train, _, _ = recipes._split(recipes.resolve(cfg.data.name, "data.name")(**cfg.data.args))
+    data = as_data(train, "train")
+    sample = next(iter(data.batches(min(8, cfg.data.batch_size))))
+    name = cfg.task.name
+    if name == "auto":
+        name = infer_task(sample[-1] if isinstance(sample, tuple) else None)
+    return model, build_task(dataclasses.replace(cfg.task, name=name)), sample
+
+
+def _grow(batch: Any, size: int, device: torch.device) -> Any:
+    """``batch`` repeated along its first dimension to ``size`` rows, on ``device``."""
+
+    def one(t: Any) -> Any:
+        if not isinstance(t, torch.Tensor) or t.dim() == 0:
+            return t
+        idx = torch.arange(size) % t.shape[0]
+        return t.index_select(0, idx).to(device)
+
+    if isinstance(batch, dict):
+        return {k: one(v) for k, v in batch.items()}
+    return tuple(one(t) for t in batch)
+
+
+def _saved_bytes(model: Any, task: Any, sample: Any, size: int, device: torch.device) -> int:
+    """Bytes of the tensors autograd saves for backward in one training forward of ``size``
+    (the parameters it saves are counted in the fixed memory, not here)."""
+    seen = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    total = 0
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        nonlocal total
+        key = t.untyped_storage().data_ptr()
+        if key not in seen:
+            seen.add(key)
+            total += t.untyped_storage().nbytes()
+        return t
+
+    hooks = torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t)
+    with torch.random.fork_rng(devices=[]), hooks:
+        task.compute(model, _grow(sample, size, device))
+    return total
+
+
+def _fixed_bytes(model: torch.nn.Module) -> int:
+    """Weights + gradients + two Adam moments: four copies of the parameters."""
+    return 4 * sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
+
+
+def _available_bytes() -> int:
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return 0
+
+
+def _fits_cuda(model: Any, task: Any, sample: Any, size: int, device: torch.device) -> bool:
+    opt = torch.optim.AdamW(model.parameters())
+    try:
+        with torch.random.fork_rng(devices=[device]):
+            loss, _, _ = task.compute(model, _grow(sample, size, device))
+            loss.backward()
+            opt.step()
+            torch.cuda.synchronize(device)
+        return True
+    except torch.cuda.OutOfMemoryError:
+        return False
+    finally:
+        model.zero_grad(set_to_none=True)
+        del opt
+        torch.cuda.empty_cache()

@@ -1,0 +1,134 @@
+"""Optimizer implementation choice, CPU thread choice, and the data-wait measurement."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from torch import nn
+
+import surefit as sf
+from surefit import perf
+from surefit.config import OptimConfig
+from surefit.optim import build_optimizer, implementation
+from tests.conftest import make_classification, mlp
+
+
+def test_auto_picks_fused_where_torch_has_it_and_torch_default_elsewhere():
+    params = list(mlp().parameters())
+    assert implementation("adamw", params) == {"fused": True}
+    assert implementation("sgd", params) == {"fused": True}
+    assert implementation("rmsprop", params) == {}  # no fused RMSprop in torch
+    assert implementation("adamw", [torch.zeros(3, dtype=torch.long)]) == {}
+    assert implementation("adamw", params, "for_loop") == {"foreach": False}
+    opt = build_optimizer(mlp(), OptimConfig(name="adamw"))
+    assert opt.defaults["fused"] is True
+    opt = build_optimizer(mlp(), OptimConfig(name="adamw", implementation="for_loop"))
+    assert not opt.defaults["fused"]
+
+
+def test_thread_choice():
+    cpu = torch.device("cpu")
+    assert perf.choose_threads(3, cpu, None).threads == 3
+    assert perf.choose_threads(0, cpu, 1_000_000).threads == 1  # small model
+    before = torch.get_num_threads()
+    # a big model: the free cores, at most torch's current count, at least one
+    assert perf.choose_threads(0, cpu, 10**10, cores=64, load=1.0).threads == before
+    assert perf.choose_threads(0, cpu, 10**10, cores=2, load=5.0).threads == 1
+    assert perf.choose_threads(0, torch.device("cuda"), None).threads == before
+
+
+def test_flop_count_changes_no_state():
+    model = nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.Dropout(0.5), nn.Linear(8, 2))
+    x = torch.randn(16, 4)
+    stats = model[1].running_mean.clone()
+    rng = torch.get_rng_state()
+    flops = perf.forward_flops(model, lambda: model(x))
+    assert flops == 2 * 16 * (4 * 8 + 8 * 2)
+    assert torch.equal(model[1].running_mean, stats) and torch.equal(torch.get_rng_state(), rng)
+    assert model.training
+
+
+def test_fit_records_and_restores_the_thread_count(tmp_path):
+    x, y = make_classification(64)
+    before = torch.get_num_threads()
+    sf.fit(mlp(), (x, y), epochs=1, batch_size=16, progress="off", run_dir=tmp_path / "r",
+           threads=2, device="cpu")  # fmt: skip
+    assert torch.get_num_threads() == before
+    events = [json.loads(s) for s in (tmp_path / "r" / "events.jsonl").read_text().splitlines()]
+    (threads,) = [e for e in events if e["event"] == "threads"]
+    assert threads["threads"] == 2 and threads["reason"] == "train.threads = 2"
+    assert any(e["event"] == "data_wait" for e in events)
+
+
+def test_threads_must_not_be_negative():
+    with pytest.raises(sf.ConfigError, match="train.threads"):
+        sf.fit(mlp(), make_classification(16), threads=-1, progress="off")
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_wait_time_is_the_time_spent_fetching(monkeypatch):
+    clock = FakeClock()
+    monkeypatch.setattr(perf.time, "perf_counter", clock)
+
+    def slow_batches():
+        for i in range(4):
+            clock.now += 3.0  # fetching a batch takes 3 s
+            yield i
+
+    timed = perf.TimedBatches(slow_batches(), torch.device("cpu"))
+    for _ in timed:
+        clock.now += 1.0  # the step takes 1 s
+    s = timed.summary()
+    assert s["data_wait_s"] == 12.0 and s["epoch_s"] == 16.0 and s["data_wait_share"] == 0.75
+    advice = perf.input_bound_advice(s, "DatasetData", torch.device("cpu"))
+    assert "75%" in advice and "num_workers" in advice
+    quick = {**s, "data_wait_share": 0.05}
+    assert perf.input_bound_advice(quick, "DatasetData", torch.device("cpu")) == ""
+
+
+def _recipe(cache):
+    from surefit import config, recipes
+
+    _, text = recipes.source("mnist1d-cnn")
+    cfg = config.from_dict(config.parse_toml(text, where="recipe"))
+    return cfg.replace(data={"args": {"cache": str(cache)}}, model={"args": {"channels": 8}})
+
+
+def test_profile_run_splits_the_time(mnist1d_cache):
+    from surefit.profile import profile_run
+
+    r = profile_run(_recipe(mnist1d_cache), steps=3)
+    assert r.steps == 3 and r.threads >= 1
+    assert 0 <= r.data_wait_s <= r.seconds and r.step_s > 0 and r.steps_per_s > 0
+    assert any("steps/s" in line for line in r.lines())
+
+
+def test_max_batch_on_cpu_is_a_power_of_two(mnist1d_cache):
+    from surefit.profile import max_batch
+
+    r = max_batch(_recipe(mnist1d_cache), limit=256)
+    assert r.device == "cpu" and r.bytes_per_sample > 0 and r.fixed_bytes > 0
+    assert r.max_batch == 256  # 8 channels on 40 points: far below the memory of any machine
+
+
+@pytest.mark.parametrize("deterministic", [False, True])
+def test_cudnn_benchmark_only_for_non_deterministic_cuda_runs(deterministic):
+    from types import SimpleNamespace
+
+    from surefit.config import RunConfig
+
+    cfg = RunConfig().replace(train={"deterministic": deterministic})
+    parts = SimpleNamespace(device=torch.device("cuda"), config=cfg)
+    before = torch.backends.cudnn.benchmark
+    with perf._cudnn_benchmark(parts):
+        assert torch.backends.cudnn.benchmark is (True if not deterministic else before)
+    assert torch.backends.cudnn.benchmark is before
