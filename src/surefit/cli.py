@@ -101,6 +101,19 @@ def _parser() -> argparse.ArgumentParser:
     )
     _recipe(doc)
     _common(doc)
+    doc.add_argument(
+        "--profile",
+        action="store_true",
+        help="also run 50 steps: time waiting for data vs in the step, and throughput",
+    )
+    doc.add_argument(
+        "--top-ops", type=int, default=0, metavar="N", help="with --profile: torch profiler's top N"
+    )
+    doc.add_argument(
+        "--max-batch",
+        action="store_true",
+        help="also find the largest power-of-two batch that fits (CUDA: by trying)",
+    )
 
     chk = sub.add_parser(
         "check-resume",
@@ -259,7 +272,15 @@ def cmd_doctor(args: argparse.Namespace) -> int:
         print(f.line())
     count = {level: sum(f.level == level for f in findings) for level in ("ok", "warning", "error")}
     print(f"\n{count['ok']} ok, {count['warning']} warning(s), {count['error']} error(s)")
-    return 1 if count["error"] else 0
+    if count["error"]:
+        return 1
+    from . import profile
+
+    if args.profile:
+        print("\n" + "\n".join(profile.profile_run(cfg, top_ops=args.top_ops).lines()))
+    if args.max_batch:
+        print("\n" + "\n".join(profile.max_batch(cfg).lines()))
+    return 0
 
 
 def cmd_check_resume(args: argparse.Namespace) -> int:

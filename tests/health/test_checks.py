@@ -169,6 +169,8 @@ def test_doctor_reports_every_check(tmp_path, softmax):
     args = [sys.executable, "-m", "surefit", "doctor", "r.toml"]
     if softmax:
         args += ["--set", "model.args={softmax=true}"]
+    else:
+        args += ["--profile", "--max-batch"]
     done = subprocess.run(args, cwd=tmp_path, capture_output=True, text=True, timeout=120)
     out = done.stdout
     assert "warning leakage: 40 validation sample(s)" in out  # val is a slice of train
@@ -178,4 +180,5 @@ def test_doctor_reports_every_check(tmp_path, softmax):
     else:
         assert done.returncode == 0, out + done.stderr
         assert "ok      unused_parameters" in out and "0 error(s)" in out
+        assert "steps/s" in out and "data wait" in out and "largest power-of-two batch" in out
     assert not (tmp_path / "runs").exists()  # doctor writes nothing

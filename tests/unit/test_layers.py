@@ -257,7 +257,17 @@ def test_cli_commands_and_flags_snapshot():
             "-h",
             "run_dir",
         ],
-        "doctor": ["--device", "--help", "--progress", "--set", "-h", "recipe"],
+        "doctor": [
+            "--device",
+            "--help",
+            "--max-batch",
+            "--profile",
+            "--progress",
+            "--set",
+            "--top-ops",
+            "-h",
+            "recipe",
+        ],
         "check-resume": [
             "--device",
             "--help",
