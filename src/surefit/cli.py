@@ -21,6 +21,7 @@ EXAMPLES = """examples:
   surefit resume runs/mnist1d-cnn               continue a stopped run where it stopped
   surefit recipes                               list the built-in recipes
   surefit recipes show mnist1d-cnn > my.toml    copy one out to edit
+  surefit sample runs/char-gpt --prompt "ROMEO:"  generate text from a char-gpt run
 """
 
 
@@ -84,6 +85,8 @@ def _parser() -> argparse.ArgumentParser:
         help="best checkpoint (default; the newest if there is no best) or the newest",
     )
 
+    _sample_parser(sub)
+
     rec = sub.add_parser(
         "recipes",
         help="list built-in recipes, or print one",
@@ -98,6 +101,27 @@ def _parser() -> argparse.ArgumentParser:
     )
     rec.add_argument("name", nargs="?", help="recipe to show")
     return p
+
+
+def _sample_parser(sub: argparse._SubParsersAction) -> None:
+    smp = sub.add_parser(
+        "sample",
+        help="generate text from a language-model run's best checkpoint",
+        description="Rebuild the model of RUN_DIR (a char-gpt run, say) from its config.toml, "
+        "load its best checkpoint and print PROMPT followed by generated text.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog='example:\n  surefit sample runs/char-gpt --prompt "ROMEO:" --tokens 300',
+    )
+    smp.add_argument("run_dir", help="the run directory")
+    smp.add_argument("--prompt", default="\n", help="text to continue (default: a newline)")
+    smp.add_argument("--tokens", type=int, default=500, help="tokens to generate (default 500)")
+    smp.add_argument(
+        "--temperature", type=float, default=0.8, help="softmax temperature, > 0 (default 0.8)"
+    )
+    smp.add_argument(
+        "--top-k", type=int, default=0, help="sample among the k likeliest tokens; 0 = all"
+    )
+    smp.add_argument("--seed", type=int, default=0, help="seed of the sampling (default 0)")
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -154,16 +178,8 @@ def _exit_code(result: object) -> int:
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
-    from .errors import ConfigError
-
     run_dir = Path(args.run_dir)
-    config_path = run_dir / "config.toml"
-    if not config_path.is_file():
-        raise ConfigError(
-            f"{run_dir} holds no config.toml: it is not a surefit run directory",
-            where=str(run_dir),
-            fix="give the run directory that `surefit fit` made",
-        )
+    config_path = recipes.config_of(run_dir)
     cfg = _build(config_path.read_text(), run_dir.name, str(config_path), args)
     cfg = cfg.replace(
         train={"run_dir": str(run_dir)},
@@ -177,6 +193,19 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     path = export_weights(args.run_dir, args.to, args.which)
     print(f"wrote {path}")
+    return 0
+
+
+def cmd_sample(args: argparse.Namespace) -> int:
+    text = recipes.sample(
+        args.run_dir,
+        args.prompt,
+        tokens=args.tokens,
+        temperature=args.temperature,
+        top_k=args.top_k,
+        seed=args.seed,
+    )
+    print(text)
     return 0
 
 
@@ -205,7 +234,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
-    commands = {"fit": cmd_fit, "resume": cmd_resume, "export": cmd_export, "recipes": cmd_recipes}
+    commands = {
+        "fit": cmd_fit,
+        "resume": cmd_resume,
+        "export": cmd_export,
+        "sample": cmd_sample,
+        "recipes": cmd_recipes,
+    }
     try:
         return commands[args.command](args)
     except SurefitError as exc:

@@ -237,6 +237,16 @@ def test_cli_commands_and_flags_snapshot():
         "fit": ["--device", "--help", "--progress", "--run-dir", "--set", "-h", "recipe"],
         "resume": ["--device", "--help", "--override", "--progress", "--set", "-h", "run_dir"],
         "export": ["--help", "--to", "--which", "-h", "run_dir"],
+        "sample": [
+            "--help",
+            "--prompt",
+            "--seed",
+            "--temperature",
+            "--tokens",
+            "--top-k",
+            "-h",
+            "run_dir",
+        ],
         "recipes": ["--help", "-h", "action", "name"],
     }
     choices = {
@@ -247,5 +257,6 @@ def test_cli_commands_and_flags_snapshot():
         "fit": {"progress": ["auto", "bar", "epoch", "off"]},
         "resume": {"progress": ["auto", "bar", "epoch", "off"]},
         "export": {"which": ["best", "last"]},
+        "sample": {},
         "recipes": {"action": ["list", "show"]},
     }
