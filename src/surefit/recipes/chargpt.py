@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -65,10 +64,9 @@ def text_path(path: str = "", cache: str = "") -> Path:
             where=str(src),
             fix="replace it with char-rnn's data/tinyshakespeare/input.txt",
         )
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_suffix(".tmp")
-    shutil.copyfile(src, tmp)
-    tmp.replace(target)
+    from ..checkpoint import atomic_write
+
+    atomic_write(target, lambda f: f.write(data))
     return target
 
 
