@@ -97,17 +97,20 @@ def _batch_checks(
     net: nn.Module, task: Any, batch: Any, data: Any, name: str, precision: Any, skip: set[str]
 ) -> list[Finding]:
     net.eval()
-    with no_grad(net), precision.autocast():
+    with torch.enable_grad(), precision.autocast():  # the graph tells which op made the outputs
         outputs, target = task.preview(net, batch)
-        if outputs is None:
-            return []
+    if outputs is None:
+        return []
+    last_op = _last_op(outputs)
+    outputs = outputs.detach() if isinstance(outputs, torch.Tensor) else outputs
+    with no_grad(net):
         found = []
         if "targets" not in skip:
             found.append(_targets(task, outputs, target, data, name))
             if found[-1].level == "error":
                 return found  # the loss itself would fail on these targets
         if "probabilities" not in skip and task.custom_loss is None:
-            found.append(_probabilities(task.name, outputs))
+            found.append(_probabilities(task.name, outputs, last_op))
         if "initial_loss" not in skip and name == "train" and task.custom_loss is None:
             found.append(_initial_loss(task, outputs, target))
     return [f for f in found if f is not None]
@@ -125,15 +128,29 @@ def _targets(task: Any, outputs: Any, target: Any, data: Any, name: str) -> Find
     return Finding("targets", "ok", f"{name} targets fit task '{task.name}'")
 
 
-def _probabilities(task: str, outputs: Any) -> Finding | None:
-    """Outputs that look like probabilities given to a loss that expects logits."""
+SHAPE_OPS = ("View", "Reshape", "Squeeze", "Unsqueeze", "Flatten", "Clone", "Permute", "Expand")
+
+
+def _last_op(outputs: Any) -> str:
+    """The autograd op that produced ``outputs``, looking through shape-only ops ("" unknown)."""
+    fn = getattr(outputs, "grad_fn", None)
+    while fn is not None and fn.name().startswith(SHAPE_OPS) and fn.next_functions:
+        fn = fn.next_functions[0][0]
+    return fn.name() if fn is not None else ""
+
+
+def _probabilities(task: str, outputs: Any, last_op: str = "") -> Finding | None:
+    """Outputs that are probabilities given to a loss that expects logits: made by a final
+    softmax or sigmoid (read from the autograd graph), or, for softmax when the graph is not
+    there, rows in [0, 1] that sum to 1 (which logits practically never do)."""
     if not isinstance(outputs, torch.Tensor) or not outputs.is_floating_point():
         return None
     out = outputs.float()
     in_unit = bool(((out >= 0) & (out <= 1)).all())  # one read at set-up, not per step
     if task in ("multiclass", "lm", "segmentation") and out.dim() >= 2 and out.shape[1] > 1:
         sums = out.sum(-1 if task == "lm" else 1)
-        if in_unit and bool(torch.allclose(sums, torch.ones_like(sums), atol=1e-3)):
+        by_value = in_unit and bool(torch.allclose(sums, torch.ones_like(sums), atol=1e-3))
+        if last_op.startswith("Softmax") or by_value:
             return Finding(
                 "probabilities",
                 "error",
@@ -143,12 +160,12 @@ def _probabilities(task: str, outputs: Any) -> Finding | None:
                 "when you need probabilities at inference",
                 "model outputs",
             )
-    if task in ("binary", "multilabel") and in_unit and out.numel() >= 8:
+    if task in ("binary", "multilabel") and last_op.startswith("Sigmoid"):
         return Finding(
             "probabilities",
             "error",
-            "every model output is in [0, 1]: they look like sigmoid probabilities, but "
-            "binary cross-entropy with logits applies the sigmoid itself",
+            "the model's outputs come out of a sigmoid: they are probabilities, but binary "
+            "cross-entropy with logits applies the sigmoid itself",
             "remove the final sigmoid from the model (return logits)",
             "model outputs",
         )

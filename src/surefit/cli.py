@@ -25,6 +25,7 @@ EXAMPLES = """examples:
   surefit report runs/mnist1d-cnn               plots and report.html of a run
   surefit compare runs/a runs/b                 overlay runs: best metrics, config differences
   surefit lr-find mnist1d-cnn                   learning-rate range test of a recipe
+  surefit sample runs/char-gpt --prompt "ROMEO:"  generate text from a char-gpt run
 """
 
 
@@ -128,6 +129,8 @@ def _parser() -> argparse.ArgumentParser:
     chk.add_argument("--keep", metavar="DIR", help="keep the runs' directories under DIR")
     _common(chk)
 
+    _sample_parser(sub)
+
     rec = sub.add_parser(
         "recipes",
         help="list built-in recipes, or print one",
@@ -194,6 +197,27 @@ def _recipe(p: argparse.ArgumentParser) -> None:
         default=recipes.DEFAULT,
         help=f"built-in recipe name or path to a .toml file (default: {recipes.DEFAULT})",
     )
+
+
+def _sample_parser(sub: argparse._SubParsersAction) -> None:
+    smp = sub.add_parser(
+        "sample",
+        help="generate text from a language-model run's best checkpoint",
+        description="Rebuild the model of RUN_DIR (a char-gpt run, say) from its config.toml, "
+        "load its best checkpoint and print PROMPT followed by generated text.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog='example:\n  surefit sample runs/char-gpt --prompt "ROMEO:" --tokens 300',
+    )
+    smp.add_argument("run_dir", help="the run directory")
+    smp.add_argument("--prompt", default="\n", help="text to continue (default: a newline)")
+    smp.add_argument("--tokens", type=int, default=500, help="tokens to generate (default 500)")
+    smp.add_argument(
+        "--temperature", type=float, default=0.8, help="softmax temperature, > 0 (default 0.8)"
+    )
+    smp.add_argument(
+        "--top-k", type=int, default=0, help="sample among the k likeliest tokens; 0 = all"
+    )
+    smp.add_argument("--seed", type=int, default=0, help="seed of the sampling (default 0)")
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -320,16 +344,8 @@ def _exit_code(result: object) -> int:
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
-    from .errors import ConfigError
-
     run_dir = Path(args.run_dir)
-    config_path = run_dir / "config.toml"
-    if not config_path.is_file():
-        raise ConfigError(
-            f"{run_dir} holds no config.toml: it is not a surefit run directory",
-            where=str(run_dir),
-            fix="give the run directory that `surefit fit` made",
-        )
+    config_path = recipes.config_of(run_dir)
     cfg = _build(config_path.read_text(), run_dir.name, str(config_path), args)
     cfg = cfg.replace(
         train={"run_dir": str(run_dir)},
@@ -345,6 +361,19 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     path = export_weights(args.run_dir, args.to, args.which)
     print(f"wrote {path}")
+    return 0
+
+
+def cmd_sample(args: argparse.Namespace) -> int:
+    text = recipes.sample(
+        args.run_dir,
+        args.prompt,
+        tokens=args.tokens,
+        temperature=args.temperature,
+        top_k=args.top_k,
+        seed=args.seed,
+    )
+    print(text)
     return 0
 
 

@@ -49,6 +49,26 @@ def test_sigmoid_fed_to_bce_is_an_error(tmp_path):
     _fit(mlp(out=1), tmp_path / "ok", data=(x, y.float()[:, None]), task="binary")
 
 
+class FunctionalSigmoid(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.body = mlp(out=1)
+
+    def forward(self, x):
+        return torch.sigmoid(self.body(x)).squeeze(-1)  # no nn.Sigmoid module to see
+
+
+def test_probabilities_are_told_from_logits_that_happen_to_lie_in_0_1(tmp_path):
+    x, y = make_classification(256, classes=2)
+    with pytest.raises(sf.DataError, match="sigmoid"):
+        _fit(FunctionalSigmoid(), tmp_path, data=(x, y.float()), task="binary")
+    model = mlp(out=1)
+    with torch.no_grad():  # logits all in [0.4, 0.6]: still logits, no false alarm
+        model[2].weight.mul_(0.01)
+        model[2].bias.fill_(0.5)
+    _fit(model, tmp_path / "ok", data=(x, y.float()[:, None]), task="binary")
+
+
 def test_a_check_can_be_switched_off(tmp_path):
     model = nn.Sequential(mlp(), nn.Softmax(dim=1))
     _fit(model, tmp_path, task="multiclass", skip_checks=["probabilities"])

@@ -85,12 +85,31 @@ def cnn(channels: int = 64, classes: int = 10) -> nn.Module:
     return ConvNet(channels=channels, classes=classes)
 
 
-def mlp(hidden: int = 100, classes: int = 10) -> nn.Module:
-    """The paper's MLP: 40 -> hidden -> hidden -> classes."""
+def mlp(hidden: int = 100, classes: int = 10, dropout: float = 0.0) -> nn.Module:
+    """The paper's MLP: 40 -> hidden -> hidden -> classes (with dropout after each ReLU)."""
     return nn.Sequential(
         nn.Linear(40, hidden),
         nn.ReLU(),
+        nn.Dropout(dropout),
         nn.Linear(hidden, hidden),
         nn.ReLU(),
+        nn.Dropout(dropout),
         nn.Linear(hidden, classes),
     )
+
+
+class GRUNet(nn.Module):
+    """The MNIST-1D paper's GRU: a bidirectional GRU over the 40 points, every state to a head."""
+
+    def __init__(self, hidden: int = 6, length: int = 40, classes: int = 10) -> None:
+        super().__init__()
+        self.gru = nn.GRU(1, hidden, batch_first=True, bidirectional=True)
+        self.head = nn.Linear(2 * hidden * length, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        states, _ = self.gru(x.unsqueeze(-1))
+        return self.head(states.flatten(1))
+
+
+def gru(hidden: int = 6, classes: int = 10) -> nn.Module:
+    return GRUNet(hidden=hidden, classes=classes)
