@@ -1,8 +1,14 @@
-"""Training throughput with checkpoints every N optimizer steps (sync and async), as a ratio to the
-same run without checkpoints, measured in one process, interleaved, medians of repeats.
+"""Training throughput with checkpoints (sync and async), as a ratio to the same run writing the
+same run directory (logs, metrics) with no periodic checkpoint, in one process, interleaved,
+medians of repeats.
 
-Run: .venv/bin/python bench/checkpoint_overhead.py [--epochs 5] [--repeats 3] [--every 50]
+Run: .venv/bin/python bench/checkpoint_overhead.py [--epochs 30] [--repeats 3] [--every 50]
 The model and data are the default recipe's (64-channel 1-D CNN on MNIST-1D, batch 100).
+Variants:
+- none: no periodic checkpoint (only the one every run writes when it ends);
+- every N: a rolling checkpoint every N optimizer steps, nothing else;
+- every N + epoch ends + best: the defaults (a checkpoint at each epoch's end, best.pt on each
+  improvement) plus one every N steps.
 """
 
 from __future__ import annotations
@@ -17,39 +23,51 @@ import torch
 import surefit as sf
 from surefit.recipes import mnist1d
 
+NO_PERIODIC = dict(at_epoch_end=False, save_best=False, checkpoint_every=0)
 
-def one(data, epochs: int, mode: str, every: int) -> float:
+
+def one(data, epochs: int, every: int, mode: str, policy: str) -> float:
     torch.manual_seed(0)
     model = mnist1d.cnn(64)
-    kw = {}
+    if policy == "none":
+        kw = dict(NO_PERIODIC)
+    elif policy == "every":
+        kw = dict(NO_PERIODIC, checkpoint_every=every)
+    else:
+        kw = dict(checkpoint_every=every)
     with tempfile.TemporaryDirectory() as tmp:
-        if mode != "none":
-            kw = dict(run_dir=f"{tmp}/run", checkpoint_every=every, async_save=mode == "async")
         t0 = time.perf_counter()
         r = sf.fit(model, data["train"], val=0.1, epochs=epochs, lr=1e-2, batch_size=100,
-                   progress="off", device="cpu", **kw)  # fmt: skip
+                   progress="off", device="cpu", run_dir=f"{tmp}/run",
+                   async_save=mode == "async", **kw)  # fmt: skip
         return r.steps / (time.perf_counter() - t0)
 
 
 def main() -> None:
     p = argparse.ArgumentParser()
-    p.add_argument("--epochs", type=int, default=5)
+    p.add_argument("--epochs", type=int, default=30)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--every", type=int, default=50)
     args = p.parse_args()
-    torch.set_num_threads(2)
     data = mnist1d.load()
-    one(data, 1, "none", args.every)  # warm-up: imports, allocator
-    rates: dict[str, list[float]] = {"none": [], "sync": [], "async": []}
+    one(data, 1, args.every, "sync", "none")  # warm-up: imports, allocator
+    variants = [("sync", "none")] + [
+        (mode, policy) for policy in ("every", "all") for mode in ("sync", "async")
+    ]
+    rates: dict[tuple[str, str], list[float]] = {v: [] for v in variants}
     for _ in range(args.repeats):
-        for mode in rates:
-            rates[mode].append(one(data, args.epochs, mode, args.every))
-    base = statistics.median(rates["none"])
+        for v in variants:
+            rates[v].append(one(data, args.epochs, args.every, *v))
+    base = statistics.median(rates[("sync", "none")])
+    steps = args.epochs * 36
+    print(f"{args.epochs} epochs = {steps} optimizer steps per run")
     print(f"| checkpoints | steps/s (median of {args.repeats}) | ratio to none |")
     print("|---|---|---|")
-    for mode, values in rates.items():
+    names = {"none": "none", "every": f"every {args.every} steps",
+             "all": f"every {args.every} steps + epoch ends + best"}  # fmt: skip
+    for (mode, policy), values in rates.items():
         med = statistics.median(values)
-        label = "none" if mode == "none" else f"{mode}, every {args.every} steps + epoch ends"
+        label = names[policy] if policy == "none" else f"{mode}, {names[policy]}"
         print(f"| {label} | {med:.1f} | {med / base:.3f} |")
 
 

@@ -139,9 +139,10 @@ class TrainConfig:
 
 @dataclass(frozen=True, kw_only=True)
 class CheckpointConfig:
-    every_steps: int = 0  # optimizer steps between checkpoints; 0 = at epoch ends only
+    every_steps: int = 0  # optimizer steps between checkpoints; 0 = off (epoch ends, the end)
     keep_last: int = 2  # rolling last-*.pt files kept
     save_best: bool = True  # write best.pt whenever the monitored metric improves
+    at_epoch_end: bool = True  # also save at each epoch's end
     resume: str = "auto"  # auto: continue a run_dir that holds a checkpoint; never; must
     every_minutes: float = 0.0  # wall-clock minutes between checkpoints; 0 = off
     override: bool = False  # allow a resume with a changed learning rate (optim.lr)

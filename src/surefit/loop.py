@@ -522,7 +522,7 @@ class Trainer:
         if not cfg.train.eval_every_steps:
             record = self._evaluate_and_track()
             self._console().line(epoch_line(c.epoch, self._epochs_shown(), record))
-        self.save("last")
+        self.save("last" if cfg.checkpoint.at_epoch_end else "")
         self.emit("on_epoch_end")
 
     def _epochs_shown(self) -> int | str:
