@@ -60,7 +60,7 @@ def main() -> None:
             rates[v].append(one(data, args.epochs, args.every, *v))
     base = statistics.median(rates[("sync", "none")])
     steps = args.epochs * 36
-    print(f"{args.epochs} epochs = {steps} optimizer steps per run")
+    print(f"{args.epochs} epochs = {steps} optimizer steps per run.\n")
     print(f"| checkpoints | steps/s (median of {args.repeats}) | ratio to none |")
     print("|---|---|---|")
     names = {"none": "none", "every": f"every {args.every} steps",
