@@ -9,4 +9,9 @@ if "TORCHELASTIC_RUN_ID" in os.environ:  # under torchrun: the launcher reports 
     from torch.distributed.elastic.multiprocessing.errors import record
 
     main = record(main)
-sys.exit(main())
+code = main()
+if "TORCHELASTIC_RUN_ID" in os.environ:
+    from .distributed import leave
+
+    leave(code)
+sys.exit(code)

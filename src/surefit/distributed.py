@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
@@ -139,6 +140,21 @@ def process_group(device: str, timeout_s: float) -> Iterator[None]:
         yield
     finally:
         torch.distributed.destroy_process_group()
+
+
+def leave(code: int) -> None:
+    """End a launched rank's process with ``code`` once its run is over and its group left.
+
+    The interpreter's own teardown of a gloo rank now and then aborts after everything is done
+    ("terminate called without an active exception", a C++ thread of the backend destroyed while
+    joinable), turning a finished run into a failed rank. A launched rank therefore flushes its
+    output and leaves with ``os._exit``; a single process exits normally.
+    """
+    if launch_env() is None:
+        sys.exit(code)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def barrier() -> None:

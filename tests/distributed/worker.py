@@ -294,6 +294,9 @@ def main() -> None:
         "raise": lambda o: fail(o, "raise"),
     }
     record(scenarios[name])(out)
+    from surefit.distributed import leave
+
+    leave(0)  # as `python -m surefit` does under a launcher
 
 
 if __name__ == "__main__":
