@@ -598,3 +598,23 @@ def test_step_function_returning_loss_and_outputs_feeds_the_task_metrics():
     with torch.no_grad():
         direct = (model(val[0]).argmax(1) == val[1]).float().mean()
     assert close(last["val_accuracy"], direct)
+
+
+def test_multiclass_accuracy_and_top_k_equal_torchmetrics_micro():
+    import torchmetrics
+
+    from surefit.tasks import Multiclass
+
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(300, 12, generator=g)
+    target = torch.randint(0, 12, (300,), generator=g)
+    target[::7] = -100  # ignored
+    built = Multiclass().build_metrics(logits, None)
+    for name, k in (("accuracy", 1), ("top5", 5)):
+        for a, b in ((0, 100), (100, 300)):  # two updates: sums over the whole set
+            built[name].update(logits[a:b], target[a:b])
+        ref = torchmetrics.classification.MulticlassAccuracy(
+            num_classes=12, top_k=k, average="micro", ignore_index=-100
+        )
+        ref.update(logits, target)
+        assert float(built[name].compute()) == pytest.approx(float(ref.compute()), abs=1e-7)
