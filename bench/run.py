@@ -192,37 +192,36 @@ def _accs(values: list[float]) -> str:
     return " ".join(f"{a:.3f}" for a in values)
 
 
-def checkpoint_section(quick: bool, repeats: int, lines: list[str]) -> None:
-    cmd = [sys.executable, str(HERE / "checkpoint_overhead.py"), "--epochs", "5" if quick else "30",
+def _script_section(script: str, title: str, what: str, quick: bool, repeats: int) -> list[str]:
+    """Run one of the bench's own scripts at 30 epochs (5 with --quick); its table, titled."""
+    cmd = [sys.executable, str(HERE / script), "--epochs", "5" if quick else "30",
            "--repeats", str(repeats)]  # fmt: skip
     out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, check=True).stdout
-    lines += [
-        "## Checkpoint overhead (`bench/checkpoint_overhead.py`)",
-        "",
+    head = f"{what}; one process, interleaved, medians of {repeats}; load {load()}."
+    return [f"## {title} (`bench/{script}`)", "", head, "", *out.strip().splitlines(), ""]
+
+
+def checkpoint_section(quick: bool, repeats: int, lines: list[str]) -> None:
+    lines += _script_section(
+        "checkpoint_overhead.py",
+        "Checkpoint overhead",
         "The default recipe's model and data, batch 100, against the same run writing the same "
-        "run directory without periodic checkpoints; one process, interleaved, medians of "
-        f"{repeats}; load {load()}.",
-        "",
-        *out.strip().splitlines(),
-        "",
-    ]
+        "run directory without periodic checkpoints",
+        quick,
+        repeats,
+    )
 
 
 def health_section(quick: bool, repeats: int, lines: list[str]) -> None:
-    cmd = [sys.executable, str(HERE / "health_overhead.py"), "--epochs", "5" if quick else "30",
-           "--repeats", str(max(repeats, 5))]  # fmt: skip
-    out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, check=True).stdout
-    lines += [
-        "## Health guards (`bench/health_overhead.py`)",
-        "",
+    lines += _script_section(
+        "health_overhead.py",
+        "Health guards",
         "The default recipe's model and data, batch 100, no run directory: the guards at their "
         "defaults (non-finite skip, spike rollback with its in-memory copies, first-step checks) "
-        "against all three off; one process, interleaved, medians of "
-        f"{max(repeats, 5)}; load {load()}.",
-        "",
-        *out.strip().splitlines(),
-        "",
-    ]
+        "against all three off",
+        quick,
+        max(repeats, 5),
+    )
 
 
 def header(quick: bool, repeats: int) -> list[str]:
@@ -259,10 +258,11 @@ every 80 ms: the default policy costs more here than it would on any model whose
 seconds. `checkpoint.at_epoch_end = false` leaves only the periodic saves.
 """
 
-HEALTH_NOTES = """Per step the guard adds three small device ops (a finite check of loss + norm,
-handed to the fused AdamW kernel as its `found_inf`) and a host record; at each sync point one
-host read of the pending values. The rest is fixed per run: the first-step checks (a forward and
-backward pass and the leakage hashes) and the rollback copies (at most every 200 steps).
+HEALTH_NOTES = """Per step the guard adds four scalar device ops (loss + norm, a finite check, its
+negation and a float copy, handed to the fused AdamW kernel as its `found_inf`) and a host
+record; at each sync point one host read of the pending values. The rest is fixed per run: the
+first-step checks (a forward and backward pass and the leakage hashes) and the rollback copies
+(at most every 200 steps).
 """
 
 PROFILE_NOTES = """## Where the time goes (profiles of 2026-11-23)

@@ -23,7 +23,8 @@ from .distributed import no_grad
 from .errors import ConfigError, DataError, SurefitError
 from .state import RngState
 
-MAX_HASHED = 200_000  # samples per split hashed by the leakage check (bounded cost)
+MAX_HASHED = 200_000  # in-memory samples per split hashed by the leakage check (bounded cost)
+MAX_LOADED = 5_000  # Dataset samples per split loaded for it (each __getitem__ may decode)
 
 
 @dataclass
@@ -241,7 +242,7 @@ def _sample_hashes(data: Any) -> dict[bytes, int] | None:
         rows: Any = tensors[0][:MAX_HASHED].numpy(force=True)
     elif getattr(data, "dataset", None) is not None:
         ds = data.dataset
-        rows = (ds[i] for i in range(min(len(ds), MAX_HASHED)))
+        rows = (ds[i] for i in range(min(len(ds), MAX_LOADED)))
         rows = (r[0] if isinstance(r, (tuple, list)) else r for r in rows)
         rows = (r.numpy(force=True) if isinstance(r, torch.Tensor) else r for r in rows)
     else:

@@ -125,13 +125,15 @@ class Health:
         self.snapshot_step = -(1 << 62)
 
     # -- the hot path ------------------------------------------------------------------------------
-    def step(self, precision: Any, optimizer: torch.optim.Optimizer, loss: Any, norm: Any) -> bool:
+    def step(
+        self, precision: Any, optimizer: torch.optim.Optimizer, loss: torch.Tensor, norm: Any
+    ) -> bool:
         """The optimizer step unless the loss or the grad norm is non-finite.
 
         Returns False only when the host skipped the step (the schedule must not move); a step
         skipped on the device returns True and the schedule is rewound at the next sync point.
         """
-        if not self.cfg.skip_nonfinite or loss is None or precision.scaler is not None:
+        if not self.cfg.skip_nonfinite or precision.scaler is not None:
             precision.step(optimizer)  # fp16: GradScaler skips inf/NaN gradients itself
             return True
         bad = torch.isfinite(loss + norm).logical_not_()

@@ -106,7 +106,7 @@ class Trainer:
         self._saved_step = -1
         self._saved_at = time.perf_counter()  # when the last rolling checkpoint was written
         self._executor: Any = None  # the background checkpoint writer (async_save)
-        self._pending: list[tuple[int, str, Any]] = []
+        self._pending: list[tuple[int, tuple[str, ...], Any]] = []
         self.preempted: str | None = None  # the signal that stopped the run, if one did
         self._best_due = False  # best.pt is written with the next save at this step
         bs, acc = cfg.data.batch_size, cfg.train.accumulate
@@ -191,16 +191,18 @@ class Trainer:
             )
         # the last window of an epoch can be short: divide by its real length
         self.p.precision.backward(loss / divisor if divisor > 1 else loss)  # 4
-        return loss.detach().double() * batch_size_of(batch)
+        return loss.detach()
 
-    def _optimizer_step(self, window: list[Any]) -> tuple[Any, Any, bool, float]:
-        t = self.cfg.train
+    def _optimizer_step(self, window: list[Any]) -> _Step:
+        t, c = self.cfg.train, self.counters
         self.optimizer.zero_grad(set_to_none=True)  # 1
-        loss = None
+        loss, samples = None, 0
         for i, batch in enumerate(window):  # 2-4; gradients reduced across ranks on the last
             with grad_sync(self.net, sync=i == len(window) - 1):
-                weighted = self._micro_step(batch, divisor=len(window))
-            loss = weighted if loss is None else loss + weighted
+                micro = self._micro_step(batch, divisor=len(window))
+            n = batch_size_of(batch)
+            weighted = micro.double() * n
+            loss, samples = (weighted if loss is None else loss + weighted), samples + n
         norm = self.p.precision.unscale_and_clip(  # 5
             self.optimizer, self.params, t.clip_norm, t.clip_value
         )
@@ -208,7 +210,17 @@ class Trainer:
         stepped = self.health.step(self.p.precision, self.optimizer, loss, norm)  # 6
         if stepped:
             self.p.schedule.after_optimizer_step()  # 7
-        return loss, norm, stepped, lr
+        return _Step(
+            step=c.optimizer_step + 1,
+            epoch=c.epoch,
+            batch0=c.batch_in_epoch,
+            batches=len(window),
+            samples=samples,
+            loss=loss,
+            norm=norm,
+            host_skipped=not stepped,
+            lr=lr,
+        )
 
     def _windows(self, batches: Iterable[Any]) -> Iterator[list[Any]]:
         """Group micro-batches into accumulation windows aligned to the epoch's start."""
@@ -221,27 +233,13 @@ class Trainer:
         if window:
             yield window
 
-    def _after_step(self, window: list[Any], stepped: tuple[Any, Any, bool, float]) -> None:  # 8
+    def _after_step(self, step: _Step) -> None:  # 8
         c, t = self.counters, self.cfg.train
-        samples = sum(batch_size_of(b) for b in window)
-        loss, norm, applied, lr = stepped
-        self.health.record(
-            _Step(
-                step=c.optimizer_step + 1,
-                epoch=c.epoch,
-                batch0=c.batch_in_epoch,
-                batches=len(window),
-                samples=samples,
-                loss=loss,
-                norm=norm,
-                host_skipped=not applied,
-                lr=lr,
-            )
-        )
+        self.health.record(step)  # loss and norm stay on the device until the next sync point
         c.optimizer_step += 1
-        c.batch_in_epoch += len(window)
-        c.micro_batch += len(window)
-        c.samples += samples
+        c.batch_in_epoch += step.batches
+        c.micro_batch += step.batches
+        c.samples += step.samples
         self._console().step()
         if c.optimizer_step % self.cfg.log.every_steps == 0:
             self._flush_interval()
@@ -252,7 +250,8 @@ class Trainer:
         due = (every and c.optimizer_step % every == 0) or (
             minutes and time.perf_counter() - self._saved_at >= 60 * minutes
         )
-        self.save("last" if due else "")  # and best.pt, when an evaluation just improved
+        if due or self._best_due:  # best.pt: an evaluation at this step improved
+            self.save("last" if due else "")
         if t.max_steps and c.optimizer_step >= t.max_steps:
             self.request_stop(f"reached max_steps={t.max_steps}")
         if t.max_time_s and self._elapsed() >= t.max_time_s:
@@ -506,7 +505,7 @@ class Trainer:
         )
         batches = TimedBatches(batches, self.device)  # data wait vs step, per epoch
         for window in self._windows(batches):
-            self._after_step(window, self._optimizer_step(window))
+            self._after_step(self._optimizer_step(window))
             self.stop_reason, self.preempted = stop_together(
                 self.stop_reason, self.preempted, self.device
             )

@@ -86,11 +86,12 @@ def compare(full_dir: Path, resumed_dir: Path, steps: tuple[int, int]) -> Resume
     b = CheckpointStore(resumed_dir / "checkpoints").load_latest()[0]
     differing = [k for k in sorted(set(a) | set(b)) if k != "meta" and not _equal(a[k], b[k])]
     first = None
-    for x, y in zip(_metrics(full_dir), _metrics(resumed_dir), strict=False):
+    full, resumed = _metrics(full_dir), _metrics(resumed_dir)
+    for x, y in zip(full, resumed, strict=False):
         if not _equal(x, y):
             first = int(x.get("step", -1))
             break
-    if first is None and len(_metrics(full_dir)) != len(_metrics(resumed_dir)):
+    if first is None and len(full) != len(resumed):
         differing.append("metrics.jsonl (line count)")
     result = ResumeCheck(not differing and first is None, steps, differing, first)
     result.causes = _causes(result)
