@@ -179,3 +179,24 @@ class EarlyStopping(Callback):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.best.load_state_dict(state["best"])
         self.bad_evals = int(state["bad_evals"])
+
+
+class CallbackStates:
+    """The run's callbacks as one checkpoint part: each stateful callback under its position
+    and class name."""
+
+    def __init__(self, callbacks: list[Any]) -> None:
+        self.callbacks = callbacks
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            f"{i}:{type(c).__name__}": c.state_dict()
+            for i, c in enumerate(self.callbacks)
+            if hasattr(c, "state_dict")
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for i, c in enumerate(self.callbacks):
+            key = f"{i}:{type(c).__name__}"
+            if key in state and hasattr(c, "load_state_dict"):
+                c.load_state_dict(state[key])

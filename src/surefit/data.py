@@ -165,7 +165,7 @@ class TensorData:
         size = batch_size // world
         for b in range(start_batch, count):
             idx = order[b * size : (b + 1) * size]
-            yield tuple(t.index_select(0, idx) for t in self.tensors)
+            yield tuple([t.index_select(0, idx) for t in self.tensors])
 
     def sample(self, indices: torch.Tensor, device: torch.device) -> Batch:
         """The samples at ``indices`` as one batch (to re-examine a skipped window)."""

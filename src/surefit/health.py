@@ -13,12 +13,14 @@ interval, evaluation, checkpoint), from the per-step values kept on the device u
 
 from __future__ import annotations
 
+import bisect
 import math
-import statistics
+import operator
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from itertools import repeat
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +40,7 @@ SNAPSHOT_EVERY = 200  # optimizer steps between in-memory rollback copies (and a
 LR_HIGH_FACTOR, LR_HIGH_STEPS = 5.0, 50  # pre-clip norm above 5x clip_norm for 50 steps in a row
 
 
-@dataclass
+@dataclass(slots=True)
 class _Step:
     """What the host knows of one optimizer step before the next sync point."""
 
@@ -47,10 +49,11 @@ class _Step:
     batch0: int  # first micro-batch of the window, within the epoch
     batches: int
     samples: int
-    loss: torch.Tensor  # the window's sum of loss x samples, float64, on the device
+    loss: torch.Tensor  # the micro-batch mean losses as computed (0-d for one), on the device
     norm: torch.Tensor  # pre-clip global gradient norm, on the device
     host_skipped: bool  # the step was skipped by a host read (the schedule did not move)
     lr: float = float("nan")  # the first group's learning rate this step used
+    counts: tuple[int, ...] = ()  # samples of each micro-batch (this rank's)
 
 
 @dataclass
@@ -81,8 +84,66 @@ class _Sums:
         return {k: v for k, v in vars(self).items() if k != "t0"}
 
 
-def _finite(*values: float) -> bool:
-    return all(math.isfinite(v) for v in values)
+class _LossWindow:
+    """The last ``SPIKE_WINDOW`` accepted step losses, in arrival order and sorted.
+
+    The sorted copy is kept in step with bisect, so the median is a lookup and a step costs two
+    list moves rather than a sort (the spike detector runs at every accepted step).
+    """
+
+    def __init__(self, values: Iterable[float] = ()) -> None:
+        self.order: deque[float] = deque()
+        self.sorted: list[float] = []
+        for v in values:
+            self.append(v)
+
+    def __len__(self) -> int:
+        return len(self.order)
+
+    def __iter__(self) -> Iterator[float]:
+        return iter(self.order)
+
+    def append(self, value: float) -> None:
+        if len(self.order) == SPIKE_WINDOW:
+            del self.sorted[bisect.bisect_left(self.sorted, self.order.popleft())]
+        self.order.append(value)
+        bisect.insort(self.sorted, value)
+
+    def median(self) -> float:
+        return _median(self.sorted)
+
+    def mad(self, med: float) -> float:
+        """The median absolute deviation from ``med``."""
+        return _median(sorted(map(abs, map(operator.sub, self.sorted, repeat(med)))))
+
+
+def _median(ordered: list[float]) -> float:
+    """The median of a sorted list, as ``statistics.median`` computes it."""
+    n = len(ordered)
+    return ordered[n // 2] if n % 2 else (ordered[n // 2 - 1] + ordered[n // 2]) / 2
+
+
+def _finite(loss: float, norm: float) -> bool:
+    return math.isfinite(loss) and math.isfinite(norm)
+
+
+def _pending_values(pending: list[_Step]) -> tuple[list[float], Iterator[float], list[float]]:
+    """The pending steps' values in one host read: each micro-batch's loss x samples (float64)
+    and its samples, both summed over ranks, and each step's pre-clip gradient norm."""
+    micro = [p.loss for p in pending]
+    if all(m.dim() == 0 for m in micro):
+        flat = torch.stack(micro)
+    else:
+        flat = torch.cat([m.reshape(-1) for m in micro])
+    counts = [float(n) for p in pending for n in (p.counts or (p.samples,))]
+    weights = torch.tensor(counts, dtype=torch.float64, device=flat.device)
+    # every rank decides on the same numbers: losses and samples summed over ranks (the gradient
+    # norm is already global after the gradient all-reduce)
+    summed = sum_over_ranks(torch.stack([flat.double() * weights, weights]))
+    norms = torch.stack([p.norm for p in pending]).double()
+    values = torch.cat([summed.flatten(), norms.to(summed.device)]).tolist()  # the one read
+    m = len(counts)
+    return values[:m], iter(values[m : 2 * m]), values[2 * m :]
 
 
 def _nonfinite(obj: Any) -> bool:
@@ -112,7 +173,7 @@ class Health:
         self.pending: list[_Step] = []
         self.interval, self.epoch = _Sums(), _Sums()
         self.epoch_index = -1
-        self.recent: deque[float] = deque(maxlen=SPIKE_WINDOW)
+        self.recent = _LossWindow()
         self.run_length = 0  # consecutive skipped or spiking steps
         self.steps = self.skipped = self.scaler_skips = self.spikes = self.rollbacks = 0
         self.origin_reported = False
@@ -123,6 +184,7 @@ class Health:
         self.per_step = JsonlSink(folder / "steps.jsonl") if folder else None
         self.snapshot: dict[str, Any] | None = None
         self.snapshot_step = -(1 << 62)
+        self._flags: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
 
     # -- the hot path ------------------------------------------------------------------------------
     def step(
@@ -136,18 +198,35 @@ class Health:
         if not self.cfg.skip_nonfinite or precision.scaler is not None:
             precision.step(optimizer)  # fp16: GradScaler skips inf/NaN gradients itself
             return True
-        bad = torch.isfinite(loss + norm).logical_not_()
         if all(g.get("fused") for g in optimizer.param_groups):  # (a resume may change it)
-            optimizer.grad_scale, optimizer.found_inf = None, bad.float()  # GradScaler's protocol
-            try:
+            optimizer.grad_scale, optimizer.found_inf = None, self._found(loss, norm)
+            try:  # GradScaler's protocol: the fused kernel does nothing when found_inf is 1
                 optimizer.step()
             finally:
                 del optimizer.grad_scale, optimizer.found_inf
             return True
-        if bool(bad):  # the documented per-step read: this optimizer cannot skip on the device
+        if not bool(torch.isfinite(loss + norm)):  # the documented per-step read: this
+            # optimizer cannot skip on the device
             return False
         optimizer.step()
         return True
+
+    def _found(self, loss: torch.Tensor, norm: torch.Tensor) -> torch.Tensor:
+        """A float flag on the device, 1.0 when ``loss`` or ``norm`` is NaN or Inf.
+
+        GradScaler's own check (``_amp_foreach_non_finite_check_and_unscale_``, scale 1, so the
+        values stay as they are) does it in one kernel where isfinite, not and a cast took three.
+        """
+        device = loss.device
+        if device not in self._flags:
+            self._flags[device] = (torch.zeros((), device=device), torch.ones((), device=device))
+        found, one = self._flags[device]
+        if loss.dtype == norm.dtype == torch.float32:
+            found.zero_()
+            torch._amp_foreach_non_finite_check_and_unscale_([loss, norm], found, one)
+        else:
+            torch.logical_not(torch.isfinite(loss + norm), out=found)
+        return found
 
     def record(self, step: _Step) -> None:
         if step.epoch not in self._epoch_t0:  # host time only: when the epoch's first step ended
@@ -164,17 +243,13 @@ class Health:
         if not self.pending:
             return actions
         pending, self.pending = self.pending, []
-        n = len(pending)
-        losses = torch.stack([p.loss for p in pending])
-        samples = torch.tensor([float(p.samples) for p in pending], dtype=losses.dtype)
-        # every rank decides on the same numbers: losses and samples summed over ranks (the
-        # gradient norm is already global after the gradient all-reduce)
-        summed = sum_over_ranks(torch.stack([losses, samples.to(losses.device)]))
-        norms = torch.stack([p.norm.double() for p in pending])
-        values = torch.cat([summed.flatten(), norms.to(summed.device)]).tolist()  # one read
-        for i, p in enumerate(pending):
-            loss, norm = values[i], values[2 * n + i]
-            p.samples = int(values[n + i])
+        losses, counts, norms = _pending_values(pending)
+        values = iter(losses)
+        for p, norm in zip(pending, norms, strict=True):
+            loss, samples = 0.0, 0.0
+            for _ in range(len(p.counts) or 1):  # left to right, as a device sum would add
+                loss, samples = loss + next(values), samples + next(counts)
+            p.samples = int(samples)
             self.steps += 1
             if p.epoch != self.epoch_index:
                 t0 = self._epoch_t0.get(p.epoch, time.perf_counter())
@@ -214,7 +289,7 @@ class Health:
         if self._is_spike(mean):
             self.spikes += 1
             self.run_length += 1
-            self._event("spike", step=p.step, loss=mean, median=statistics.median(self.recent))
+            self._event("spike", step=p.step, loss=mean, median=self.recent.median())
         else:
             self.run_length = 0
             self.recent.append(mean)
@@ -235,11 +310,16 @@ class Health:
                 self.log.console.line(f"warning: {what}\n  fix: {fix}")
 
     def _is_spike(self, loss: float) -> bool:
+        """``loss`` above the median by ``spike_threshold`` robust deviations (1.4826 x MAD,
+        at least 0.1 % of the median); the MAD is computed only when the floor alone would not
+        already clear ``loss``."""
         if len(self.recent) < SPIKE_MIN_HISTORY:
             return False
-        med = statistics.median(self.recent)
-        mad = statistics.median(abs(x - med) for x in self.recent)
-        scale = max(1.4826 * mad, 1e-3 * abs(med), 1e-12)
+        med = self.recent.median()
+        floor = max(1e-3 * abs(med), 1e-12)
+        if loss <= med + self.cfg.spike_threshold * floor:
+            return False
+        scale = max(1.4826 * self.recent.mad(med), floor)
         return loss > med + self.cfg.spike_threshold * scale
 
     def _reject(
@@ -390,7 +470,7 @@ class Health:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.interval, self.epoch = _Sums(**state["interval"]), _Sums(**state["epoch"])
         self.epoch_index = int(state["epoch_index"])
-        self.recent = deque((float(x) for x in state["recent"]), maxlen=SPIKE_WINDOW)
+        self.recent = _LossWindow(float(x) for x in state["recent"])
         self.run_length = int(state["run_length"])
         counts = [int(c) for c in state["counts"]]
         self.steps, self.skipped, self.scaler_skips, self.spikes, self.rollbacks = counts

@@ -135,31 +135,47 @@ def threads_for_run(choice: ThreadChoice) -> Iterator[None]:
 class TimedBatches:
     """Iterate ``batches``, adding the seconds spent waiting for each batch to ``wait_s``.
 
+    With ``window`` > 0 it yields lists of that many batches (the last may be shorter): the
+    loop's accumulation windows, grouped here so that a step passes one generator, not two.
     On CUDA the batch fetch is host work that overlaps the device's queue; the step's device time
     is bracketed by events recorded at each fetch and read at ``summary()`` (one sync per epoch).
     """
 
-    def __init__(self, batches: Iterable[Any], device: torch.device) -> None:
+    def __init__(self, batches: Iterable[Any], device: torch.device, window: int = 0) -> None:
         self.batches = batches
         self.cuda = device.type == "cuda"
+        self.window = window
         self.wait_s = 0.0
         self.count = 0
         self.t0 = time.perf_counter()
         self.events: list[Any] = []
 
     def __iter__(self) -> Iterator[Any]:
-        it = iter(self.batches)
+        return self._grouped() if self.window > 1 else self._timed(as_list=self.window == 1)
+
+    def _timed(self, as_list: bool) -> Iterator[Any]:
+        clock, it = time.perf_counter, iter(self.batches)
         while True:
-            t = time.perf_counter()
+            t = clock()
             if self.cuda:
                 self._mark()
             try:
                 batch = next(it)
             except StopIteration:
                 return
-            self.wait_s += time.perf_counter() - t
+            self.wait_s += clock() - t
             self.count += 1
-            yield batch
+            yield [batch] if as_list else batch
+
+    def _grouped(self) -> Iterator[list[Any]]:
+        window: list[Any] = []
+        for batch in self._timed(as_list=False):
+            window.append(batch)
+            if len(window) == self.window:
+                yield window
+                window = []
+        if window:
+            yield window
 
     def _mark(self) -> None:
         event = torch.cuda.Event(enable_timing=True)

@@ -10,6 +10,7 @@ import torch
 from .errors import ConfigError
 
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+_NO_AUTOCAST = contextlib.nullcontext()  # reusable: fp32 enters it at every micro-batch
 
 
 def resolve(precision: str, device: torch.device) -> str:
@@ -37,9 +38,9 @@ class Precision:
         self.scaler = torch.amp.GradScaler(device.type) if self.mode == "fp16" else None
 
     def autocast(self) -> contextlib.AbstractContextManager[Any]:
-        """torch.autocast to the run's dtype; a no-op context for fp32 (no generator per step)."""
+        """torch.autocast to the run's dtype; a shared no-op context for fp32."""
         if self.dtype is None:
-            return contextlib.nullcontext()
+            return _NO_AUTOCAST
         return torch.autocast(device_type=self.device.type, dtype=self.dtype)
 
     def backward(self, loss: torch.Tensor) -> None:

@@ -208,7 +208,7 @@ def test_health_state_round_trips():
                 i,
                 1,
                 4,
-                torch.tensor(loss * 4, dtype=torch.float64),
+                torch.tensor(loss),  # the mean loss of its one micro-batch of 4 samples
                 torch.tensor(0.5 + i),
                 host_skipped=False,
             )
