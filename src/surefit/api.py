@@ -369,7 +369,7 @@ class Run:
         self.model.to(device)
         for d in (train, val, test):
             if d is not None:
-                d.to(device)
+                d.to(device, c.data.on_device)
         precision = Precision(c.train.precision, device)
         shard(self.model, c, precision.dtype)  # fsdp: before the optimizer sees the parameters
         optimizer = self.optimizer or build_optimizer(self.model, c.optim)

@@ -47,6 +47,7 @@ PROGRESS = ("auto", "bar", "epoch", "off")
 RESUME = ("auto", "never", "must")
 MODES = ("auto", "min", "max")
 IMPLEMENTATIONS = ("auto", "foreach", "fused", "for_loop")
+ON_DEVICE = ("auto", "always", "never")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -65,6 +66,7 @@ class DataConfig:
     stratify: bool = True  # keep class proportions in that split (classification targets)
     drop_last: bool = False  # drop the last short training batch of each epoch
     num_workers: int = -1  # DataLoader workers for Dataset inputs; -1 = auto (0 on CPU-only runs)
+    on_device: str = "auto"  # one of ON_DEVICE; auto: on the GPU if under half its free memory
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -406,6 +408,7 @@ def validate(c: RunConfig) -> None:
     _choice("train.precision", c.train.precision, PRECISIONS)
     _choice("train.mode", c.train.mode, MODES)
     _choice("log.progress", c.log.progress, PROGRESS)
+    _choice("data.on_device", c.data.on_device, ON_DEVICE)
     _choice("checkpoint.resume", c.checkpoint.resume, RESUME)
     _choice("health.rollback_from", c.health.rollback_from, ROLLBACK_FROM)
     for name in c.health.skip_checks:

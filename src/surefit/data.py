@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -130,8 +130,17 @@ class TensorData:
                 f"{where} is empty (0 samples)", where=where, fix="pass a non-empty set"
             )
         self.num_samples = lengths[0]
+        self.staged: torch.device | None = None  # CUDA device batches are copied to, if any
 
-    def to(self, device: torch.device) -> TensorData:
+    def to(self, device: torch.device, on_device: str = "auto") -> TensorData:
+        """Move the tensors to ``device``; on CUDA, when ``on_device`` says so (``never``, or
+        ``auto`` with the data over half the free memory), keep them in pinned host memory and
+        copy each batch ahead on a side stream instead (see ``prefetch_to``)."""
+        self.staged = None
+        if device.type == "cuda" and not _fits_on(device, self.tensors, on_device):
+            self.tensors = tuple(t.cpu().pin_memory() for t in self.tensors)
+            self.staged = device
+            return self
         self.tensors = tuple(t.to(device) for t in self.tensors)
         return self
 
@@ -150,6 +159,18 @@ class TensorData:
         device: torch.device | None = None,
     ) -> Iterator[Batch]:
         """Yield batches of epoch ``epoch`` from batch ``start_batch`` on (this rank's share)."""
+        host = self._batches(batch_size, epoch, seed, shuffle, start_batch, drop_last)
+        return prefetch_to(host, self.staged) if self.staged is not None else host
+
+    def _batches(
+        self,
+        batch_size: int,
+        epoch: int,
+        seed: int,
+        shuffle: bool,
+        start_batch: int,
+        drop_last: bool,
+    ) -> Iterator[Batch]:
         count = self.num_batches(batch_size, drop_last)
         rank, world = shard_coords()
         if not shuffle and world == 1:
@@ -176,6 +197,50 @@ class TensorData:
         self, batch_size: int, epoch: int, seed: int, batch0: int, batches: int, drop_last: bool
     ) -> torch.Tensor:
         return _window(self, batch_size, epoch, seed, batch0, batches, drop_last)
+
+
+def _fits_on(device: torch.device, tensors: Sequence[torch.Tensor], on_device: str) -> bool:
+    """Whether in-memory data goes to the accelerator: ``always``, ``never``, or (``auto``) when
+    it takes at most half of the device's free memory, leaving the rest to the model."""
+    if on_device != "auto":
+        return on_device == "always"
+    size = sum(t.numel() * t.element_size() for t in tensors)
+    free, _ = torch.cuda.mem_get_info(device)
+    return size <= free // 2
+
+
+def prefetch_to(batches: Iterable[Batch], device: torch.device) -> Iterator[Batch]:
+    """``batches`` (host tensors) on ``device``: each is copied on a side stream while the step
+    before it runs, and the step's stream waits for its copy only (an event per batch).
+
+    Written here because torch's DataLoader prefetches worker output, not batches gathered from
+    tensors already in memory; pinned staging and its lifetime are torch's caching host
+    allocator's, and ``record_stream`` keeps the device memory until the step's stream is done.
+    """
+    stream = torch.cuda.Stream(device)
+
+    def issue(batch: Batch) -> tuple[Batch, Any]:
+        with torch.cuda.stream(stream):
+            moved = tuple(t.pin_memory().to(device, non_blocking=True) for t in batch)
+            done = torch.cuda.Event()
+            done.record(stream)
+        return moved, done
+
+    def use(pair: tuple[Batch, Any]) -> Batch:
+        batch, done = pair
+        current = torch.cuda.current_stream(device)
+        current.wait_event(done)
+        for t in batch:
+            t.record_stream(current)
+        return batch
+
+    pending = None
+    for batch in batches:
+        ready, pending = pending, issue(batch)  # the next copy starts before this step
+        if ready is not None:
+            yield use(ready)
+    if pending is not None:
+        yield use(pending)
 
 
 def _window(
@@ -243,8 +308,8 @@ class DatasetData:
         self._loaders: dict[tuple, tuple[DataLoader, EpochBatches]] = {}
         self.num_workers = -1
 
-    def to(self, device: torch.device) -> DatasetData:
-        return self
+    def to(self, device: torch.device, on_device: str = "auto") -> DatasetData:
+        return self  # batches are moved as they are made (pinned, non-blocking on CUDA)
 
     def num_batches(self, batch_size: int, drop_last: bool = False) -> int:
         return _train_count(self.num_samples, batch_size, drop_last)
@@ -308,8 +373,8 @@ class LoaderData:
         except TypeError:
             self.num_samples = None
 
-    def to(self, device: torch.device) -> LoaderData:
-        return self
+    def to(self, device: torch.device, on_device: str = "auto") -> LoaderData:
+        return self  # batches are moved as they are made (non-blocking on CUDA)
 
     def num_batches(self, batch_size: int = 0, drop_last: bool = False) -> int | None:
         try:

@@ -132,3 +132,90 @@ def test_cudnn_benchmark_only_for_non_deterministic_cuda_runs(deterministic):
     with perf._cudnn_benchmark(parts):
         assert torch.backends.cudnn.benchmark is (True if not deterministic else before)
     assert torch.backends.cudnn.benchmark is before
+
+
+# -- in-memory data kept on the host for CUDA: the policy and the side-stream prefetch ---------
+def test_on_device_policy(monkeypatch):
+    """``auto`` puts the data on the accelerator when it takes at most half its free memory."""
+    from surefit.data import _fits_on
+
+    cuda = torch.device("cuda")
+    x = [torch.zeros(1000, dtype=torch.float32)]  # 4,000 bytes
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (8_000, 80_000))
+    assert _fits_on(cuda, x, "auto")
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (7_999, 80_000))
+    assert not _fits_on(cuda, x, "auto")
+    assert _fits_on(cuda, x, "always") and not _fits_on(cuda, x, "never")
+
+
+def test_prefetch_copies_the_next_batch_before_the_step(monkeypatch):
+    """Each batch's copy is issued on the side stream before the previous batch is handed to
+    the step, and the step's stream waits on that batch's own event, then owns its memory."""
+    from surefit import data
+
+    log: list[tuple] = []
+
+    class Fake:
+        def __init__(self, name: str, where: str = "host") -> None:
+            self.name, self.where = name, where
+
+        def pin_memory(self):
+            return self
+
+        def to(self, device, non_blocking=False):
+            log.append(("copy", self.name, non_blocking, stream_now[-1]))
+            return Fake(self.name, "device")
+
+        def record_stream(self, stream):
+            log.append(("owned", self.name, stream))
+
+    class Event:
+        def __init__(self) -> None:
+            self.batch = None
+
+        def record(self, stream):
+            log.append(("recorded", stream))
+
+    class Current:
+        def wait_event(self, event):
+            log.append(("wait", event))
+
+    stream_now = ["current"]
+    current = Current()
+
+    class StreamCtx:
+        def __init__(self, stream):
+            self.stream = stream
+
+        def __enter__(self):
+            stream_now.append(self.stream)
+
+        def __exit__(self, *exc):
+            stream_now.pop()
+
+    monkeypatch.setattr(torch.cuda, "Stream", lambda device: "side")
+    monkeypatch.setattr(torch.cuda, "stream", StreamCtx)
+    monkeypatch.setattr(torch.cuda, "Event", Event)
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda device: current)
+    batches = [(Fake(f"x{i}"), Fake(f"y{i}")) for i in range(3)]
+    out = []
+    for batch in data.prefetch_to(iter(batches), torch.device("cuda")):
+        out.append(tuple(t.name for t in batch))
+        log.append(("step", batch[0].name))
+    assert out == [("x0", "y0"), ("x1", "y1"), ("x2", "y2")]
+    assert all(t.where == "device" for t in batch)
+    copies = [e for e in log if e[0] == "copy"]
+    assert all(nb and stream == "side" for _, _, nb, stream in copies)  # async, side stream
+    order = [e[1] for e in log if e[0] in ("copy", "step") and e[1].startswith("x")]
+    assert order == ["x0", "x1", "x0", "x2", "x1", "x2"]  # copy i+1 precedes step i
+    waits = [e for e in log if e[0] == "wait"]
+    assert len(waits) == 3 and len({id(e[1]) for e in waits}) == 3  # one event per batch
+    assert [e[1] for e in log if e[0] == "owned"] == ["x0", "y0", "x1", "y1", "x2", "y2"]
+    assert list(data.prefetch_to(iter([]), torch.device("cuda"))) == []
+
+
+def test_on_device_choice_is_checked():
+    from surefit.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="on_device"):
+        sf.fit(torch.nn.Linear(2, 2), (torch.zeros(4, 2), torch.zeros(4).long()), on_device="gpu")
