@@ -12,19 +12,22 @@ import torch
 import torch.nn.functional as F
 
 
-def _recipe(epochs: int, run_dir: str) -> Any:
+def _recipe(epochs: int, run_dir: str, auto_threads: bool = False) -> Any:
+    """The default recipe as shipped, for ``epochs``, on the bench's thread count (as (a)), or
+    with its own choice (``train.threads = 0``) when ``auto_threads``."""
     from surefit import config, recipes
 
     _, text = recipes.source(recipes.DEFAULT)
     cfg = config.from_dict(config.parse_toml(text, where="recipe"))
-    return cfg.replace(train={"epochs": epochs, "run_dir": run_dir})
+    threads = 0 if auto_threads else torch.get_num_threads()
+    return cfg.replace(train={"epochs": epochs, "run_dir": run_dir, "threads": threads})
 
 
-def surefit_run(epochs: int) -> dict[str, Any]:
+def surefit_run(epochs: int, auto_threads: bool = False) -> dict[str, Any]:
     from surefit import recipes
 
     with tempfile.TemporaryDirectory() as tmp:
-        cfg = _recipe(epochs, f"{tmp}/run")
+        cfg = _recipe(epochs, f"{tmp}/run", auto_threads)
         t0 = time.perf_counter()
         r = recipes.run(cfg)
         seconds = time.perf_counter() - t0
@@ -90,4 +93,6 @@ def run_accuracy(who: str, epochs: int) -> dict[str, Any]:
     import os
 
     torch.set_num_threads(int(os.environ.get("BENCH_THREADS", "2")))
-    return surefit_run(epochs) if who == "surefit" else hand_run(epochs)
+    if who == "hand":
+        return hand_run(epochs)
+    return surefit_run(epochs, auto_threads=who == "surefit-auto")

@@ -164,26 +164,30 @@ def import_times(quick: bool, repeats: int, lines: list[str]) -> None:
 
 def to_accuracy(quick: bool, repeats: int, lines: list[str]) -> None:
     epochs = "10" if quick else "100"
-    walls: dict[str, list[float]] = {"surefit": [], "hand": []}
-    accs: dict[str, list[float]] = {"surefit": [], "hand": []}
+    walls: dict[str, list[float]] = {"surefit": [], "hand": [], "surefit-auto": []}
+    accs: dict[str, list[float]] = {k: [] for k in walls}
     for _ in range(repeats):
         for who in walls:
             r = spawn(["--accuracy", who, epochs], timeout=1800)
             walls[who].append(r["seconds"])
             accs[who].append(r["test_accuracy"])
     s, h = statistics.median(walls["surefit"]), statistics.median(walls["hand"])
+    sa = statistics.median(walls["surefit-auto"])
     lines += [
         "## The default recipe to test accuracy",
         "",
         f"`mnist1d-cnn` for {epochs} epochs (3,600 train / 400 val, batch 100, AdamW lr 1e-2, "
         "warmup-cosine to 1 %, clip 1.0, an evaluation per epoch, the test set at the end), "
-        "surefit's recipe run (run directory and checkpoints at their defaults) against (a) "
+        "surefit's recipe run (run directory, checkpoints and logs at their defaults, the bench's "
+        "thread count as for (a)) against (a) "
         f"with the same schedule, fresh processes, {repeats} repeats interleaved, load {load()}.",
         "",
         "| loop | seconds (median) | test accuracy (each run) | ratio to (a) |",
         "|---|---|---|---|",
         f"| (a) hand-written | {h:.1f} | {_accs(accs['hand'])} | 1.000 |",
         f"| surefit recipe | {s:.1f} | {_accs(accs['surefit'])} | {s / h:.3f} |",
+        f"| surefit recipe, `train.threads = 0` (its own choice) | {sa:.1f} | "
+        f"{_accs(accs['surefit-auto'])} | {sa / h:.3f} |",
         "",
     ]
 

@@ -30,6 +30,7 @@ def render() -> str:
         "task.name": config.TASKS, "task.loss": config.LOSSES[1:], "optim.name": config.OPTIMIZERS,
         "optim.implementation": config.IMPLEMENTATIONS, "schedule.name": config.SCHEDULES,
         "train.precision": config.PRECISIONS, "train.mode": config.MODES,
+        "train.channels_last": config.TOGGLES, "data.on_device": config.TOGGLES,
         "log.progress": config.PROGRESS, "checkpoint.resume": config.RESUME,
         "distributed.strategy": config.STRATEGIES,
     }  # fmt: skip

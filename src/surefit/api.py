@@ -16,13 +16,14 @@ from .checkpoint import CheckpointStore, atomic_write_text, check_resume_fits, f
 from .checks import Finding, raise_first, run_checks
 from .config import RunConfig
 from .data import DatasetData, TensorData, as_data, split_validation
-from .distributed import is_rank_zero, process_group, resolve_device, shard
+from .distributed import is_rank_zero, process_group, resolve_device, shard, strategy
 from .errors import ConfigError
 from .log import Console, RunLog, summary
 from .loop import Parts, Trainer, compute_batch, evaluate_data
 from .optim import build_optimizer
 from .precision import Precision
 from .schedule import Schedule, build_schedule
+from .speed import Note, activation_checkpointing, prepare, record, reported_fallback
 from .state import RngState, seed_everything, set_deterministic
 from .tasks import Task, build_task, infer_task
 
@@ -100,6 +101,8 @@ def _normalise(key: str, value: Any) -> Any:
         return 0
     if key == "checkpoint.resume" and isinstance(value, bool):
         return "must" if value else "never"
+    if key == "train.channels_last" and isinstance(value, bool):
+        return "on" if value else "off"
     if key == "checkpoint.resume" and value is None:
         return "never"
     if key == "train.run_dir":
@@ -354,8 +357,11 @@ class Run:
         task_cfg = dataclasses.replace(self.cfg.task, name=name)
         return build_task(task_cfg, self.loss, teacher=self.teacher)
 
-    def _build(self) -> tuple[Trainer, Parts, Path | None, CheckpointStore | None, bool]:
-        """Every part of the run, built and checked; nothing is written yet."""
+    def _build(
+        self,
+    ) -> tuple[Trainer, Parts, Path | None, CheckpointStore | None, bool, list[Note]]:
+        """Every part of the run, built and checked, and the set-up decisions to record;
+        nothing is written yet."""
         c = self.cfg
         for cb in self.callbacks:
             check_callback(cb)
@@ -370,6 +376,7 @@ class Run:
         for d in (train, val, test):
             if d is not None:
                 d.to(device, c.data.on_device)
+        notes = prepare(self.model, c, device, strategy(c))  # channels_last, before the optimizer
         precision = Precision(c.train.precision, device)
         shard(self.model, c, precision.dtype)  # fsdp: before the optimizer sees the parameters
         optimizer = self.optimizer or build_optimizer(self.model, c.optim)
@@ -400,7 +407,8 @@ class Run:
             store=store,
             run_dir=run_dir,
         )
-        trainer = Trainer(parts)
+        with reported_fallback():  # a compile fallback is one of the notes
+            trainer = Trainer(parts)
         parts.schedule = self.schedule or build_schedule(
             c.schedule,
             optimizer,
@@ -414,7 +422,7 @@ class Run:
                 where="schedule.name",
                 fix="pass val=..., or val_fraction=0.1",
             )
-        return trainer, parts, run_dir, store, resuming
+        return trainer, parts, run_dir, store, resuming, notes
 
     def checks(self, trainer: Trainer, parts: Parts) -> list[Finding]:
         """The first-step checks (see checks.py) on this run's model and data."""
@@ -437,16 +445,21 @@ class Run:
 
     def doctor(self) -> list[Finding]:
         """Run every first-step check without training or writing anything."""
-        trainer, parts, *_ = self._build()
-        return self.checks(trainer, parts)
+        with activation_checkpointing(self.model, self.cfg.train.activation_checkpointing):
+            trainer, parts, *_ = self._build()
+            return self.checks(trainer, parts)
 
     def execute(self) -> FitResult:
-        with process_group(self.cfg.train.device, self.cfg.distributed.timeout_s):
+        c = self.cfg
+        with (
+            process_group(c.train.device, c.distributed.timeout_s),
+            activation_checkpointing(self.model, c.train.activation_checkpointing),  # before fsdp
+        ):
             return self._execute()
 
     def _execute(self) -> FitResult:
         c = self.cfg
-        trainer, parts, run_dir, store, resuming = self._build()
+        trainer, parts, run_dir, store, resuming, notes = self._build()
         findings = self.checks(trainer, parts)
         raise_first(findings)  # before anything is written
         check = None
@@ -484,6 +497,7 @@ class Run:
             run_dir.mkdir(parents=True, exist_ok=True)
             atomic_write_text(run_dir / "config.toml", cfgmod.to_toml(c))
             log.event("resume" if resuming else "start", step=trainer.counters.optimizer_step)
+        record(notes, log)
         if check is not None:
             console.line(check.report())
             log.event("resume_check", **dataclasses.asdict(check))

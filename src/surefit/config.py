@@ -47,7 +47,7 @@ PROGRESS = ("auto", "bar", "epoch", "off")
 RESUME = ("auto", "never", "must")
 MODES = ("auto", "min", "max")
 IMPLEMENTATIONS = ("auto", "foreach", "fused", "for_loop")
-ON_DEVICE = ("auto", "always", "never")
+TOGGLES = ("auto", "on", "off")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -66,7 +66,7 @@ class DataConfig:
     stratify: bool = True  # keep class proportions in that split (classification targets)
     drop_last: bool = False  # drop the last short training batch of each epoch
     num_workers: int = -1  # DataLoader workers for Dataset inputs; -1 = auto (0 on CPU-only runs)
-    on_device: str = "auto"  # one of ON_DEVICE; auto: on the GPU if under half its free memory
+    on_device: str = "auto"  # one of TOGGLES; auto: on the GPU if under half its free memory
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -128,7 +128,9 @@ class TrainConfig:
     seed: int = 0  # drives python, numpy, torch and the data order
     deterministic: bool = False  # torch deterministic algorithms (and cudnn flags on CUDA)
     device: str = "auto"  # "auto", "cpu", "cuda", "cuda:1", "mps"
-    compile: bool = False  # run the model through torch.compile
+    compile: bool = False  # run the model through torch.compile; eagerly (one warning) if it fails
+    channels_last: str = "auto"  # one of TOGGLES; NHWC conv weights; auto = on for convs on CUDA
+    activation_checkpointing: list = field(default_factory=list)  # block class names to recompute
     threads: int = 0  # torch intra-op CPU threads for the run; 0 = auto (1 for small models)
     eval_every_steps: int = 0  # optimizer steps between evaluations; 0 = at each epoch's end
     monitor: str = ""  # metric that defines "best"; "" = val_loss
@@ -407,8 +409,12 @@ def validate(c: RunConfig) -> None:
     _choice("schedule.name", c.schedule.name, SCHEDULES)
     _choice("train.precision", c.train.precision, PRECISIONS)
     _choice("train.mode", c.train.mode, MODES)
+    _choice("train.channels_last", c.train.channels_last, TOGGLES)
+    for name in c.train.activation_checkpointing:
+        ok = isinstance(name, str) and name.isidentifier()
+        _require(ok, "train.activation_checkpointing", name, "module class names, e.g. ['Block']")
     _choice("log.progress", c.log.progress, PROGRESS)
-    _choice("data.on_device", c.data.on_device, ON_DEVICE)
+    _choice("data.on_device", c.data.on_device, TOGGLES)
     _choice("checkpoint.resume", c.checkpoint.resume, RESUME)
     _choice("health.rollback_from", c.health.rollback_from, ROLLBACK_FROM)
     for name in c.health.skip_checks:
@@ -468,6 +474,14 @@ def validate(c: RunConfig) -> None:
     _require(0 < s.plateau_factor < 1, "schedule.plateau_factor", s.plateau_factor, "(0, 1)")
     _require(s.restart_mult >= 1, "schedule.restart_mult", s.restart_mult, "an integer >= 1")
     t = c.train
+    if t.compile and t.activation_checkpointing:
+        raise ConfigError(
+            "train.activation_checkpointing does not work under train.compile (torch.compile "
+            "breaks its graph at the checkpoint hooks, and the recomputation then fails)",
+            where="train.activation_checkpointing",
+            fix="use one of the two, or call torch.utils.checkpoint.checkpoint in the model's "
+            "forward, which torch.compile traces",
+        )
     _require(t.epochs >= 0, "train.epochs", t.epochs, "an integer >= 1 (0 = default)")
     _require(t.max_steps >= 0, "train.max_steps", t.max_steps, "0 (no limit) or more")
     _require(t.max_time_s >= 0, "train.max_time_s", t.max_time_s, "0 (no limit) or more")

@@ -133,7 +133,7 @@ class TensorData:
         self.staged: torch.device | None = None  # CUDA device batches are copied to, if any
 
     def to(self, device: torch.device, on_device: str = "auto") -> TensorData:
-        """Move the tensors to ``device``; on CUDA, when ``on_device`` says so (``never``, or
+        """Move the tensors to ``device``; on CUDA, when ``on_device`` says so (``off``, or
         ``auto`` with the data over half the free memory), keep them in pinned host memory and
         copy each batch ahead on a side stream instead (see ``prefetch_to``)."""
         self.staged = None
@@ -200,10 +200,10 @@ class TensorData:
 
 
 def _fits_on(device: torch.device, tensors: Sequence[torch.Tensor], on_device: str) -> bool:
-    """Whether in-memory data goes to the accelerator: ``always``, ``never``, or (``auto``) when
+    """Whether in-memory data goes to the accelerator: ``on``, ``off``, or (``auto``) when
     it takes at most half of the device's free memory, leaving the rest to the model."""
     if on_device != "auto":
-        return on_device == "always"
+        return on_device == "on"
     size = sum(t.numel() * t.element_size() for t in tensors)
     free, _ = torch.cuda.mem_get_info(device)
     return size <= free // 2

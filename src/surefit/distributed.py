@@ -21,6 +21,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from .config import RunConfig
 from .errors import ConfigError
+from .speed import compiled
 
 
 def _initialized() -> bool:
@@ -245,8 +246,9 @@ def _is_sharded(model: nn.Module) -> bool:
 
 
 def wrap(model: nn.Module, cfg: RunConfig, device: torch.device) -> nn.Module:
-    """What runs: the model under DDP (several processes), compiled when asked; FSDP shards in
-    place (see ``shard``), so there the model itself runs."""
+    """What runs: the model under DDP (several processes), compiled when asked (eagerly, with a
+    warning, where torch.compile cannot run: see ``speed.compile_problem``); FSDP shards in place
+    (see ``shard``), so there the model itself runs."""
     net = model
     kind = strategy(cfg)
     if kind == "ddp":
@@ -258,7 +260,7 @@ def wrap(model: nn.Module, cfg: RunConfig, device: torch.device) -> nn.Module:
             where="distributed.strategy",
             fix="call surefit.distributed.shard(model, config, dtype) first, or use fit()",
         )
-    return torch.compile(net) if cfg.train.compile else net
+    return compiled(net, device) if cfg.train.compile else net
 
 
 @contextlib.contextmanager

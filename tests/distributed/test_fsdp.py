@@ -48,6 +48,14 @@ def test_resume_on_two_processes_is_exact(fsdp_out: Path) -> None:
         assert torch.equal(resumed[k], straight[k]), k
 
 
+def test_activation_checkpointing_under_fsdp_changes_nothing(fsdp_out: Path) -> None:
+    checkpointed = torch.load(fsdp_out / "weights-6-checkpointed.pt")
+    straight = torch.load(fsdp_out / "weights-6-straight.pt")
+    assert checkpointed.keys() == straight.keys()
+    for k in straight:
+        assert torch.equal(checkpointed[k], straight[k]), k
+
+
 def test_resume_on_one_process_continues_the_run(fsdp_out: Path, tmp_path: Path) -> None:
     import shutil
 

@@ -147,7 +147,9 @@ class SaveFull:
             torch.save(weights, self.path)
 
 
-def fsdp_fit(run_dir: Path, steps: int, save_to: Path | None = None) -> nn.Module:
+def fsdp_fit(
+    run_dir: Path, steps: int, save_to: Path | None = None, **options: object
+) -> nn.Module:
     """The FSDP scenario's fit: SGD, because Adam turns the reduction-order noise of gradients
     that are zero in exact arithmetic (attention key biases) into whole learning-rate steps."""
     import surefit as sf
@@ -163,14 +165,15 @@ def fsdp_fit(run_dir: Path, steps: int, save_to: Path | None = None) -> nn.Modul
         strategy="fsdp",
         clip_norm=0.05,  # below the gradient norm: every step clips, with the global norm
         callbacks=[SaveFull(save_to)] if save_to else [],
-        **{**COMMON, "optimizer": "sgd", "lr": 0.1},
+        **{**COMMON, "optimizer": "sgd", "lr": 0.1, **options},
     )
     return model
 
 
 def fsdp(out: Path) -> None:
     """Train to step 4 with checkpoints; keep a copy of that run; resume it to step 6; and run
-    0 -> 6 uninterrupted in another run directory."""
+    0 -> 6 uninterrupted in another run directory, and once more with the blocks' activations
+    recomputed in backward (checkpointing applied before fully_shard)."""
     import shutil
 
     fsdp_fit(out / "run", 4, out / "weights-4.pt")
@@ -178,6 +181,8 @@ def fsdp(out: Path) -> None:
         shutil.copytree(out / "run", out / "run-at-4")
     fsdp_fit(out / "run", 6, out / "weights-6-resumed.pt")
     fsdp_fit(out / "straight", 6, out / "weights-6-straight.pt")
+    checkpointed = out / "weights-6-checkpointed.pt"
+    fsdp_fit(out / "checkpointed", 6, checkpointed, activation_checkpointing=["Block"])
 
 
 class Fail:

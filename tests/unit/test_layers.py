@@ -24,7 +24,7 @@ LAYERS: list[set[str]] = [
     {"api", "selfcheck"},
     {"loop"},
     {"callbacks", "checkpoint", "log", "loggers", "health", "checks"},
-    {"precision", "schedule", "optim", "tasks", "metrics", "data", "distributed", "perf"},
+    {"precision", "schedule", "optim", "tasks", "metrics", "data", "distributed", "perf", "speed"},
     {"state"},
     {"report", "compare"},  # read run directories only
     {"config"},

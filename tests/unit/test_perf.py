@@ -145,7 +145,7 @@ def test_on_device_policy(monkeypatch):
     assert _fits_on(cuda, x, "auto")
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (7_999, 80_000))
     assert not _fits_on(cuda, x, "auto")
-    assert _fits_on(cuda, x, "always") and not _fits_on(cuda, x, "never")
+    assert _fits_on(cuda, x, "on") and not _fits_on(cuda, x, "off")
 
 
 def test_prefetch_copies_the_next_batch_before_the_step(monkeypatch):
