@@ -228,6 +228,14 @@ def health_section(quick: bool, repeats: int, lines: list[str]) -> None:
     )
 
 
+def memory_section(quick: bool, repeats: int, lines: list[str]) -> None:
+    cmd = [sys.executable, str(HERE / "memory.py"), "--repeats", str(repeats),
+           "--threads", os.environ["BENCH_THREADS"], *(["--quick"] if quick else [])]  # fmt: skip
+    out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, check=True).stdout
+    lines += ["## Activation checkpointing (`bench/memory.py`)", "", f"Load {load()}.", "",
+              *out.strip().splitlines(), ""]  # fmt: skip
+
+
 def header(quick: bool, repeats: int) -> list[str]:
     import torch
 
@@ -303,6 +311,7 @@ SECTIONS = {
     "accuracy": to_accuracy,
     "checkpoint": checkpoint_section,
     "health": health_section,
+    "memory": memory_section,
 }
 RESULTS = HERE / "results"  # one file per section; docs/benchmarks.md joins those present
 
@@ -331,7 +340,7 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2, help="torch threads of every run")
     p.add_argument("--repeats", type=int, default=0, help="repeats (default 3, --quick 1)")
     p.add_argument("--skip", default="", help="comma list of sections to skip: throughput,"
-                   "import,accuracy,checkpoint,health")  # fmt: skip
+                   "import,accuracy,checkpoint,health,memory")  # fmt: skip
     args = p.parse_args()
     if args.worker:
         print(json.dumps(worker(args.worker[0], args.worker[1], int(args.worker[2]))))
