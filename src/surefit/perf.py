@@ -20,9 +20,11 @@ from typing import Any
 import torch
 from torch import nn
 
-# Forward FLOPs per batch under which a run takes one CPU thread: bench/'s tiny MLP (20 MFLOP per
-# batch) steps faster on one thread than on two; the default recipe's CNN is 39 MFLOP.
+# Forward FLOPs per batch under which a run counts as small: bench/'s tiny MLP (20 MFLOP per
+# batch) ran 7-40x slower on two threads than on one on a loaded 2-core machine, and 1.3x faster
+# on an idle one; the default recipe's CNN is 39 MFLOP.
 ONE_THREAD_FLOPS = 30e6
+IDLE_LOAD = 0.5  # load average of other processes under which a small model takes every core
 WAIT_WARNING_SHARE = 0.2  # the input-bound warning fires above this share of an epoch's time
 
 
@@ -98,27 +100,31 @@ def choose_threads(
     cores: int | None = None,
     load: float | None = None,
 ) -> ThreadChoice:
-    """The intra-op thread count: ``requested`` when > 0; else on CPU one thread for a small
-    model, and otherwise the cores that other processes leave free (the 1-minute load average
-    less this process), at most what torch uses now and at least one."""
+    """The intra-op thread count: ``requested`` when > 0; else, on CPU, the cores that other
+    processes leave free (the 1-minute load average less this process, rounded), at most what
+    torch uses now and at least one. A small model takes one thread unless the machine is idle
+    apart from this process: it gains least from a second thread and loses most (several times
+    its speed) when that thread has to wait for a busy core."""
     previous = torch.get_num_threads()
     if requested > 0:
         return ThreadChoice(requested, previous, f"train.threads = {requested}")
     if device.type != "cpu":
         return ThreadChoice(previous, previous, f"torch's default on {device.type}")
-    if flops is not None and flops < ONE_THREAD_FLOPS:
-        mflops = flops / 1e6
-        return ThreadChoice(1, previous, f"small model: {mflops:.0f} MFLOP per forward batch")
     if cores is None and hasattr(os, "sched_getaffinity"):
         cores = len(os.sched_getaffinity(0))
     if load is None and hasattr(os, "getloadavg"):
         load = os.getloadavg()[0]
+    small = flops is not None and flops < ONE_THREAD_FLOPS
+    size = f"{flops / 1e6:.0f} MFLOP per forward batch" if flops is not None else ""
     if cores is None or load is None:
+        if small:
+            return ThreadChoice(1, previous, f"small model: {size}")
         return ThreadChoice(previous, previous, "torch's default")
-    free = max(1, min(previous, int(cores - max(0.0, load - 1.0))))
-    why = f"{cores} cores, load average {load:.1f}"
-    if flops is not None:
-        why += f", {flops / 1e6:.0f} MFLOP per forward batch"
+    others = max(0.0, load - 1.0)  # the load average counts this process too
+    if small and others >= IDLE_LOAD:
+        return ThreadChoice(1, previous, f"small model ({size}), load average {load:.1f}")
+    free = max(1, min(previous, round(cores - others)))
+    why = f"{cores} cores, load average {load:.1f}" + (f", {size}" if size else "")
     return ThreadChoice(free, previous, why)
 
 

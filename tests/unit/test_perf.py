@@ -31,11 +31,20 @@ def test_auto_picks_fused_where_torch_has_it_and_torch_default_elsewhere():
 def test_thread_choice():
     cpu = torch.device("cpu")
     assert perf.choose_threads(3, cpu, None).threads == 3
-    assert perf.choose_threads(0, cpu, 1_000_000).threads == 1  # small model
     before = torch.get_num_threads()
+    # a small model: one thread unless nothing else runs (the load counts this process)
+    assert perf.choose_threads(0, cpu, 1_000_000, cores=2, load=1.6).threads == 1
+    idle = perf.choose_threads(0, cpu, 1_000_000, cores=2, load=1.2)
+    assert idle.threads == min(2, before)
     # a big model: the free cores, at most torch's current count, at least one
     assert perf.choose_threads(0, cpu, 10**10, cores=64, load=1.0).threads == before
     assert perf.choose_threads(0, cpu, 10**10, cores=2, load=5.0).threads == 1
+    torch.set_num_threads(2)
+    try:  # rounded: 0.4 of a core busy elsewhere leaves two; an idle machine, two for small too
+        assert perf.choose_threads(0, cpu, 10**10, cores=2, load=1.4).threads == 2
+        assert perf.choose_threads(0, cpu, 1_000_000, cores=2, load=1.2).threads == 2
+    finally:
+        torch.set_num_threads(before)
     assert perf.choose_threads(0, torch.device("cuda"), None).threads == before
 
 
