@@ -279,30 +279,40 @@ first-step checks (a forward and backward pass and the leakage hashes) and the r
 
 PROFILE_NOTES = """## Where the time goes (profiles of 2026-11-23)
 
-- Threads: on this shared 2-core machine at a load average of 7-11, every 2-thread run was 7-40
-  times slower than the same run on one thread (OpenMP threads wait for a core held by another
-  process): in a `--quick` pass at 2 threads, (a+) made 11 steps/s on `tiny` where surefit with
-  `threads = 0` (auto, which picked one thread) made 211. The tables above therefore use
-  `--threads 1`; `train.threads = 0` makes that choice by itself (see docs/loop.md).
-- Optimizer kernel: surefit's default is now torch's fused AdamW on CPU; that is (a+)'s gain
-  over (a) on `tiny`. On `small` the convolutions dominate and the kernel barely matters.
-- On `tiny` at one thread, surefit made 1.02 x (a) and 0.87 x (a+) in a run at 07:04-07:08,
-  and 1.07 x (a) and 0.86 x (a+) in the run above, after a constant schedule stopped stepping
-  its torch scheduler: the issue's goal of 0.95 x (a+) is not met. The gap is about 0.2 ms per
-  optimizer step. What surefit adds: set-up inside `fit()` (about 25 ms, 50 ms with the FLOP
-  count that picks the thread count; 0.04 ms a step over these 640 steps), the per-epoch
-  bookkeeping (a read of the epoch sums, the epoch line, the data-wait event), and per step
-  four in-place sums on the device, the batch-fetch clock, the accumulation-window generator
-  and the event dispatch. Next: one device sum vector instead of four scalars, and a profile
-  without cProfile's own overhead (py-spy) to rank the rest.
-- `small` varies by up to 1.5x between repeats of the same loop at this load (see the runs
-  column; (a+) even came out below (a)); its ratios are not conclusive.
-- The default-recipe run: multiclass accuracy and top-k are now surefit's own device-side counts,
-  so a run no longer imports torchmetrics (about 1 s on a quiet machine, 2.5 s under load, most of
-  it scipy.signal); that took the ratio from 1.26 to 1.08 in two runs of the same hour. What
-  remains: checkpoints at every epoch end and on every new best, the first-step checks, and top-5
-  besides accuracy at each of the 100 evaluations; (a) computes loss and accuracy at each
-  evaluation and writes nothing.
+- `tiny` against (a+): surefit reaches about 0.9 x (a+) at 2 threads (0.92 at 1 thread in paired
+  in-process runs), short of the 0.95 goal, and above (a) with torch's default AdamW. Adding
+  surefit's parts one at a time to (a+) in the same process (paired, order alternating, 11-15
+  rounds): its data path and task code 0.986-0.988 x (a+); the non-finite guard takes it to
+  0.93-0.94 (the finiteness flag, and the fused kernel's `found_inf` path, in which torch
+  subtracts the flag from every parameter's step count with `_foreach_sub_`: on CPU one small op
+  per parameter tensor); the per-step records, the sync-point bookkeeping (spike median/MAD,
+  interval and epoch sums) and the per-epoch line and data-wait event take it to about 0.92. The
+  guard alone is the same 2-3 % measured on its own; surefit without it made 0.943 x (a+).
+- Trimmed this round: the per-micro-batch `double() * n` weighting moved to the sync point
+  (host), GradScaler's one-kernel finiteness check replaces isfinite/not/cast, gradients are set
+  to None directly instead of through `Optimizer.zero_grad` (its profiler scope and grouping),
+  accumulation windows are grouped inside the data-wait timer, no distributed probe per step
+  with one process, and the spike detector's median comes from a bisect-sorted window (its MAD
+  only when the median alone does not decide).
+- Threads: the `threads auto` rows are `train.threads = 0`. With the machine idle apart from the
+  run, it now gives a small model every core (on the idle machine the tiny MLP ran 1.3x faster
+  on two threads); under load it keeps one thread, where two threads ran 7-40x slower (load
+  average 7-11 on 2 cores). The load average counts the run's own process and lags by a minute,
+  so a run started right after another one may still see it.
+- The default-recipe run: surefit's extra time over (a) is about 4 ms per epoch in fresh
+  processes (0.4 s over 100 epochs): the epoch-end checkpoint (serialization about 1-3 ms, the
+  state copy, two atomic writes with their fsyncs, the manifest) and best.pt on improvements; in
+  one process, 30 epochs, the two runs were within 1 % (2.10 s vs 2.08 s). A run with
+  `checkpoint.at_epoch_end = false` saves only at the end (and every `every_steps`).
+- `small` (the CNN) varies by up to 1.4x between repeats of the same loop (see the runs column);
+  two full runs of this table the same hour gave surefit 0.93 and 0.79 x (a). Paired in one
+  process (7 rounds, order alternating, 4 epochs, 2 threads): surefit 1.04 x (a), 0.94 x (a+).
+- The accuracy table's `threads = 0` row: there the previous run's two busy threads were still in
+  the 1-minute load average when the next process started, so surefit's choice saw a loaded
+  machine and took one thread (its test accuracy, 0.947, is the one-thread run's). A choice made
+  at start from a lagging average is the limit of the heuristic; pin `train.threads` for
+  back-to-back jobs on a machine you know.
+- No CUDA machine was available: the GPU table (bf16, char-gpt tokens/s and MFU) is not measured.
 """
 
 SECTIONS = {
