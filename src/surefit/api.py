@@ -12,7 +12,13 @@ from torch import nn
 
 from . import config as cfgmod
 from .callbacks import EarlyStopping, auto_mode, check_callback
-from .checkpoint import CheckpointStore, atomic_write_text, check_resume_fits, for_strategy
+from .checkpoint import (
+    CheckpointStore,
+    atomic_write_text,
+    check_resume_fits,
+    for_strategy,
+    open_run_dir,
+)
 from .checks import Finding, raise_first, run_checks
 from .config import RunConfig
 from .data import DatasetData, TensorData, as_data, split_validation
@@ -165,35 +171,6 @@ def _total_steps(cfg: RunConfig, trainer_steps_per_epoch: int | None) -> int:
         return max_steps
     total = epochs * trainer_steps_per_epoch
     return min(total, max_steps) if max_steps else total
-
-
-def _prepare_run_dir(cfg: RunConfig) -> tuple[Path | None, CheckpointStore | None, bool]:
-    """(run_dir, store, resuming) without writing anything yet."""
-    if not cfg.train.run_dir:
-        if cfg.checkpoint.resume == "must":
-            raise ConfigError(
-                "resume='must' needs a run_dir",
-                where="run_dir",
-                fix="pass run_dir= of the run to continue",
-            )
-        return None, None, False
-    run_dir = Path(cfg.train.run_dir)
-    store = CheckpointStore(run_dir / "checkpoints", cfg.checkpoint.keep_last)
-    has = store.has_checkpoint()
-    mode = cfg.checkpoint.resume
-    if mode == "must" and not has:
-        raise ConfigError(
-            f"no checkpoint to resume from in {run_dir}",
-            where="resume",
-            fix="check the run directory, or use resume='auto'",
-        )
-    if mode == "never" and (has or (run_dir / "metrics.jsonl").exists()):
-        raise ConfigError(
-            f"{run_dir} already holds a run; starting afresh would mix two runs",
-            where="run_dir",
-            fix="choose a new run_dir, delete the old one, or resume it with resume='auto'",
-        )
-    return run_dir, store, has and mode != "never"
 
 
 def fit(
@@ -365,7 +342,7 @@ class Run:
         c = self.cfg
         for cb in self.callbacks:
             check_callback(cb)
-        run_dir, store, resuming = _prepare_run_dir(c)
+        run_dir, store, resuming = open_run_dir(c)
         seed_everything(c.train.seed)
         if c.train.deterministic:
             set_deterministic(True)

@@ -24,7 +24,8 @@ from typing import Any
 import torch
 
 from . import distributed
-from .errors import CheckpointError
+from .config import RunConfig
+from .errors import CheckpointError, ConfigError
 
 MANIFEST = "MANIFEST.json"
 
@@ -412,3 +413,33 @@ def preemption_signals(on_signal: Callable[[str], None]) -> Iterator[None]:
     finally:
         for n in names:
             signal.signal(getattr(signal, n), previous[n])
+
+
+def open_run_dir(cfg: RunConfig) -> tuple[Path | None, CheckpointStore | None, bool]:
+    """(run_dir, store, resuming) of a config, checked against what its folder holds
+    (``checkpoint.resume``); nothing is written yet."""
+    if not cfg.train.run_dir:
+        if cfg.checkpoint.resume == "must":
+            raise ConfigError(
+                "resume='must' needs a run_dir",
+                where="run_dir",
+                fix="pass run_dir= of the run to continue",
+            )
+        return None, None, False
+    run_dir = Path(cfg.train.run_dir)
+    store = CheckpointStore(run_dir / "checkpoints", cfg.checkpoint.keep_last)
+    has = store.has_checkpoint()
+    mode = cfg.checkpoint.resume
+    if mode == "must" and not has:
+        raise ConfigError(
+            f"no checkpoint to resume from in {run_dir}",
+            where="resume",
+            fix="check the run directory, or use resume='auto'",
+        )
+    if mode == "never" and (has or (run_dir / "metrics.jsonl").exists()):
+        raise ConfigError(
+            f"{run_dir} already holds a run; starting afresh would mix two runs",
+            where="run_dir",
+            fix="choose a new run_dir, delete the old one, or resume it with resume='auto'",
+        )
+    return run_dir, store, has and mode != "never"
