@@ -286,8 +286,8 @@ PROFILE_NOTES = """## Where the time goes (profiles of 2026-11-23)
   0.93-0.94 (the finiteness flag, and the fused kernel's `found_inf` path, in which torch
   subtracts the flag from every parameter's step count with `_foreach_sub_`: on CPU one small op
   per parameter tensor); the per-step records, the sync-point bookkeeping (spike median/MAD,
-  interval and epoch sums) and the per-epoch line and data-wait event take it to about 0.92. The
-  guard alone is the same 2-3 % measured on its own; surefit without it made 0.943 x (a+).
+  interval and epoch sums) and the per-epoch line and data-wait event take it to about 0.92. Surefit
+  with the guard replaced by a plain step made 0.943 x (a+), against 0.922 with it.
 - Trimmed this round: the per-micro-batch `double() * n` weighting moved to the sync point
   (host), GradScaler's one-kernel finiteness check replaces isfinite/not/cast, gradients are set
   to None directly instead of through `Optimizer.zero_grad` (its profiler scope and grouping),

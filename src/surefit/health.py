@@ -214,8 +214,9 @@ class Health:
     def _found(self, loss: torch.Tensor, norm: torch.Tensor) -> torch.Tensor:
         """A float flag on the device, 1.0 when ``loss`` or ``norm`` is NaN or Inf.
 
-        GradScaler's own check (``_amp_foreach_non_finite_check_and_unscale_``, scale 1, so the
-        values stay as they are) does it in one kernel where isfinite, not and a cast took three.
+        GradScaler's own check (``_amp_foreach_non_finite_check_and_unscale_``; it scales in
+        place, here by 1, so the values stay as they are) does it in one kernel where isfinite,
+        not and a cast took three.
         """
         device = loss.device
         if device not in self._flags:
