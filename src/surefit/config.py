@@ -131,7 +131,7 @@ class TrainConfig:
     compile: bool = False  # run the model through torch.compile; eagerly (one warning) if it fails
     channels_last: str = "auto"  # one of TOGGLES; NHWC conv weights; auto = on for convs on CUDA
     activation_checkpointing: list = field(default_factory=list)  # block class names to recompute
-    threads: int = 0  # torch intra-op CPU threads for the run; 0 = auto (free cores; see loop.md)
+    threads: int = 0  # torch intra-op CPU threads of the run; 0 = auto (by model size; loop.md)
     eval_every_steps: int = 0  # optimizer steps between evaluations; 0 = at each epoch's end
     monitor: str = ""  # metric that defines "best"; "" = val_loss
     mode: str = "auto"  # one of MODES; auto = min for losses and errors, max otherwise

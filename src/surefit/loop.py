@@ -26,7 +26,7 @@ from .distributed import grad_sync, no_grad, reduce_eval, stop_together, world_s
 from .errors import DataError
 from .health import Health, _Step, examine_window
 from .log import NullConsole, RunLog, epoch_line
-from .perf import TimedBatches, report_wait, run_threads
+from .perf import CpuUse, TimedBatches, report_wait, run_threads
 from .precision import Precision
 from .schedule import Schedule
 from .state import Counters, RngState
@@ -91,6 +91,9 @@ class Trainer:
         self._pending: list[tuple[int, tuple[str, ...], Any]] = []
         self.preempted: str | None = None  # the signal that stopped the run, if one did
         self._best_due = False  # best.pt is written with the next save at this step
+        self.resumed_threads = 0  # the thread count a resumed run's checkpoint was written with
+        auto_cpu = cfg.train.threads == 0 and parts.device.type == "cpu"
+        self._cpu_use = CpuUse() if auto_cpu else None  # other processes' CPU use from here on
         bs, acc = cfg.data.batch_size, cfg.train.accumulate
         self.batches_per_epoch = parts.train.num_batches(bs, cfg.data.drop_last)
         self._multi = world_size() > 1
@@ -131,6 +134,7 @@ class Trainer:
             "stop_reason": self.stop_reason or "",
             "optimizer_class": type(self.optimizer).__name__,
             "train_samples": getattr(self.p.train, "num_samples", None) or -1,
+            "threads": torch.get_num_threads(),  # a CPU run's bits depend on it
         }
         return state
 
@@ -142,6 +146,7 @@ class Trainer:
         meta = state.get("meta", {})
         self.elapsed_s = float(meta.get("elapsed_s", 0.0))
         self.last_eval_step = int(meta.get("last_eval_step", -1))
+        self.resumed_threads = int(meta.get("threads", 0))
 
     # -- events ------------------------------------------------------------------------------------
     def emit(self, event: str, *args: Any) -> None:
@@ -447,7 +452,8 @@ class Trainer:
         self.net.train()
         self.emit("on_fit_start")
         try:
-            with preemption_signals(self._on_signal), run_threads(self.p):
+            threads = run_threads(self.p, self.resumed_threads, self._cpu_use)
+            with preemption_signals(self._on_signal), threads:
                 while self.counters.epoch < self.cfg.epochs and self.stop_reason is None:
                     self._train_epoch()
             if self.stop_reason is None:

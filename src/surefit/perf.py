@@ -2,7 +2,8 @@
 
 * ``choose_threads``: torch's intra-op thread count for the run. Small models lose more to
   thread hand-off than they gain from a second core, and on a loaded machine every extra thread
-  waits for a core; the choice goes by the forward pass's FLOPs per batch.
+  waits for a core; the choice goes by the forward pass's FLOPs per batch and the usable cores,
+  never by the momentary load (the count changes a run's bits), which gets a note instead.
 * ``TimedBatches``: wraps a batch iterator and splits each epoch's wall time into time spent
   waiting for the next batch and time in the step (CPU clock around the fetch; on CUDA, events
   recorded without a sync and read once at the epoch's end).
@@ -24,7 +25,8 @@ from torch import nn
 # batch) ran 7-40x slower on two threads than on one on a loaded 2-core machine, and 1.3x faster
 # on an idle one; the default recipe's CNN is 39 MFLOP.
 ONE_THREAD_FLOPS = 30e6
-IDLE_LOAD = 0.5  # load average of other processes under which a small model takes every core
+BUSY_NOTE = 0.5  # cores busy elsewhere above which a run on every core gets the note
+SAMPLE_S = 0.1  # the shortest window over which the CPU use of other processes is measured
 WAIT_WARNING_SHARE = 0.2  # the input-bound warning fires above this share of an epoch's time
 
 
@@ -33,6 +35,33 @@ class ThreadChoice:
     threads: int  # torch.get_num_threads() for the run
     previous: int  # what it was before the run
     reason: str  # why, for the run's events and console
+    note: str = ""  # the machine is busy: what the user may want to change
+
+
+class CpuUse:
+    """The CPU time other processes take, over the window since it was made (psutil: the whole
+    machine's busy time less this process's, both from the kernel's counters)."""
+
+    def __init__(self) -> None:
+        import psutil
+
+        self._process = psutil.Process()
+        self._t0, self._busy0, self._own0 = self._read()
+
+    def _read(self) -> tuple[float, float, float]:
+        import psutil
+
+        t = psutil.cpu_times()
+        idle = t.idle + getattr(t, "iowait", 0.0)
+        own = self._process.cpu_times()
+        return time.monotonic(), sum(t) - idle - getattr(t, "guest", 0.0), own.user + own.system
+
+    def busy_elsewhere(self, window: float = SAMPLE_S) -> float:
+        """Cores kept busy by other processes on average since this object was made (waiting
+        until ``window`` seconds have passed)."""
+        time.sleep(max(0.0, self._t0 + window - time.monotonic()))
+        t, busy, own = self._read()
+        return max(0.0, (busy - self._busy0 - (own - self._own0)) / max(t - self._t0, 1e-9))
 
 
 def forward_flops(model: nn.Module, forward: Callable[[], Any]) -> int | None:
@@ -67,15 +96,23 @@ def batch_flops(parts: Any) -> int | None:
 
 
 @contextlib.contextmanager
-def run_threads(parts: Any) -> Iterator[ThreadChoice]:
-    """The thread count for a run of ``parts``, recorded as a ``threads`` event; the process gets
-    its previous count back when the run ends."""
+def run_threads(
+    parts: Any, resumed: int = 0, since: CpuUse | None = None
+) -> Iterator[ThreadChoice]:
+    """The thread count for a run of ``parts`` (``resumed``: the count its checkpoint was written
+    with), recorded as a ``threads`` event, with a console note when other processes keep the
+    cores busy (measured since ``since``); the process gets its previous count back when the run
+    ends."""
     requested = parts.config.train.threads
     on_cpu = parts.device.type == "cpu"
-    flops = batch_flops(parts) if requested <= 0 and on_cpu else None
-    choice = choose_threads(requested, parts.device, flops)
+    flops = batch_flops(parts) if requested <= 0 and on_cpu and not resumed else None
+    choice = choose_threads(requested, parts.device, flops, resumed=resumed)
+    if on_cpu and choice.threads > 1 and since is not None:
+        choice = with_busy_note(choice, since.busy_elsewhere())
     if parts.log is not None:
-        parts.log.event("threads", threads=choice.threads, reason=choice.reason)
+        parts.log.event("threads", threads=choice.threads, reason=choice.reason, note=choice.note)
+        if choice.note:
+            parts.log.console.line(f"note: {choice.note}")
     with threads_for_run(choice), _cudnn_benchmark(parts):
         yield choice
 
@@ -98,34 +135,51 @@ def choose_threads(
     device: torch.device,
     flops: int | None,
     cores: int | None = None,
-    load: float | None = None,
+    resumed: int = 0,
 ) -> ThreadChoice:
-    """The intra-op thread count: ``requested`` when > 0; else, on CPU, the cores that other
-    processes leave free (the 1-minute load average less this process, rounded), at most what
-    torch uses now and at least one. A small model takes one thread unless the machine is idle
-    apart from this process: it gains least from a second thread and loses most (several times
-    its speed) when that thread has to wait for a busy core."""
+    """The intra-op thread count: ``requested`` when > 0; a resumed run's own count; else, on CPU,
+    one thread for a small model and the cores this process may use (at most torch's current
+    count) for the rest.
+
+    The choice depends on the machine and the model, never on the momentary load: the thread
+    count changes a CPU run's last bits (kernels split their sums by thread), so two runs of one
+    configuration on one machine compute the same numbers, and a resumed run keeps the count it
+    was started with. A small model gains least from a second thread and loses most (several
+    times its speed) when that thread waits for a busy core, so it takes one.
+    """
     previous = torch.get_num_threads()
     if requested > 0:
         return ThreadChoice(requested, previous, f"train.threads = {requested}")
     if device.type != "cpu":
         return ThreadChoice(previous, previous, f"torch's default on {device.type}")
-    if cores is None and hasattr(os, "sched_getaffinity"):
-        cores = len(os.sched_getaffinity(0))
-    if load is None and hasattr(os, "getloadavg"):
-        load = os.getloadavg()[0]
-    small = flops is not None and flops < ONE_THREAD_FLOPS
-    size = f"{flops / 1e6:.0f} MFLOP per forward batch" if flops is not None else ""
-    if cores is None or load is None:
-        if small:
-            return ThreadChoice(1, previous, f"small model: {size}")
-        return ThreadChoice(previous, previous, "torch's default")
-    others = max(0.0, load - 1.0)  # the load average counts this process too
-    if small and others >= IDLE_LOAD:
-        return ThreadChoice(1, previous, f"small model ({size}), load average {load:.1f}")
-    free = max(1, min(previous, round(cores - others)))
-    why = f"{cores} cores, load average {load:.1f}" + (f", {size}" if size else "")
-    return ThreadChoice(free, previous, why)
+    if resumed > 0:
+        return ThreadChoice(resumed, previous, "the count the resumed run was started with")
+    cores = cores or usable_cores()
+    if flops is not None and flops < ONE_THREAD_FLOPS:
+        return ThreadChoice(1, previous, f"small model: {flops / 1e6:.0f} MFLOP per forward batch")
+    size = f", {flops / 1e6:.0f} MFLOP per forward batch" if flops is not None else ""
+    return ThreadChoice(max(1, min(previous, cores)), previous, f"{cores} cores{size}")
+
+
+def with_busy_note(choice: ThreadChoice, busy: float, cores: int | None = None) -> ThreadChoice:
+    """``choice`` with a note when other processes keep ``busy`` cores occupied, so that some of
+    the run's threads would wait for a core."""
+    cores = cores or usable_cores()
+    free = max(1, round(cores - busy))
+    if busy < BUSY_NOTE or choice.threads <= free:
+        return choice
+    note = (
+        f"other processes keep {busy:.1f} of {cores} cores busy; {choice.threads} threads may run "
+        f"several times slower than {free} now: set train.threads = {free} (the thread count "
+        "changes the last bits of a CPU run's results)"
+    )
+    return ThreadChoice(choice.threads, choice.previous, choice.reason, note)
+
+
+def usable_cores() -> int:
+    """The CPU cores this process may run on."""
+    usable = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
+    return len(usable) if usable else os.cpu_count() or 1
 
 
 @contextlib.contextmanager

@@ -28,24 +28,60 @@ def test_auto_picks_fused_where_torch_has_it_and_torch_default_elsewhere():
     assert not opt.defaults["fused"]
 
 
-def test_thread_choice():
+def test_thread_choice_goes_by_model_and_cores_never_by_load():
     cpu = torch.device("cpu")
     assert perf.choose_threads(3, cpu, None).threads == 3
+    assert perf.choose_threads(3, cpu, None, resumed=2).threads == 3  # pinned wins
+    assert perf.choose_threads(0, cpu, 10**10, resumed=2).threads == 2  # the resumed run's count
     before = torch.get_num_threads()
-    # a small model: one thread unless nothing else runs (the load counts this process)
-    assert perf.choose_threads(0, cpu, 1_000_000, cores=2, load=1.6).threads == 1
-    idle = perf.choose_threads(0, cpu, 1_000_000, cores=2, load=1.2)
-    assert idle.threads == min(2, before)
-    # a big model: the free cores, at most torch's current count, at least one
-    assert perf.choose_threads(0, cpu, 10**10, cores=64, load=1.0).threads == before
-    assert perf.choose_threads(0, cpu, 10**10, cores=2, load=5.0).threads == 1
+    assert perf.choose_threads(0, cpu, 1_000_000, cores=2).threads == 1  # a small model
+    # a big model: the usable cores, at most torch's current count
+    assert perf.choose_threads(0, cpu, 10**10, cores=64).threads == before
+    assert perf.choose_threads(0, cpu, 10**10, cores=1).threads == 1
     torch.set_num_threads(2)
-    try:  # rounded: 0.4 of a core busy elsewhere leaves two; an idle machine, two for small too
-        assert perf.choose_threads(0, cpu, 10**10, cores=2, load=1.4).threads == 2
-        assert perf.choose_threads(0, cpu, 1_000_000, cores=2, load=1.2).threads == 2
+    try:
+        assert perf.choose_threads(0, cpu, 10**10, cores=2).threads == 2
+        assert perf.choose_threads(0, cpu, None, cores=2).threads == 2
     finally:
         torch.set_num_threads(before)
     assert perf.choose_threads(0, torch.device("cuda"), None).threads == before
+
+
+def test_a_busy_machine_gets_a_note_not_another_thread_count():
+    choice = perf.ThreadChoice(2, 2, "2 cores")
+    busy = perf.with_busy_note(choice, busy=1.3, cores=2)
+    assert busy.threads == 2 and "train.threads = 1" in busy.note and "1.3 of 2" in busy.note
+    assert perf.with_busy_note(choice, busy=0.3, cores=2).note == ""  # rounds to two free
+    assert perf.with_busy_note(perf.ThreadChoice(1, 2, ""), busy=1.5, cores=2).note == ""
+
+
+def test_cpu_use_counts_other_processes():
+    import subprocess
+    import sys
+
+    spin = "import time\nt = time.time()\nwhile time.time() - t < 1.0: pass"
+    child = subprocess.Popen([sys.executable, "-c", spin])
+    try:
+        import time
+
+        time.sleep(0.2)  # the child's start-up
+        use = perf.CpuUse()
+        assert use.busy_elsewhere(window=0.4) >= 0.5  # a whole core, less scheduling noise
+    finally:
+        child.wait()
+
+
+def test_a_resumed_run_keeps_its_thread_count(tmp_path):
+    x, y = make_classification(64)
+    run = dict(batch_size=16, progress="off", run_dir=tmp_path / "r", device="cpu")
+    sf.fit(mlp(), (x, y), epochs=1, threads=2, **run)
+    before = torch.get_num_threads()
+    sf.fit(mlp(), (x, y), epochs=2, threads=0, resume=True, **run)  # auto would take one
+    assert torch.get_num_threads() == before
+    events = [json.loads(s) for s in (tmp_path / "r" / "events.jsonl").read_text().splitlines()]
+    first, second = [e for e in events if e["event"] == "threads"]
+    assert first["threads"] == 2 and second["threads"] == 2
+    assert "resumed" in second["reason"]
 
 
 def test_flop_count_changes_no_state():
