@@ -81,7 +81,14 @@ class _Sums:
             self.norms.append(norm)
 
     def state(self) -> dict[str, Any]:
-        return {k: v for k, v in vars(self).items() if k != "t0"}
+        state = {k: v for k, v in vars(self).items() if k != "t0"}
+        state["norms"] = torch.tensor(self.norms, dtype=torch.float64)  # one object to pickle
+        return state
+
+
+def _sums(state: dict[str, Any]) -> _Sums:
+    norms = state.get("norms", [])
+    return _Sums(**{**state, "norms": norms.tolist() if torch.is_tensor(norms) else list(norms)})
 
 
 class _LossWindow:
@@ -459,7 +466,7 @@ class Health:
             "interval": self.interval.state(),
             "epoch": self.epoch.state(),
             "epoch_index": self.epoch_index,
-            "recent": list(self.recent),
+            "recent": torch.tensor(list(self.recent), dtype=torch.float64),
             "run_length": self.run_length,
             "counts": [self.steps, self.skipped, self.scaler_skips, self.spikes, self.rollbacks],
             "origin_reported": self.origin_reported,
@@ -469,9 +476,10 @@ class Health:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.interval, self.epoch = _Sums(**state["interval"]), _Sums(**state["epoch"])
+        self.interval, self.epoch = _sums(state["interval"]), _sums(state["epoch"])
         self.epoch_index = int(state["epoch_index"])
-        self.recent = _LossWindow(float(x) for x in state["recent"])
+        recent = state["recent"]  # a float64 tensor; a list in older checkpoints
+        self.recent = _LossWindow(recent.tolist() if torch.is_tensor(recent) else recent)
         self.run_length = int(state["run_length"])
         counts = [int(c) for c in state["counts"]]
         self.steps, self.skipped, self.scaler_skips, self.spikes, self.rollbacks = counts

@@ -8,6 +8,7 @@ Loss and grad-norm sums stay on the device; the host reads them at the log inter
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from collections.abc import Callable
@@ -91,6 +92,7 @@ class Trainer:
         self._pending: list[tuple[int, tuple[str, ...], Any]] = []
         self.preempted: str | None = None  # the signal that stopped the run, if one did
         self._best_due = False  # best.pt is written with the next save at this step
+        self._config_dict = cfg.to_dict()  # the resolved config, as every checkpoint holds it
         self.resumed_threads = 0  # the thread count a resumed run's checkpoint was written with
         auto_cpu = cfg.train.threads == 0 and parts.device.type == "cpu"
         self._cpu_use = CpuUse() if auto_cpu else None  # other processes' CPU use from here on
@@ -124,11 +126,13 @@ class Trainer:
         from . import __version__
 
         state = {name: part.state_dict() for name, part in self.parts().items()}
-        state["history"] = self.history
+        # one string, not a list of dicts: torch.save spends ~2 us on every Python object it
+        # pickles, and the history grows by an epoch's record at every epoch
+        state["history"] = json.dumps(self.history)
         state["meta"] = {
             "surefit_version": __version__,
             "torch_version": str(torch.__version__),
-            "config": self.cfg.to_dict(),
+            "config": self._config_dict,
             "elapsed_s": self._elapsed(),
             "last_eval_step": self.last_eval_step,
             "stop_reason": self.stop_reason or "",
@@ -142,7 +146,8 @@ class Trainer:
         for name, part in self.parts().items():
             if name in state:
                 part.load_state_dict(state[name])
-        self.history = list(state.get("history", []))
+        history = state.get("history", [])
+        self.history = json.loads(history) if isinstance(history, str) else list(history)
         meta = state.get("meta", {})
         self.elapsed_s = float(meta.get("elapsed_s", 0.0))
         self.last_eval_step = int(meta.get("last_eval_step", -1))

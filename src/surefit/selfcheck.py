@@ -10,6 +10,7 @@ step whose metrics differ, and the likely cause. No library offers this, so it i
 from __future__ import annotations
 
 import copy
+import json
 import math
 import random
 import subprocess
@@ -72,8 +73,6 @@ def _equal(a: Any, b: Any) -> bool:
 
 
 def _metrics(run_dir: Path) -> list[dict[str, Any]]:
-    import json
-
     path = run_dir / "metrics.jsonl"
     if not path.exists():
         return []
@@ -84,6 +83,9 @@ def compare(full_dir: Path, resumed_dir: Path, steps: tuple[int, int]) -> Resume
     """Compare the newest checkpoints and the metrics of two run directories."""
     a = CheckpointStore(full_dir / "checkpoints").load_latest()[0]
     b = CheckpointStore(resumed_dir / "checkpoints").load_latest()[0]
+    for state in (a, b):  # JSON text in the checkpoint; compared record by record
+        if isinstance(state.get("history"), str):
+            state["history"] = json.loads(state["history"])
     differing = [k for k in sorted(set(a) | set(b)) if k != "meta" and not _equal(a[k], b[k])]
     first = None
     full, resumed = _metrics(full_dir), _metrics(resumed_dir)

@@ -255,3 +255,53 @@ def test_checkpoints_load_without_unpickling_code(tmp_path):
     torch.save({"model": Evil()}, path, pickle_protocol=pickle.DEFAULT_PROTOCOL)
     with pytest.raises(sf.CheckpointError, match="loaded safely"):
         load_file(path)
+
+
+def _python_objects(obj) -> int:
+    """What torch.save pickles one by one: every container, key and plain value."""
+    if isinstance(obj, dict):
+        return 1 + sum(_python_objects(k) + _python_objects(v) for k, v in obj.items())
+    if isinstance(obj, (list, tuple)):
+        return 1 + sum(_python_objects(v) for v in obj)
+    return 1
+
+
+def _newest(run_dir):
+    from surefit.checkpoint import CheckpointStore
+
+    return CheckpointStore(run_dir / "checkpoints").load_latest()[0]
+
+
+def test_checkpoint_objects_do_not_grow_with_the_run_and_older_lists_still_resume(tmp_path):
+    from surefit.checkpoint import CheckpointStore
+
+    x, y = make_classification(64)
+    common = dict(val=(x[:16], y[:16]), lr=1e-2, batch_size=16, progress="off", seed=1,
+                  schedule="constant")  # fmt: skip
+    sf.fit(mlp(), (x, y), epochs=2, run_dir=tmp_path / "short", **common)
+    sf.fit(mlp(), (x, y), epochs=8, run_dir=tmp_path / "long", **common)
+    short, long = _newest(tmp_path / "short"), _newest(tmp_path / "long")
+    assert len(json.loads(long["history"])) == 8
+    assert _python_objects(long) == _python_objects(short)  # history, RNG and norms: one each
+    # a checkpoint written as lists (history, Python RNG words, health windows) resumes exactly
+    old = {**long, "history": json.loads(long["history"])}
+    rng = dict(long["rng"])
+    rng["python"] = rng["python"].tolist() + [rng.pop("python_gauss")]
+    old["rng"] = rng
+    health = dict(long["health"])
+    health["recent"] = health["recent"].tolist()
+    for key in ("interval", "epoch"):
+        health[key] = {**health[key], "norms": health[key]["norms"].tolist()}
+    old["health"] = health
+    step = int(long["counters"]["optimizer_step"])
+    CheckpointStore(tmp_path / "long" / "checkpoints").save(old, step=step, kind="last")
+    resumed, straight = mlp(seed=5), mlp()
+    sf.fit(resumed, (x, y), epochs=9, run_dir=tmp_path / "long", resume="must", **common)
+    sf.fit(straight, (x, y), epochs=9, run_dir=tmp_path / "straight", **common)
+    assert _same_weights(straight, resumed)
+    clock = ("time_s", "samples_per_s", "steps_per_s")
+    records = lambda run: [
+        {k: v for k, v in r.items() if k not in clock}
+        for r in json.loads(_newest(tmp_path / run)["history"])
+    ]
+    assert records("long") == records("straight")
