@@ -39,22 +39,31 @@ class ThreadChoice:
 
 
 class CpuUse:
-    """The CPU time other processes take, over the window since it was made (psutil: the whole
-    machine's busy time less this process's, both from the kernel's counters)."""
+    """The CPU time other processes take on this process's cores, over the window since it was
+    made: the kernel's busy time of those cores less this process's own (psutil reads both)."""
 
     def __init__(self) -> None:
         import psutil
 
         self._process = psutil.Process()
+        affinity = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
+        self._cpus = sorted(affinity) if affinity else None
         self._t0, self._busy0, self._own0 = self._read()
 
     def _read(self) -> tuple[float, float, float]:
         import psutil
 
-        t = psutil.cpu_times()
-        idle = t.idle + getattr(t, "iowait", 0.0)
+        per_cpu = psutil.cpu_times(percpu=True)
+        busy = 0.0
+        for i in self._cpus if self._cpus is not None else range(len(per_cpu)):
+            t = per_cpu[i] if i < len(per_cpu) else None
+            if t is None:
+                continue
+            # guest time is counted in user time already; idle and iowait are not busy
+            total = sum(t) - getattr(t, "guest", 0.0) - getattr(t, "guest_nice", 0.0)
+            busy += total - t.idle - getattr(t, "iowait", 0.0)
         own = self._process.cpu_times()
-        return time.monotonic(), sum(t) - idle - getattr(t, "guest", 0.0), own.user + own.system
+        return time.monotonic(), busy, own.user + own.system
 
     def busy_elsewhere(self, window: float = SAMPLE_S) -> float:
         """Cores kept busy by other processes on average since this object was made (waiting
