@@ -138,6 +138,11 @@ class Console:
         else:
             print(text, file=sys.stdout, flush=True)
 
+    def note(self, text: str) -> None:
+        """A remark on the machine rather than the run (stderr: the run's output stays clean)."""
+        if self.mode != "off":
+            print(f"note: {text}", file=sys.stderr, flush=True)
+
 
 def epoch_line(epoch: int, epochs: int, values: dict[str, Any]) -> str:
     keys = [k for k in ("train_loss", "val_loss") if k in values]
@@ -273,6 +278,8 @@ class NullConsole:
     def epoch_start(self, *args: Any) -> None: ...
     def epoch_end(self) -> None: ...
     def line(self, text: str) -> None: ...
+
+    def note(self, text: str) -> None: ...
 
 
 def summary(result: Any) -> str:

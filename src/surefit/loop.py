@@ -94,6 +94,7 @@ class Trainer:
         self._best_due = False  # best.pt is written with the next save at this step
         self._config_dict = cfg.to_dict()  # the resolved config, as every checkpoint holds it
         self.resumed_threads = 0  # the thread count a resumed run's checkpoint was written with
+        self.run_threads = 0  # the thread count this run trains with, once it has started
         auto_cpu = cfg.train.threads == 0 and parts.device.type == "cpu"
         self._cpu_use = CpuUse() if auto_cpu else None  # other processes' CPU use from here on
         bs, acc = cfg.data.batch_size, cfg.train.accumulate
@@ -138,7 +139,7 @@ class Trainer:
             "stop_reason": self.stop_reason or "",
             "optimizer_class": type(self.optimizer).__name__,
             "train_samples": getattr(self.p.train, "num_samples", None) or -1,
-            "threads": torch.get_num_threads(),  # a CPU run's bits depend on it
+            "threads": self.run_threads or torch.get_num_threads(),  # a CPU run's bits depend on it
         }
         return state
 
@@ -458,7 +459,8 @@ class Trainer:
         self.emit("on_fit_start")
         try:
             threads = run_threads(self.p, self.resumed_threads, self._cpu_use)
-            with preemption_signals(self._on_signal), threads:
+            with preemption_signals(self._on_signal), threads as choice:
+                self.run_threads = choice.threads  # what checkpoints record, the last one too
                 while self.counters.epoch < self.cfg.epochs and self.stop_reason is None:
                     self._train_epoch()
             if self.stop_reason is None:

@@ -120,8 +120,8 @@ def run_threads(
         choice = with_busy_note(choice, since.busy_elsewhere())
     if parts.log is not None:
         parts.log.event("threads", threads=choice.threads, reason=choice.reason, note=choice.note)
-        if choice.note:
-            parts.log.console.line(f"note: {choice.note}")
+        if choice.note and hasattr(parts.log.console, "note"):
+            parts.log.console.note(choice.note)
     with threads_for_run(choice), _cudnn_benchmark(parts):
         yield choice
 

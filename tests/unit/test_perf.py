@@ -74,7 +74,11 @@ def test_cpu_use_counts_other_processes():
 def test_a_resumed_run_keeps_its_thread_count(tmp_path):
     x, y = make_classification(64)
     run = dict(batch_size=16, progress="off", run_dir=tmp_path / "r", device="cpu")
-    sf.fit(mlp(), (x, y), epochs=1, threads=2, **run)
+    sf.fit(mlp(), (x, y), epochs=1, max_steps=3, threads=2, **run)  # stops mid-epoch
+    from surefit.checkpoint import CheckpointStore
+
+    state = CheckpointStore(tmp_path / "r" / "checkpoints").load_latest()[0]
+    assert state["counters"]["optimizer_step"] == 3 and state["meta"]["threads"] == 2
     before = torch.get_num_threads()
     sf.fit(mlp(), (x, y), epochs=2, threads=0, resume=True, **run)  # auto would take one
     assert torch.get_num_threads() == before
@@ -264,3 +268,22 @@ def test_on_device_choice_is_checked():
 
     with pytest.raises(ConfigError, match="on_device"):
         sf.fit(torch.nn.Linear(2, 2), (torch.zeros(4, 2), torch.zeros(4).long()), on_device="gpu")
+
+
+def test_the_busy_note_goes_to_stderr_and_the_threads_event(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(perf, "ONE_THREAD_FLOPS", 0)  # the MLP counts as big: every core
+    monkeypatch.setattr(perf, "usable_cores", lambda: 2)
+    monkeypatch.setattr(perf.CpuUse, "busy_elsewhere", lambda self, window=0.1: 1.5)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        sf.fit(mlp(), make_classification(64), epochs=1, batch_size=16, run_dir=tmp_path / "r",
+               device="cpu")  # fmt: skip
+    finally:
+        torch.set_num_threads(before)
+    out = capsys.readouterr()
+    assert "note: other processes keep 1.5 of 2 cores busy" in out.err
+    assert "train.threads = 1" in out.err and "note:" not in out.out
+    events = [json.loads(s) for s in (tmp_path / "r" / "events.jsonl").read_text().splitlines()]
+    (threads,) = [e for e in events if e["event"] == "threads"]
+    assert threads["threads"] == 2 and "train.threads = 1" in threads["note"]
