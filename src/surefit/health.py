@@ -252,7 +252,25 @@ class Health:
             return actions
         pending, self.pending = self.pending, []
         losses, counts, norms = _pending_values(pending)
-        values = iter(losses)
+        values, lines = iter(losses), []
+        try:
+            self._decide(pending, values, counts, norms, examine, actions, lines)
+        finally:  # steps.jsonl: one write and flush per sync point, not one per step
+            if self.per_step is not None:
+                self.per_step.write_many(lines)
+        self._check_limits(actions)
+        return actions
+
+    def _decide(
+        self,
+        pending: list[_Step],
+        values: Iterator[float],
+        counts: Iterator[float],
+        norms: list[float],
+        examine: Callable[[_Step, bool], dict[str, Any]] | None,
+        actions: dict[str, Any],
+        lines: list[dict[str, Any]],
+    ) -> None:
         for p, norm in zip(pending, norms, strict=True):
             loss, samples = 0.0, 0.0
             for _ in range(len(p.counts) or 1):  # left to right, as a device sum would add
@@ -267,18 +285,15 @@ class Health:
                 self._accept(p, loss, norm)
             else:
                 self._reject(p, loss, norm, examine, actions)
-            self._write_step(p, loss, norm, spike=self.spikes > spikes)
+            if self.per_step is not None:
+                lines.append(self._step_line(p, loss, norm, spike=self.spikes > spikes))
             if self.cfg.rollback_after and self.run_length >= self.cfg.rollback_after:
                 self.run_length = 0
                 if not actions["rollback"]:
                     actions["rollback"] = f"{self.cfg.rollback_after} bad or spiking steps in a row"
-        self._check_limits(actions)
-        return actions
 
-    def _write_step(self, p: _Step, loss: float, norm: float, spike: bool) -> None:
+    def _step_line(self, p: _Step, loss: float, norm: float, spike: bool) -> dict[str, Any]:
         """One line of steps.jsonl: what each optimizer step did (for plots and forensics)."""
-        if self.per_step is None:
-            return
         record = {"step": p.step, "loss": loss / max(p.samples, 1), "grad_norm": norm, "lr": p.lr}
         if self.clip_norm > 0:
             record["clipped"] = bool(norm > self.clip_norm)
@@ -286,7 +301,7 @@ class Health:
             record["skipped"] = True
         if spike:
             record["spike"] = True
-        self.per_step.write(record)
+        return record
 
     def _accept(self, p: _Step, loss: float, norm: float) -> None:
         clipped = self.clip_norm > 0 and norm > self.clip_norm

@@ -38,12 +38,18 @@ class JsonlSink:
         self._file: TextIO | None = None
 
     def write(self, record: dict[str, Any]) -> None:
+        self.write_many([record])
+
+    def write_many(self, records: list[dict[str, Any]]) -> None:
+        """Append ``records`` with one write and one flush."""
+        if not records:
+            return
         if self._file is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._file = self.path.open("a")
-        self._file.write(json.dumps(record, allow_nan=True) + "\n")
+        self._file.write("".join(json.dumps(r, allow_nan=True) + "\n" for r in records))
         self._file.flush()
-        self.lines += 1
+        self.lines += len(records)
 
     def close(self) -> None:
         if self._file is not None:
