@@ -254,43 +254,33 @@ class Health:
         losses, counts, norms = _pending_values(pending)
         values, lines = iter(losses), []
         try:
-            self._decide(pending, values, counts, norms, examine, actions, lines)
+            for p, norm in zip(pending, norms, strict=True):
+                loss, samples = 0.0, 0.0
+                for _ in range(len(p.counts) or 1):  # left to right, as a device sum would add
+                    loss, samples = loss + next(values), samples + next(counts)
+                p.samples = int(samples)
+                self.steps += 1
+                if p.epoch != self.epoch_index:
+                    t0 = self._epoch_t0.get(p.epoch, time.perf_counter())
+                    self.epoch, self.epoch_index = _Sums(t0=t0), p.epoch
+                spikes = self.spikes
+                if _finite(loss, norm):
+                    self._accept(p, loss, norm)
+                else:
+                    self._reject(p, loss, norm, examine, actions)
+                if self.per_step is not None:
+                    lines.append(self._step_line(p, loss, norm, spike=self.spikes > spikes))
+                if self.cfg.rollback_after and self.run_length >= self.cfg.rollback_after:
+                    self.run_length = 0
+                    if not actions["rollback"]:
+                        actions["rollback"] = (
+                            f"{self.cfg.rollback_after} bad or spiking steps in a row"
+                        )
         finally:  # steps.jsonl: one write and flush per sync point, not one per step
             if self.per_step is not None:
                 self.per_step.write_many(lines)
         self._check_limits(actions)
         return actions
-
-    def _decide(
-        self,
-        pending: list[_Step],
-        values: Iterator[float],
-        counts: Iterator[float],
-        norms: list[float],
-        examine: Callable[[_Step, bool], dict[str, Any]] | None,
-        actions: dict[str, Any],
-        lines: list[dict[str, Any]],
-    ) -> None:
-        for p, norm in zip(pending, norms, strict=True):
-            loss, samples = 0.0, 0.0
-            for _ in range(len(p.counts) or 1):  # left to right, as a device sum would add
-                loss, samples = loss + next(values), samples + next(counts)
-            p.samples = int(samples)
-            self.steps += 1
-            if p.epoch != self.epoch_index:
-                t0 = self._epoch_t0.get(p.epoch, time.perf_counter())
-                self.epoch, self.epoch_index = _Sums(t0=t0), p.epoch
-            spikes = self.spikes
-            if _finite(loss, norm):
-                self._accept(p, loss, norm)
-            else:
-                self._reject(p, loss, norm, examine, actions)
-            if self.per_step is not None:
-                lines.append(self._step_line(p, loss, norm, spike=self.spikes > spikes))
-            if self.cfg.rollback_after and self.run_length >= self.cfg.rollback_after:
-                self.run_length = 0
-                if not actions["rollback"]:
-                    actions["rollback"] = f"{self.cfg.rollback_after} bad or spiking steps in a row"
 
     def _step_line(self, p: _Step, loss: float, norm: float, spike: bool) -> dict[str, Any]:
         """One line of steps.jsonl: what each optimizer step did (for plots and forensics)."""

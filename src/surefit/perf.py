@@ -46,7 +46,7 @@ class CpuUse:
         import psutil
 
         self._process = psutil.Process()
-        affinity = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
+        affinity = _affinity()
         self._cpus = sorted(affinity) if affinity else None
         self._t0, self._busy0, self._own0 = self._read()
 
@@ -56,9 +56,9 @@ class CpuUse:
         per_cpu = psutil.cpu_times(percpu=True)
         busy = 0.0
         for i in self._cpus if self._cpus is not None else range(len(per_cpu)):
-            t = per_cpu[i] if i < len(per_cpu) else None
-            if t is None:
+            if i >= len(per_cpu):  # a CPU gone offline since
                 continue
+            t = per_cpu[i]
             # guest time is counted in user time already; idle and iowait are not busy
             total = sum(t) - getattr(t, "guest", 0.0) - getattr(t, "guest_nice", 0.0)
             busy += total - t.idle - getattr(t, "iowait", 0.0)
@@ -109,7 +109,7 @@ def run_threads(
     parts: Any, resumed: int = 0, since: CpuUse | None = None
 ) -> Iterator[ThreadChoice]:
     """The thread count for a run of ``parts`` (``resumed``: the count its checkpoint was written
-    with), recorded as a ``threads`` event, with a console note when other processes keep the
+    with), recorded as a ``threads`` event, with a note on stderr when other processes keep the
     cores busy (measured since ``since``); the process gets its previous count back when the run
     ends."""
     requested = parts.config.train.threads
@@ -185,10 +185,14 @@ def with_busy_note(choice: ThreadChoice, busy: float, cores: int | None = None) 
     return ThreadChoice(choice.threads, choice.previous, choice.reason, note)
 
 
+def _affinity() -> set[int] | None:
+    """The CPUs this process may run on, where the platform says (Linux)."""
+    return os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
+
+
 def usable_cores() -> int:
-    """The CPU cores this process may run on."""
-    usable = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
-    return len(usable) if usable else os.cpu_count() or 1
+    """The number of CPU cores this process may run on."""
+    return len(_affinity() or ()) or os.cpu_count() or 1
 
 
 @contextlib.contextmanager

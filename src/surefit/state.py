@@ -66,8 +66,8 @@ class RngState:
     """The process RNGs (python, numpy, torch CPU and CUDA) as checkpointable state.
 
     Saved as tensors and plain values so that ``torch.load(weights_only=True)`` reads them. The
-    Python generator's 625 words are one int64 tensor: ``torch.save`` spends about 2 us on every
-    Python object it pickles, and as a list they were a third of a small model's checkpoint.
+    Python generator's 625 words are one int64 tensor: ``torch.save`` spends about 0.6 us on
+    every Python object it pickles (0.41 ms for the words as a list, 0.13 ms as a tensor).
     """
 
     def state_dict(self) -> dict[str, Any]:
