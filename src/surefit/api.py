@@ -31,7 +31,7 @@ from .precision import Precision
 from .schedule import Schedule, build_schedule
 from .speed import Note, activation_checkpointing, prepare, record, reported_fallback
 from .state import RngState, seed_everything, set_deterministic
-from .tasks import Task, build_task, infer_task
+from .tasks import Task, build_task, check_loss_name, infer_task
 
 
 class _Default:
@@ -148,14 +148,18 @@ def _peek_target(data: Any) -> Any:
         return data.tensors[-1]
     rng = RngState().state_dict()
     try:
-        if hasattr(data, "dataset") and hasattr(data, "num_workers"):
+        from_dataset = hasattr(data, "dataset") and hasattr(data, "num_workers")
+        if from_dataset:
             item = data.dataset[0]
         else:
             item = next(iter(data.batches(1)))
     finally:
         RngState().load_state_dict(rng)
-    if isinstance(item, (tuple, list)) and len(item) >= 2:
-        return torch.as_tensor(item[-1])
+    if isinstance(item, dict):  # the keys Task.split reads
+        item = (None, item.get("labels", item.get("y", item.get("target"))))
+    if isinstance(item, (tuple, list)) and len(item) >= 2 and item[-1] is not None:
+        target = torch.as_tensor(item[-1])
+        return target.unsqueeze(0) if from_dataset else target  # (N, ...), like the others
     return None
 
 
@@ -330,7 +334,8 @@ class Run:
             elif self.loss is not None:
                 name = "custom"
             else:
-                name = infer_task(_peek_target(train))
+                name = infer_task(_peek_target(train), self.cfg.task.loss)
+                check_loss_name(name, self.cfg.task.loss, inferred=True)
         task_cfg = dataclasses.replace(self.cfg.task, name=name)
         return build_task(task_cfg, self.loss, teacher=self.teacher)
 
@@ -349,6 +354,8 @@ class Run:
         device = resolve_device(c.train.device)
         train, val, test = self._data()
         task = self._task(train).to(device)
+        if c.task.name == "auto":  # the run's config records the task it ran
+            c = self.cfg = dataclasses.replace(c, task=dataclasses.replace(c.task, name=task.name))
         self.model.to(device)
         for d in (train, val, test):
             if d is not None:
@@ -393,6 +400,13 @@ class Run:
             steps_per_epoch=trainer.steps_per_epoch or 1,
             mode=auto_mode(monitor, c.train.mode),
         )
+        if c.train.patience and val is None and monitor.startswith("val_"):
+            raise ConfigError(
+                f"early stopping (patience={c.train.patience}) monitors '{monitor}', "
+                "but there is no val set",
+                where="train.patience",
+                fix="pass val=..., or val_fraction=0.1, or patience=0",
+            )
         if c.schedule.name == "plateau" and val is None:
             raise ConfigError(
                 "schedule 'plateau' steps on a validation metric, but there is no val set",
@@ -418,6 +432,7 @@ class Run:
             parts.device,
             loss_of,
             custom_step=parts.step is not None,
+            metrics=parts.metrics,
         )
 
     def doctor(self) -> list[Finding]:
@@ -562,14 +577,17 @@ def evaluate(
     if isinstance(task, Task):
         task_obj = task
     else:
-        cfg = build_config(None, task=task)
+        named_loss = {"loss": loss} if isinstance(loss, str) else {}
+        loss = None if named_loss else loss
+        cfg = build_config(None, task=task, **named_loss)
         name = cfg.task.name
         if name == "auto":
             name = (
                 "custom"
                 if (step is not None or loss is not None)
-                else infer_task(_peek_target(source))
+                else infer_task(_peek_target(source), cfg.task.loss)
             )
+            check_loss_name(name, cfg.task.loss, inferred=True)
         task_obj = build_task(dataclasses.replace(cfg.task, name=name), loss)
     task_obj.to(dev)
     named = metrics if not isinstance(metrics, (list, tuple)) else list(metrics)

@@ -74,7 +74,7 @@ class RunView:
 
     @property
     def run_dir(self) -> Any:
-        return self._trainer.run_dir
+        return self._trainer.p.run_dir
 
     def request_stop(self, why: str) -> None:
         """Stop after the current optimizer step; ``why`` goes to the log."""

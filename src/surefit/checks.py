@@ -55,6 +55,7 @@ def run_checks(
     device: torch.device,
     loss_of: Callable[[Any], Any],
     custom_step: bool = False,
+    metrics: Any = None,
 ) -> list[Finding]:
     """Every enabled first-step check; errors come back as findings (``raise_first`` raises).
     With a custom ``step`` function the checks that need the task's outputs are left out."""
@@ -66,7 +67,9 @@ def run_checks(
         first = {n: _first_batch(d, cfg, device) for n, d in splits.items() if d is not None}
         if not custom_step:
             for name, batch in first.items():
-                findings += _batch_checks(net, task, batch, splits[name], name, precision, skip)
+                findings += _batch_checks(
+                    net, task, batch, splits[name], name, precision, skip, (cfg, metrics)
+                )
         if "unused_parameters" not in skip and not any(f.level == "error" for f in findings):
             findings.append(_unused_parameters(net, first["train"], loss_of))
         if "batchnorm_accumulation" not in skip:
@@ -95,7 +98,14 @@ def _first_batch(data: Any, cfg: RunConfig, device: torch.device) -> Any:
 
 
 def _batch_checks(
-    net: nn.Module, task: Any, batch: Any, data: Any, name: str, precision: Any, skip: set[str]
+    net: nn.Module,
+    task: Any,
+    batch: Any,
+    data: Any,
+    name: str,
+    precision: Any,
+    skip: set[str],
+    evaluation: tuple[RunConfig, Any],
 ) -> list[Finding]:
     net.eval()
     with torch.enable_grad(), precision.autocast():  # the graph tells which op made the outputs
@@ -114,7 +124,24 @@ def _batch_checks(
             found.append(_probabilities(task.name, outputs, last_op))
         if "initial_loss" not in skip and name == "train" and task.custom_loss is None:
             found.append(_initial_loss(task, outputs, target))
+        if name == "val":  # config checks: never skipped
+            found += _evaluation(task, outputs, evaluation[0].train.monitor, evaluation[1])
     return [f for f in found if f is not None]
+
+
+def _evaluation(task: Any, outputs: Any, monitor: str, metrics: Any) -> list[Finding]:
+    """The metrics evaluation will build, and ``train.monitor`` among them: known before the
+    first epoch instead of at its end."""
+    try:
+        built = task.metrics(outputs, metrics, torch.device("cpu")).metrics
+    except ConfigError as exc:
+        return [Finding("config", "error", exc.what, exc.fix, exc.where)]
+    names = ["loss", *built, *(["perplexity"] if task.name == "lm" else [])]
+    names = [f"val_{n}" for n in names]
+    if not monitor.startswith("val_") or monitor in names:
+        return []
+    what = f"monitor '{monitor}' is not among the evaluation metrics"
+    return [Finding("config", "error", what, f"use one of: {', '.join(names)}", "train.monitor")]
 
 
 def _targets(task: Any, outputs: Any, target: Any, data: Any, name: str) -> Finding:

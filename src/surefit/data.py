@@ -307,6 +307,10 @@ class DatasetData:
         self.dataset = dataset
         self._loaders: dict[tuple, tuple[DataLoader, EpochBatches]] = {}
         self.num_workers = -1
+        # the DataLoader draws its workers' base seed at every new iterator: from this generator,
+        # seeded per epoch, and not from the global RNG, whose stream a resumed run must continue
+        # exactly (a model's dropout draws from it)
+        self._generator = torch.Generator()
 
     def to(self, device: torch.device, on_device: str = "auto") -> DatasetData:
         return self  # batches are moved as they are made (pinned, non-blocking on CUDA)
@@ -328,6 +332,7 @@ class DatasetData:
                 pin_memory=device.type == "cuda",
                 persistent_workers=workers > 0,
                 prefetch_factor=4 if workers > 0 else None,
+                generator=self._generator,
             )
             self._loaders[key] = (loader, sampler)
         return self._loaders[key]
@@ -346,6 +351,7 @@ class DatasetData:
         device = device or torch.device("cpu")
         loader, sampler = self._loader(batch_size, seed, shuffle, drop_last, device)
         sampler.set_epoch(epoch, start_batch)
+        self._generator.manual_seed(derive_seed(seed, epoch, 1))
         for batch in loader:
             yield _as_batch(to_device(batch, device, non_blocking=device.type == "cuda"))
 

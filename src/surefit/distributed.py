@@ -323,8 +323,9 @@ def sum_over_ranks(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
-def reduce_eval(total: torch.Tensor, count: int, metric_set: Any) -> tuple[torch.Tensor, int]:
-    """Sum an evaluation's loss total, sample count and metric states over all ranks.
+def reduce_eval(total: torch.Tensor, count: Any, metric_set: Any) -> tuple[torch.Tensor, Any]:
+    """Sum an evaluation's loss total, its weight (samples, or the loss's own denominator: a
+    number or a tensor) and metric states over all ranks.
 
     Sums of counts, never a mean of per-rank means, so an uneven split gives the exact global
     value. Metrics written here declare their summed fields in ``sum_states``; torchmetrics'
@@ -332,7 +333,8 @@ def reduce_eval(total: torch.Tensor, count: int, metric_set: Any) -> tuple[torch
     """
     if not _initialized() or torch.distributed.get_world_size() == 1:
         return total, count
-    packed = torch.stack([total.double(), torch.tensor(count, dtype=torch.float64).to(total)])
+    weight = torch.as_tensor(count, dtype=torch.float64, device=total.device)
+    packed = torch.stack([total.double(), weight])
     torch.distributed.all_reduce(packed)
     for metric in getattr(metric_set, "metrics", {}).values():
         for name in getattr(metric, "sum_states", ()):
@@ -340,7 +342,7 @@ def reduce_eval(total: torch.Tensor, count: int, metric_set: Any) -> tuple[torch
             t = torch.as_tensor(value, device=total.device).clone()
             torch.distributed.all_reduce(t)
             setattr(metric, name, int(t.item()) if isinstance(value, int) else t)
-    return packed[0], int(packed[1].item())  # the evaluation's intended sync
+    return packed[0], packed[1].item()  # the evaluation's intended sync
 
 
 # -- checkpoints -----------------------------------------------------------------------------------

@@ -27,11 +27,12 @@ from .distributed import grad_sync, no_grad, reduce_eval, stop_together, world_s
 from .errors import DataError
 from .health import Health, _Step, examine_window
 from .log import NullConsole, RunLog, epoch_line
+from .metrics import perplexity
 from .perf import CpuUse, TimedBatches, report_wait, run_threads
 from .precision import Precision
 from .schedule import Schedule
 from .state import Counters, RngState
-from .tasks import Task, perplexity
+from .tasks import Task
 
 StepFn = Callable[[nn.Module, Any], Any]
 
@@ -153,6 +154,7 @@ class Trainer:
         self.elapsed_s = float(meta.get("elapsed_s", 0.0))
         self.last_eval_step = int(meta.get("last_eval_step", -1))
         self.resumed_threads = int(meta.get("threads", 0))
+        self._saved_step = self.counters.optimizer_step  # this state is on disk already
 
     # -- events ------------------------------------------------------------------------------------
     def emit(self, event: str, *args: Any) -> None:
@@ -254,7 +256,11 @@ class Trainer:
         )
         if due or self._best_due:  # best.pt: an evaluation at this step improved
             self.save("last" if due else "")
-        if t.max_steps and c.optimizer_step >= t.max_steps:
+        self._check_limits()
+
+    def _check_limits(self) -> None:
+        t = self.cfg.train
+        if t.max_steps and self.counters.optimizer_step >= t.max_steps:
             self.request_stop(f"reached max_steps={t.max_steps}")
         if t.max_time_s and self._elapsed() >= t.max_time_s:
             self.request_stop(f"reached max_time_s={t.max_time_s:g}")
@@ -461,17 +467,21 @@ class Trainer:
             threads = run_threads(self.p, self.resumed_threads, self._cpu_use)
             with preemption_signals(self._on_signal), threads as choice:
                 self.threads = choice.threads  # what checkpoints record, the last one too
+                self._check_limits()  # a resumed run may have reached them already
                 while self.counters.epoch < self.cfg.epochs and self.stop_reason is None:
                     self._train_epoch()
             if self.stop_reason is None:
                 self.stop_reason = f"completed {self.counters.epoch} epochs"
             # a preempted run stops as if paused: no extra evaluation or log line, so that its
             # resumed continuation equals the uninterrupted run
+            step, changed = self.counters.optimizer_step, False
             if self.preempted is None:
-                if self.p.val is not None and self.last_eval_step != self.counters.optimizer_step:
-                    self._evaluate_and_track()
-                self._flush_interval()
-            self.save("last" if self._saved_step != self.counters.optimizer_step else "")
+                if self.p.val is not None and self.last_eval_step != step:
+                    changed = bool(self._evaluate_and_track())
+                changed = bool(self._flush_interval()) or changed
+            # the last checkpoint holds the run as it ended, the final records included: a
+            # resumed finished run then trains, evaluates and writes nothing
+            self.save("last" if changed or self._saved_step != step else "")
         except BaseException as exc:
             self.emit("on_exception", exc)
             raise
@@ -566,8 +576,13 @@ def evaluate_data(
         with no_grad(net), precision.autocast():
             for batch in data.batches(batch_size, shuffle=False, device=device):
                 loss, preds, target = compute_batch(net, batch, task, step)
-                n = batch_size_of(batch)
-                weighted = loss.detach().double() * n
+                # the loss's own denominator (tokens, targets not ignored), else the samples
+                n = task.loss_weight(target) if step is None else None
+                if n is None:
+                    n = batch_size_of(batch)
+                    weighted = loss.detach().double() * n
+                else:  # a batch of only ignored targets has a NaN mean and weighs nothing
+                    weighted = torch.where(n > 0, loss.detach().double() * n, 0.0)
                 total = weighted if total is None else total + weighted
                 count += n
                 if preds is not None:

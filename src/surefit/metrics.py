@@ -10,6 +10,7 @@ torchmetrics either has no such metric or changed its input format between recen
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -138,3 +139,53 @@ class MetricSet:
 
     def __len__(self) -> int:
         return len(self.metrics)
+
+
+def torchmetric(cls_name: str, **kwargs: Any) -> Any:
+    import torchmetrics
+
+    cls = getattr(torchmetrics.classification, cls_name, None) or getattr(
+        torchmetrics.regression, cls_name
+    )
+    if "classification" in cls.__module__:
+        kwargs["validate_args"] = False
+    return cls(**kwargs)
+
+
+def top_k_hits(k: int, ignore: int) -> Any:
+    """Micro accuracy within the top ``k`` logits (dim 1), ignoring ``ignore`` targets: two
+    device-side counts instead of torchmetrics, whose import costs about a second."""
+
+    def hits(logits: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        keep = target != ignore
+        if k == 1:
+            hit = logits.argmax(1) == target
+        else:
+            hit = (logits.topk(k, dim=1).indices == target.unsqueeze(1)).any(1)
+        return hit & keep, keep
+
+    return hits
+
+
+def perplexity(loss: float) -> float:
+    return math.exp(min(loss, 50.0))
+
+
+class Flat:
+    """A torchmetrics metric fed flattened values: one number over every output of a sample."""
+
+    def __init__(self, metric: Any) -> None:
+        self.metric = metric
+
+    def update(self, preds: torch.Tensor, target: torch.Tensor) -> None:
+        self.metric.update(preds.reshape(-1), target.reshape(-1))
+
+    def compute(self) -> torch.Tensor:
+        return self.metric.compute()
+
+    def reset(self) -> None:
+        self.metric.reset()
+
+    def to(self, device: torch.device) -> Flat:
+        self.metric.to(device)
+        return self

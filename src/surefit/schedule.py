@@ -155,7 +155,10 @@ def build_schedule(
         )
     if name == "onecycle":
         peaks = [g["lr"] for g in optimizer.param_groups]
-        pct = warm / total if warm else 0.3
+        # torch's rise ends at step pct x total - 1 and divides by that length: a one-step
+        # warmup would make it zero, so the shortest rise is two steps (one run of one step
+        # keeps torch's default)
+        pct = min(1.0, max(warm, 2) / total) if warm and total > 1 else 0.3
         sched = lrs.OneCycleLR(optimizer, max_lr=peaks, total_steps=total, pct_start=pct)
         return Schedule(sched, "step", total)
     if name == "step":

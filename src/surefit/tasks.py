@@ -7,7 +7,6 @@ optimizer step, and raise a ``DataError`` that names the fix.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from typing import Any
 
@@ -17,7 +16,7 @@ from torch import nn
 
 from .config import TaskConfig
 from .errors import ConfigError, DataError
-from .metrics import Fraction, Mean, MetricSet, Overlap
+from .metrics import Flat, Fraction, Mean, MetricSet, Overlap, top_k_hits, torchmetric
 
 LossFn = Callable[[Any, Any], torch.Tensor]
 
@@ -26,11 +25,19 @@ def _float_target(target: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return target if target.dtype == like.dtype else target.to(like.dtype)
 
 
+def _class_ids(target: torch.Tensor) -> torch.Tensor:
+    """int64 class ids, as cross_entropy needs them, from any integer or bool dtype."""
+    if target.dtype == torch.long or target.is_floating_point():
+        return target
+    return target.long()
+
+
 class Task:
     """Base task: ``outputs = net(*inputs)``, ``loss = loss_fn(outputs, target)``."""
 
     name = "custom"
     metric_names: tuple[str, ...] = ()
+    on_request: tuple[str, ...] = ()  # metrics built only when named in metrics=[...]
 
     def __init__(self, cfg: TaskConfig | None = None, loss: LossFn | None = None) -> None:
         self.cfg = cfg or TaskConfig()
@@ -83,6 +90,12 @@ class Task:
             fix="pass loss=callable(outputs, target), a task name, or step=fn",
         )
 
+    def loss_weight(self, target: Any) -> torch.Tensor | None:
+        """What this task's mean loss over a batch divides by, where that is not the batch's
+        sample count (ignored targets, class weights, tokens): evaluation weights each batch's
+        loss by it, so a set's loss does not depend on the batch size. None: the sample count."""
+        return None
+
     # -- checks and metrics ----------------------------------------------------------------------
     def check(self, outputs: Any, target: Any, where: str) -> None:
         """Raise a DataError when outputs and targets do not fit this task (first batch)."""
@@ -106,30 +119,21 @@ class Task:
         if names:
             unknown = [n for n in names if n not in built]
             if unknown:
+                known = set(self.build_metrics(outputs, None)) | set(self.on_request)
                 raise ConfigError(
                     f"unknown metric(s) {unknown} for task '{self.name}'",
                     where="metrics",
-                    fix=f"choose from {sorted(built)}",
+                    fix=f"choose from {sorted(known)}",
                 )
             built = {n: built[n] for n in names}
         return MetricSet(built, device)
-
-
-def _tm(cls_name: str, **kwargs: Any) -> Any:
-    import torchmetrics
-
-    cls = getattr(torchmetrics.classification, cls_name, None) or getattr(
-        torchmetrics.regression, cls_name
-    )
-    if "classification" in cls.__module__:
-        kwargs["validate_args"] = False
-    return cls(**kwargs)
 
 
 class Multiclass(Task):
     """Class ids (B,) against logits (B, C): cross-entropy with smoothing and class weights."""
 
     name = "multiclass"
+    on_request = ("f1_macro",)
 
     def __init__(self, cfg: TaskConfig | None = None, loss: LossFn | None = None) -> None:
         super().__init__(cfg, loss)
@@ -144,11 +148,20 @@ class Multiclass(Task):
         weight = None if self._weight is None else self._weight.to(outputs.dtype)
         return F.cross_entropy(
             outputs,
-            target,
+            _class_ids(target),
             weight=weight,
             label_smoothing=self.cfg.label_smoothing,
             ignore_index=self.cfg.ignore_index,
         )
+
+    def loss_weight(self, target: Any) -> torch.Tensor | None:
+        """cross_entropy's mean: over the targets not ignored, each by its class weight."""
+        if self.custom_loss is not None or target.is_floating_point():
+            return None
+        keep = target != self.cfg.ignore_index
+        if self._weight is None:
+            return keep.sum()
+        return (self._weight[_class_ids(target).clamp(min=0)] * keep).sum()
 
     def check(self, outputs: Any, target: Any, where: str) -> None:
         if not isinstance(outputs, torch.Tensor) or outputs.dim() < 2:
@@ -167,12 +180,8 @@ class Multiclass(Task):
                 fix="pass y.long(), or use task='multilabel' for 0/1 float targets "
                 "(or 'regression' for real values)",
             )
-        if not target.is_floating_point() and target.shape[0] != outputs.shape[0]:
-            raise DataError(
-                f"{outputs.shape[0]} outputs for {target.shape[0]} targets",
-                where=where,
-                fix="the model must return one row of logits per sample",
-            )
+        if not target.is_floating_point():
+            _check_id_shape(self.name, outputs, target, where)
         if self.cfg.class_weights and len(self.cfg.class_weights) != outputs.shape[1]:
             raise ConfigError(
                 f"{len(self.cfg.class_weights)} class weights for {outputs.shape[1]} classes",
@@ -202,12 +211,12 @@ class Multiclass(Task):
 
     def build_metrics(self, outputs: Any, names: list[str] | None) -> dict[str, Any]:
         classes, ignore = outputs.shape[1], self.cfg.ignore_index
-        metrics: dict[str, Any] = {"accuracy": Fraction(_top_k_hits(1, ignore))}
+        metrics: dict[str, Any] = {"accuracy": Fraction(top_k_hits(1, ignore))}
         top_k = self.cfg.top_k or (5 if classes >= 10 else 0)
         if 1 < top_k < classes:
-            metrics[f"top{top_k}"] = Fraction(_top_k_hits(top_k, ignore))
+            metrics[f"top{top_k}"] = Fraction(top_k_hits(top_k, ignore))
         if names and "f1_macro" in names:  # on request only: not a default of this task
-            metrics["f1_macro"] = _tm(
+            metrics["f1_macro"] = torchmetric(
                 "MulticlassF1Score",
                 num_classes=classes,
                 average="macro",
@@ -216,19 +225,24 @@ class Multiclass(Task):
         return metrics
 
 
-def _top_k_hits(k: int, ignore: int) -> Any:
-    """Micro accuracy within the top ``k`` logits (dim 1), ignoring ``ignore`` targets: two
-    device-side counts instead of torchmetrics, whose import costs about a second."""
-
-    def hits(logits: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        keep = target != ignore
-        if k == 1:
-            hit = logits.argmax(1) == target
-        else:
-            hit = (logits.topk(k, dim=1).indices == target.unsqueeze(1)).any(1)
-        return hit & keep, keep
-
-    return hits
+def _check_id_shape(task: str, outputs: torch.Tensor, target: torch.Tensor, where: str) -> None:
+    """Class ids (B, d1, ...) for logits (B, C, d1, ...), the class dimension second."""
+    want = (outputs.shape[0], *outputs.shape[2:])
+    if tuple(target.shape) == want:
+        return
+    fix = "return logits (B, C) for class ids (B,), or (B, C, d1, ...) for ids (B, d1, ...)"
+    if target.shape[0] != outputs.shape[0]:
+        fix = "the model must return one row of logits per sample"
+    elif target.dim() == outputs.dim() and target.shape[-1] == 1:
+        fix = "pass the class ids as y.squeeze(-1), of shape " + str(want)
+    elif target.dim() == outputs.dim() - 1 and target.shape == outputs.shape[:-1]:
+        fix = "the class dimension is last: pass task='lm' (logits (B, T, V) for ids (B, T))"
+    raise DataError(
+        f"task='{task}' needs class ids of shape {want} for logits {tuple(outputs.shape)}, "
+        f"got {tuple(target.shape)}",
+        where=f"{where}, targets",
+        fix=fix,
+    )
 
 
 class Binary(Task):
@@ -267,7 +281,7 @@ class Binary(Task):
         return hard.reshape(target.shape) if hard.numel() == target.numel() else hard, target.long()
 
     def build_metrics(self, outputs: Any, names: list[str] | None) -> dict[str, Any]:
-        return {"accuracy": _tm("BinaryAccuracy"), "f1": _tm("BinaryF1Score")}
+        return {"accuracy": torchmetric("BinaryAccuracy"), "f1": torchmetric("BinaryF1Score")}
 
 
 class Multilabel(Binary):
@@ -281,9 +295,9 @@ class Multilabel(Binary):
     def build_metrics(self, outputs: Any, names: list[str] | None) -> dict[str, Any]:
         labels = outputs.shape[-1]
         return {
-            "f1": _tm("MultilabelF1Score", num_labels=labels, average="micro"),
-            "f1_macro": _tm("MultilabelF1Score", num_labels=labels, average="macro"),
-            "accuracy": _tm("MultilabelAccuracy", num_labels=labels, average="micro"),
+            "f1": torchmetric("MultilabelF1Score", num_labels=labels, average="micro"),
+            "f1_macro": torchmetric("MultilabelF1Score", num_labels=labels, average="macro"),
+            "accuracy": torchmetric("MultilabelAccuracy", num_labels=labels, average="micro"),
         }
 
 
@@ -323,9 +337,11 @@ class Regression(Task):
     def build_metrics(self, outputs: Any, names: list[str] | None) -> dict[str, Any]:
         outs = outputs.shape[-1] if outputs.dim() > 1 else 1
         return {
-            "mae": _Flat(_tm("MeanAbsoluteError")),
-            "rmse": _Flat(_tm("MeanSquaredError", squared=False)),
-            "r2": _tm("R2Score", **({"multioutput": "uniform_average"} if outs > 1 else {})),
+            "mae": Flat(torchmetric("MeanAbsoluteError")),
+            "rmse": Flat(torchmetric("MeanSquaredError", squared=False)),
+            "r2": torchmetric(
+                "R2Score", **({"multioutput": "uniform_average"} if outs > 1 else {})
+            ),
         }
 
 
@@ -337,10 +353,14 @@ class LanguageModel(Task):
     def default_loss(self, outputs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(
             outputs.flatten(0, -2),
-            target.flatten(),
+            _class_ids(target).flatten(),
             ignore_index=self.cfg.ignore_index,
             label_smoothing=self.cfg.label_smoothing,
         )
+
+    def loss_weight(self, target: Any) -> torch.Tensor | None:
+        """The token mean: over the positions not ignored."""
+        return None if self.custom_loss is not None else (target != self.cfg.ignore_index).sum()
 
     def check(self, outputs: Any, target: Any, where: str) -> None:
         if outputs.dim() != target.dim() + 1 or outputs.shape[:-1] != target.shape:
@@ -381,6 +401,7 @@ class Segmentation(Task):
             base = F.binary_cross_entropy_with_logits(outputs, target)
             probs, onehot = torch.sigmoid(outputs), target
         else:
+            target = _class_ids(target)
             base = F.cross_entropy(outputs, target, ignore_index=self.cfg.ignore_index)
             probs = outputs.softmax(1)
             onehot = F.one_hot(target.clamp(min=0), outputs.shape[1]).movedim(-1, 1).to(probs.dtype)
@@ -499,6 +520,9 @@ class Distillation(Multiclass):
         hard = self.loss(outputs, target)
         return self.cfg.alpha * soft + (1 - self.cfg.alpha) * hard, outputs, target
 
+    def loss_weight(self, target: Any) -> torch.Tensor | None:
+        return None  # the soft term is a mean over samples: weigh the mix by samples
+
 
 TASK_CLASSES: dict[str, type[Task]] = {
     cls.name: cls
@@ -517,9 +541,27 @@ TASK_CLASSES: dict[str, type[Task]] = {
 }
 
 
-def infer_task(target: Any) -> str:
-    """multiclass for integer class ids, regression for real values."""
+REGRESSION_LOSSES = ("mse", "l1", "huber", "smooth_l1")
+TASK_LOSSES = {  # the loss names (task.loss) each task can use
+    "multiclass": ("ce",),
+    "lm": ("ce",),
+    "distillation": ("ce",),
+    "segmentation": ("ce", "bce"),
+    "binary": ("bce",),
+    "multilabel": ("bce",),
+    "regression": REGRESSION_LOSSES,
+}
+
+
+def infer_task(target: Any, loss: str = "") -> str:
+    """The task of targets ``(N, ...)`` and the loss named (``task.loss``): regression for a
+    regression loss or real values, binary (one label) or multilabel for ``bce`` or bool
+    targets, multiclass for integer class ids."""
     if isinstance(target, torch.Tensor):
+        if loss in REGRESSION_LOSSES:
+            return "regression"
+        if loss == "bce" or target.dtype == torch.bool:
+            return "multilabel" if target.dim() == 2 and target.shape[1] > 1 else "binary"
         return "regression" if target.is_floating_point() else "multiclass"
     raise ConfigError(
         "cannot infer the task from the data",
@@ -528,34 +570,28 @@ def infer_task(target: Any) -> str:
     )
 
 
+def check_loss_name(task: str, loss: str, inferred: bool = False) -> None:
+    """A ConfigError when ``task.loss`` names a loss the task cannot use."""
+    if not loss or loss in TASK_LOSSES.get(task, ()):
+        return
+    how = " (inferred from the targets)" if inferred else ""
+    fits = [t for t, names in TASK_LOSSES.items() if loss in names and t != "distillation"]
+    own = TASK_LOSSES.get(task)
+    fix = f"leave task.loss empty (task '{task}' has its own loss)"
+    if own:
+        fix = f"use task.loss = {' or '.join(repr(n) for n in own)}, or leave it empty"
+    raise ConfigError(
+        f"task.loss='{loss}' does not apply to task '{task}'{how}",
+        where="task.loss",
+        fix=f"{fix}; '{loss}' is a loss of task {' or '.join(repr(t) for t in fits)}",
+    )
+
+
 def build_task(
     cfg: TaskConfig, loss: LossFn | None = None, teacher: nn.Module | None = None
 ) -> Task:
+    check_loss_name(cfg.name, cfg.loss)
     cls = TASK_CLASSES[cfg.name]
     if cls is Distillation:
         return Distillation(cfg, loss, teacher=teacher)
     return cls(cfg, loss)
-
-
-def perplexity(loss: float) -> float:
-    return math.exp(min(loss, 50.0))
-
-
-class _Flat:
-    """A torchmetrics metric fed flattened values: one number over every output of a sample."""
-
-    def __init__(self, metric: Any) -> None:
-        self.metric = metric
-
-    def update(self, preds: torch.Tensor, target: torch.Tensor) -> None:
-        self.metric.update(preds.reshape(-1), target.reshape(-1))
-
-    def compute(self) -> torch.Tensor:
-        return self.metric.compute()
-
-    def reset(self) -> None:
-        self.metric.reset()
-
-    def to(self, device: torch.device) -> _Flat:
-        self.metric.to(device)
-        return self

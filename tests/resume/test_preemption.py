@@ -234,6 +234,57 @@ def test_resume_in_a_dataset_loads_no_sample_of_the_skipped_batches(tmp_path):
     assert len(data.loaded) == 1 + 8 + 5 * 8
 
 
+class _PauseAt(sf.Callback):
+    def __init__(self, at_step):
+        self.at_step = at_step
+
+    def on_step_end(self, run):
+        if run.optimizer_step == self.at_step:
+            run.pause("test")
+
+
+def test_resume_over_a_dataset_is_exact_with_a_model_that_draws_random_numbers(tmp_path):
+    """The DataLoader over a Dataset seeds its iterators from its own generator: a resumed run
+    continues the global RNG stream (the model's dropout) exactly where the paused run left it."""
+    from torch.utils.data import TensorDataset
+
+    x, y = make_classification(96)
+    data = TensorDataset(x, y)
+
+    def net():
+        torch.manual_seed(4)
+        return torch.nn.Sequential(
+            torch.nn.Linear(8, 16), torch.nn.Dropout(0.3), torch.nn.Tanh(), torch.nn.Linear(16, 3)
+        )
+
+    common = dict(val=(x[:32], y[:32]), batch_size=16, epochs=3, progress="off", device="cpu")
+    straight = net()
+    sf.fit(straight, data, run_dir=tmp_path / "a", **common)
+    r = sf.fit(net(), data, run_dir=tmp_path / "b", callbacks=[_PauseAt(8)], **common)
+    assert r.preempted and r.steps == 8  # mid-epoch: 6 steps an epoch
+    resumed = net()
+    assert sf.fit(resumed, data, run_dir=tmp_path / "b", resume="must", **common).steps == 18
+    for p, q in zip(straight.parameters(), resumed.parameters(), strict=True):
+        assert torch.equal(p, q)
+
+
+@pytest.mark.parametrize("limit", ["max_steps", "epochs"])
+def test_resuming_a_finished_run_trains_and_writes_nothing(tmp_path, limit):
+    x, y = make_classification(64)
+    common = dict(val=(x[:16], y[:16]), batch_size=16, progress="off", device="cpu",
+                  run_dir=tmp_path / "r", **({"max_steps": 5} if limit == "max_steps" else
+                                             {"epochs": 2}))  # fmt: skip
+    first = sf.fit(mlp(), (x, y), **common)
+    files = lambda: {  # noqa: E731
+        p.name: p.read_bytes() for p in (tmp_path / "r").rglob("*") if p.suffix in (".pt", ".json")
+    }
+    logs = lambda: [(tmp_path / "r" / n).read_text() for n in ("metrics.jsonl", "steps.jsonl")]  # noqa: E731
+    before, before_logs = files(), logs()
+    again = sf.fit(mlp(), (x, y), **common)
+    assert again.steps == first.steps and again.history == first.history
+    assert files() == before and logs() == before_logs
+
+
 class _Crash(sf.Callback):
     def __init__(self, at_step):
         self.at_step = at_step

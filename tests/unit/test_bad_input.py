@@ -101,6 +101,56 @@ def test_labels_beyond_the_model_outputs_after_the_first_batch(tmp_path):
     assert "train" in err.where and "3 outputs" in err.fix
 
 
+@pytest.mark.parametrize("task", ["multiclass", "auto"])
+def test_class_ids_of_shape_b1(tmp_path, task):
+    y = class_ids()[:, None]
+    err = fails_early(sf.DataError, mlp(out=3), (inputs(), y), tmp_path, task=task)
+    assert "(16,)" in err.what and "(16, 1)" in err.what and "y.squeeze(-1)" in err.fix
+
+
+def test_sequence_targets_with_class_logits_last_name_the_lm_task(tmp_path):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Embedding(5, 8), nn.Linear(8, 5))  # (B, T) ids -> (B, T, 5)
+    tokens = torch.arange(N * 7).reshape(N, 7) % 5
+    err = fails_early(sf.DataError, model, (tokens[:, :6], tokens[:, 1:]), tmp_path)
+    assert "(16, 6, 5)" in err.what and "task='lm'" in err.fix
+
+
+@pytest.mark.parametrize(
+    ("task", "loss", "fits"),
+    [("multiclass", "l1", "regression"), ("regression", "ce", "multiclass"),
+     ("binary", "mse", "regression"), ("auto", "ce", "multiclass")],
+)  # fmt: skip
+def test_a_loss_name_the_task_cannot_use(tmp_path, task, loss, fits):
+    y = torch.randn(N) if task in ("regression", "auto") else class_ids(classes=2)
+    err = fails_early(sf.ConfigError, mlp(out=1 if task != "multiclass" else 3), (inputs(), y),
+                      tmp_path, task=task, loss=loss)  # fmt: skip
+    assert f"task.loss='{loss}'" in err.what and err.where == "task.loss"
+    assert f"'{fits}'" in err.fix
+    if task == "auto":
+        assert "inferred" in err.what
+
+
+def test_early_stopping_without_a_validation_set(tmp_path):
+    err = fails_early(sf.ConfigError, mlp(), (inputs(), class_ids()), tmp_path, patience=2)
+    assert "val_loss" in err.what and "no val set" in err.what and "val_fraction" in err.fix
+
+
+@pytest.mark.parametrize("metrics", [None, ["accuracy"]])
+def test_a_monitor_evaluation_does_not_report(tmp_path, metrics):
+    x, y = inputs(), class_ids()
+    err = fails_early(sf.ConfigError, mlp(), (x, y), tmp_path, val=(x, y), monitor="val_acc",
+                      metrics=metrics, patience=2)  # fmt: skip
+    assert "val_acc" in err.what and err.where == "train.monitor"
+    assert "val_accuracy" in err.fix and "val_loss" in err.fix
+
+
+def test_an_unknown_metric_lists_the_metrics_built_on_request_too(tmp_path):
+    x, y = inputs(), class_ids()
+    err = fails_early(sf.ConfigError, mlp(), (x, y), tmp_path, val=(x, y), metrics=["auc"])
+    assert "auc" in err.what and "f1_macro" in err.fix
+
+
 # the preflight computes the loss before its shape check, so torch warns first; the error is ours
 SHAPE_WARNING = "ignore:Using a target size:UserWarning"
 

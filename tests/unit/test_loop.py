@@ -55,6 +55,22 @@ def test_evaluation_runs_in_eval_mode_under_inference_and_returns_to_train_mode(
     assert model.modes and not any(model.modes)
 
 
+@pytest.mark.parametrize("with_dir", [False, True])
+def test_the_callback_view_has_every_documented_property(tmp_path, with_dir):
+    x, y = make_classification(64)
+    seen = []
+
+    class Look(sf.Callback):
+        def on_epoch_end(self, run):
+            seen.append((run.epoch, run.optimizer_step, run.lr, len(run.history), run.run_dir))
+            assert isinstance(run.model, torch.nn.Module)
+
+    run_dir = tmp_path / "r" if with_dir else None
+    sf.fit(mlp(), (x, y), epochs=2, batch_size=32, lr=1e-2, schedule="constant",
+           progress="off", run_dir=run_dir, callbacks=[Look()])  # fmt: skip
+    assert seen == [(1, 2, 1e-2, 1, run_dir), (2, 4, 1e-2, 2, run_dir)]
+
+
 def test_bf16_on_cpu_trains_and_converges():
     x, y = make_classification(256)
     model = mlp(hidden=32)

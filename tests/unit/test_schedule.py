@@ -95,6 +95,34 @@ def test_trace_equals_hand_driven_torch_scheduler(name, kw, make, unit):
     assert got == pytest.approx(want, rel=1e-12, abs=0)
 
 
+def test_onecycle_builds_and_runs_for_every_length_and_warmup():
+    """torch's OneCycleLR divides by the rise's length: a one-step warmup (the default 5 % of
+    10-29 steps) made it zero. Every length and warmup now rises to the peak and falls."""
+    from surefit.config import ScheduleConfig
+    from surefit.schedule import build_schedule
+
+    for total in range(1, 41):
+        for warmup in range(total + 1):
+            opt = torch.optim.SGD(mlp().parameters(), lr=LR)
+            s = build_schedule(
+                ScheduleConfig(name="onecycle", warmup=warmup), opt, total_steps=total,
+                steps_per_epoch=total,
+            )  # fmt: skip
+            seen = [opt.param_groups[0]["lr"]]
+            for _ in range(total):
+                opt.step()
+                s.after_optimizer_step()
+                seen.append(opt.param_groups[0]["lr"])
+            assert all(math.isfinite(v) and 0 < v <= LR * (1 + 1e-12) for v in seen)
+            if 0 < warmup < total - 1:  # (without one, torch's 30 % rise ends between steps)
+                assert max(seen) == pytest.approx(LR) and seen[-1] < LR / 100
+
+
+def test_onecycle_with_a_one_step_warmup_trains():
+    got, r = traced("onecycle", warmup=1)
+    assert r.steps == TOTAL and max(got) == pytest.approx(LR) and got.index(max(got)) == 0
+
+
 def closed_form_warmup_cosine(step, warmup, total, floor):
     if step < warmup:
         return (step + 1) / warmup

@@ -137,6 +137,67 @@ def test_binary_learns_with_pos_weight_and_b1_logits_against_b_targets():
     assert last["val_f1"] > 0.85
 
 
+@pytest.mark.parametrize("dtype", [torch.int32, torch.int16, torch.uint8])
+def test_class_ids_of_any_integer_dtype_train_as_int64_would(dtype):
+    x, y = make_classification(64)
+    runs = [sf.fit(mlp(), (x, y.to(d)), val=(x, y.to(d)), epochs=2, batch_size=16,
+                   progress="off") for d in (torch.long, dtype)]  # fmt: skip
+    clock = ("time_s", "samples_per_s", "steps_per_s")
+    a, b = ([{k: v for k, v in h.items() if k not in clock} for h in r.history] for r in runs)
+    assert a == b and "val_accuracy" in a[-1]
+    assert runs[1].config.task.name == "multiclass"  # the config records the task inferred
+
+
+@pytest.mark.parametrize(
+    ("target", "loss", "task"),
+    [("bool", "", "binary"), ("bool2", "", "multilabel"), ("float", "bce", "binary"),
+     ("float2", "bce", "multilabel"), ("long", "l1", "regression"), ("long", "", "multiclass"),
+     ("float", "", "regression")],
+)  # fmt: skip
+def test_the_task_inferred_from_the_targets_and_the_loss_named(target, loss, task):
+    x, y = make_classification(64, classes=2)
+    y = {"bool": y.bool(), "bool2": torch.stack([y, 1 - y], 1).bool(), "float": y.float(),
+         "float2": torch.stack([y, 1 - y], 1).float(), "long": y}[target]  # fmt: skip
+    out = 2 if target.endswith("2") or task == "multiclass" else 1
+    model = torch.nn.Sequential(
+        mlp(out=out), torch.nn.Flatten(0) if out == 1 else torch.nn.Identity()
+    )
+    r = sf.fit(model, (x, y), val=(x, y), epochs=1, batch_size=16, progress="off",
+               **({"loss": loss} if loss else {}))  # fmt: skip
+    assert r.config.task.name == task
+    with torch.no_grad():
+        logits = model(x)
+        want = {
+            "binary": lambda: F.binary_cross_entropy_with_logits(logits, y.float()),
+            "multilabel": lambda: F.binary_cross_entropy_with_logits(logits, y.float()),
+            "regression": lambda: F.l1_loss(logits, y.float()) if loss else F.mse_loss(logits, y),
+            "multiclass": lambda: F.cross_entropy(logits, y),
+        }[task]()
+    assert close(r.history[-1]["val_loss"], want)
+
+
+def test_a_dataset_of_dict_samples_infers_its_task():
+    x, y = make_classification(64)
+
+    class Dicts(torch.utils.data.Dataset):
+        def __len__(self):
+            return len(x)
+
+        def __getitem__(self, i):
+            return {"x": x[i], "labels": y[i]}
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.body = mlp()
+
+        def forward(self, x):
+            return self.body(x)
+
+    r = sf.fit(Net(), Dicts(), epochs=1, batch_size=16, progress="off")
+    assert r.config.task.name == "multiclass" and r.steps == 4
+
+
 def test_multilabel_learns():
     g = gen(3)
     x = torch.randn(300, 8, generator=g)
@@ -319,7 +380,7 @@ def test_custom_loss_callable_learns():
     model = mlp(seed=0)
     before = sf.evaluate(model, val, loss=hinge, prefix="val", device="cpu")
     r = train(model, tr, val, loss=hinge)
-    assert r.config.task.name == "auto" and calls, "the custom loss was not used"
+    assert r.config.task.name == "custom" and calls, "the custom loss was not used"
     last = assert_learned(before, r, factor=0.3)
     assert set(k for k in last if k.startswith("val_")) == {"val_loss"}  # no metrics of its own
     with torch.no_grad():
@@ -361,6 +422,10 @@ def test_multiclass_metrics_and_loss_match_direct_computation():
     assert close(many["test_loss"], F.cross_entropy(logits, y))
     assert close(many["test_accuracy"], out["test_accuracy"])
     assert close(many["test_top5"], top5)
+    # class weights: each batch's mean divides by its targets' weights, and so does the set's
+    many = fixed_eval(logits, y, task_obj("multiclass", label_smoothing=0.1, class_weights=weights),
+                      batch_size=7)  # fmt: skip
+    assert close(many["test_loss"], expected)
 
 
 def test_multiclass_accuracy_skips_ignore_index():
@@ -431,10 +496,12 @@ def test_lm_metrics_and_loss_match_direct_computation():
     y = torch.randint(0, 7, (6, 5), generator=g)
     y[:, :2] = logits[:, :2].argmax(-1)  # some hits
     y[torch.rand(6, 5, generator=g) < 0.3] = -100
-    out = fixed_eval(logits, y, "lm")
+    y[1] = -100  # a sample of padding only
     ce = F.cross_entropy(logits.reshape(-1, 7), y.reshape(-1), ignore_index=-100)
-    assert close(out["test_loss"], ce)
-    assert close(out["test_perplexity"], ce.exp())
+    for batch_size in (256, 2, 1):  # the token mean, whatever the batches' share of padding
+        out = fixed_eval(logits, y, "lm", batch_size=batch_size)
+        assert close(out["test_loss"], ce)
+        assert close(out["test_perplexity"], ce.exp())
     keep = y != -100
     assert close(out["test_accuracy"], (logits.argmax(-1) == y)[keep].float().mean())
 
