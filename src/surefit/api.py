@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +19,8 @@ from .checkpoint import (
     check_resume_fits,
     for_strategy,
     open_run_dir,
+    restart_run_dir,
+    run_lock,
 )
 from .checks import Finding, raise_first, run_checks
 from .config import RunConfig
@@ -98,6 +101,7 @@ class FitResult:
     config: RunConfig = field(repr=False)
     model: nn.Module = field(repr=False)
     resume_check: Any = None  # the verdict of check_resume=True (a selfcheck.ResumeCheck)
+    health_stop: str = ""  # why the health guards stopped a diverging run ("" when they did not)
 
 
 def _normalise(key: str, value: Any) -> Any:
@@ -446,10 +450,11 @@ class Run:
         with (
             process_group(c.train.device, c.distributed.timeout_s),
             activation_checkpointing(self.model, c.train.activation_checkpointing),  # before fsdp
+            contextlib.ExitStack() as held,  # the run directory's lock, once taken
         ):
-            return self._execute()
+            return self._execute(held)
 
-    def _execute(self) -> FitResult:
+    def _execute(self, held: contextlib.ExitStack) -> FitResult:
         c = self.cfg
         trainer, parts, run_dir, store, resuming, notes = self._build()
         findings = self.checks(trainer, parts)
@@ -459,6 +464,7 @@ class Run:
             from .selfcheck import check_in_process
 
             check = check_in_process(self)
+        held.enter_context(run_lock(run_dir))  # one run at a time in a run directory
         log, console = parts.log, parts.log.console  # type: ignore[union-attr]
         test = parts.test
         if resuming and store is not None:
@@ -468,7 +474,7 @@ class Run:
                     log.event("checkpoint_skipped", file=p.name, why=why),
                 )
             )
-            check_resume_fits(
+            changes = check_resume_fits(
                 state,
                 trainer.model,
                 trainer.optimizer,
@@ -476,7 +482,12 @@ class Run:
                 path,
                 lr=None if self.optimizer is not None else c.optim.lr,
                 override=c.checkpoint.override,
+                config=c.to_dict(),
             )
+            if changes:
+                log.event("config_changed", **{k: list(v) for k, v in changes.items()})
+                console.line("resumed with changed options: " + ", ".join(
+                    f"{k} {old!r} -> {new!r}" for k, (old, new) in changes.items()))  # fmt: skip
             trainer.load_state_dict(state)
             saved_lr = state.get("meta", {}).get("config", {}).get("optim", {}).get("lr")
             if self.optimizer is None and saved_lr and saved_lr != c.optim.lr:
@@ -488,6 +499,10 @@ class Run:
         if run_dir is not None and is_rank_zero():
             run_dir.mkdir(parents=True, exist_ok=True)
             atomic_write_text(run_dir / "config.toml", cfgmod.to_toml(c))
+            cut = [] if resuming else restart_run_dir(run_dir)
+            if cut:
+                console.line(f"{run_dir} holds a run with no checkpoint: starting it over")
+                log.event("restart", cut=cut)
             log.event("resume" if resuming else "start", step=trainer.counters.optimizer_step)
         record(notes, log)
         if check is not None:
@@ -517,7 +532,7 @@ class Run:
             raise
         log.close()
         result = self._result(trainer, test_metrics, run_dir, store)
-        result.resume_check = check
+        result.resume_check, result.health_stop = check, trainer.health_stop
         console.line(summary(result))
         return result
 

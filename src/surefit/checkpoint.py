@@ -13,6 +13,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import shutil
 import signal
 import tempfile
@@ -41,11 +42,20 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
+# the mode an ordinary new file gets (0666 less the umask), read once in the importing thread:
+# mkstemp makes its files 0600, which a shared group could not read
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
+FILE_MODE = 0o666 & ~_UMASK
+
+
 def atomic_write(path: Path, write: Any) -> None:
     """Write through ``write(fileobj)`` to a temporary sibling, fsync, and rename over ``path``."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        if hasattr(os, "fchmod"):
+            os.fchmod(fd, FILE_MODE)
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
@@ -90,15 +100,33 @@ class CheckpointStore:
     def manifest(self) -> dict[str, Any]:
         path = self.folder / MANIFEST
         if not path.exists():
-            return {"checkpoints": []}
+            return {"checkpoints": self._found()}
         try:
-            return json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as exc:
+            manifest = json.loads(path.read_text())
+            entries = manifest["checkpoints"]
+            if not all({"file", "kind", "step", "sha256"} <= set(e) for e in entries):
+                raise ValueError("an entry lacks one of file, kind, step, sha256")
+            return manifest
+        except (OSError, ValueError, TypeError, KeyError) as exc:  # JSONDecodeError: ValueError
             raise CheckpointError(
-                f"checkpoint manifest is unreadable: {exc}",
+                f"checkpoint manifest is unreadable: {type(exc).__name__}: {exc}",
                 where=str(path),
-                fix="restore it from a backup, or delete it to rebuild from the files present",
+                fix="restore it from a backup, or delete it to rebuild it from the checkpoint "
+                "files present",
             ) from None
+
+    def _found(self) -> list[dict[str, Any]]:
+        """The manifest of a folder that has none (deleted after damage, or lost): the
+        checkpoint files present, hashed as they are now; loading still refuses a file torch
+        cannot read, and falls back to the next."""
+        entries = []
+        for path in sorted(self.folder.glob("*")) if self.folder.is_dir() else []:
+            last = re.fullmatch(r"last-(\d{9})(\.pt)?", path.name)
+            if last or path.name in ("best.pt", "best"):
+                kind, step = ("last", int(last.group(1))) if last else ("best", -1)
+                entries.append({"file": path.name, "kind": kind, "step": step,
+                                "sha256": sha256(path)})  # fmt: skip
+        return entries
 
     def _write_manifest(self, manifest: dict[str, Any]) -> None:
         atomic_write_text(self.folder / MANIFEST, json.dumps(manifest, indent=1))
@@ -168,6 +196,23 @@ class CheckpointStore:
             where=str(self.folder),
             fix="start a fresh run (resume='never' with a new run_dir)",
         )
+
+    def load_best(self, on_skip: Any = None) -> dict[str, Any] | None:
+        """best.pt's state when its hash verifies against the manifest; None when there is no
+        best.pt, or (reported to ``on_skip``) when it is damaged or not in the manifest."""
+        path = self.folder / "best.pt"
+        if not path.is_file():
+            return None
+        entry = next((e for e in self.manifest()["checkpoints"] if e["kind"] == "best"), None)
+        try:
+            if entry is None or sha256(path) != entry["sha256"]:
+                what = "sha256 does not match the manifest" if entry else "not in the manifest"
+                raise CheckpointError(what, where=str(path))
+            return load_file(path)
+        except (OSError, CheckpointError) as exc:
+            if on_skip is not None:
+                on_skip(path, f"{path.name}: {getattr(exc, 'what', exc)}")
+            return None
 
 
 class ShardedStore(CheckpointStore):
@@ -252,6 +297,41 @@ def for_strategy(store: CheckpointStore | None, strategy: str, model: Any, optim
     return ShardedStore(store.folder, store.keep_last, model, optimizer)
 
 
+# what decides the data order and a run's position in it: a resume that changes one of them
+# continues a different run (with --override, on purpose)
+RESUME_FIXED = (
+    "data.batch_size",
+    "data.drop_last",
+    "data.val_fraction",
+    "data.stratify",
+    "train.accumulate",
+    "train.seed",
+)
+RESUME_FREE = ("train.run_dir", "checkpoint.resume", "checkpoint.override")  # how it resumes
+
+
+def config_changes(saved: dict[str, Any], now: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+    """``{"section.key": (saved, now)}`` for the options a resumed run changes."""
+    same = lambda a, b: (
+        json.dumps(a, sort_keys=True, default=str)
+        == json.dumps(  # noqa: E731
+            b, sort_keys=True, default=str
+        )
+    )
+    changes = {}
+    for section, values in now.items():
+        old = saved.get(section)
+        if not isinstance(values, dict) or not isinstance(old, dict):
+            continue
+        for k, v in values.items():
+            key = f"{section}.{k}"
+            if key in RESUME_FREE or k not in old or (key == "task.name" and old[k] == "auto"):
+                continue
+            if not same(old[k], v):
+                changes[key] = (old[k], v)
+    return changes
+
+
 def check_resume_fits(
     state: dict[str, Any],
     model: torch.nn.Module,
@@ -260,12 +340,16 @@ def check_resume_fits(
     path: Path,
     lr: float | None = None,
     override: bool = False,
-) -> None:
-    """Refuse a resume whose model, optimizer or data differ from the checkpoint's run.
+    config: dict[str, Any] | None = None,
+) -> dict[str, tuple[Any, Any]]:
+    """Refuse a resume whose model, optimizer, data or data order differ from the checkpoint's
+    run; return the options it changes (more epochs or steps, a logger...).
 
     More epochs or steps are fine; anything that would silently mix two different runs is not.
     """
     meta = state.get("meta", {})
+    changes = config_changes(meta.get("config", {}), config or {})
+    fixed = [k for k in RESUME_FIXED if k in changes]
     saved, now = state["model"], model.state_dict()
     problems = []
     missing, extra = sorted(set(saved) - set(now)), sorted(set(now) - set(saved))
@@ -296,6 +380,12 @@ def check_resume_fits(
             f"optim.lr is {lr:g}, the run was started with {saved_lr:g} (to change it on "
             "purpose, resume with --override, or fit(override=True))"
         )
+    if fixed and not override:
+        problems += [
+            f"{k} is {changes[k][1]!r}, the run was started with {changes[k][0]!r} (it decides "
+            "the data order; to change it on purpose, resume with --override)"
+            for k in fixed
+        ]
     if problems:
         raise CheckpointError(
             "cannot resume: " + "; ".join(problems),
@@ -303,6 +393,7 @@ def check_resume_fits(
             fix="resume with the configuration the run was started with (only epochs and "
             "max_steps may grow), or start a new run in a new run_dir",
         )
+    return changes
 
 
 def load_file(path: Path, map_location: Any = "cpu") -> dict[str, Any]:
@@ -326,17 +417,35 @@ def load_file(path: Path, map_location: Any = "cpu") -> dict[str, Any]:
         ) from None
 
 
-def export_weights(run_dir: str | Path, to: str | Path, which: str = "best") -> Path:
-    """Write a run's model weights (``best``, else the newest ``last``) as a safetensors file."""
+def run_state(run_dir: str | Path, which: str = "best", on_skip: Any = None) -> dict[str, Any]:
+    """A run directory's verified checkpoint state: ``best`` (else the newest good ``last``,
+    when best.pt is missing or damaged) or ``last``."""
+    if not Path(run_dir).is_dir():
+        raise CheckpointError(
+            f"no run directory at {run_dir}",
+            where=str(run_dir),
+            fix="give the folder a run wrote (it holds config.toml and checkpoints/)",
+        )
     store = CheckpointStore(Path(run_dir) / "checkpoints")
-    best = store.folder / "best.pt"
-    if which == "best" and best.exists():
-        state = load_file(best)
-    else:
-        state, _ = store.load_latest()
+    state = store.load_best(on_skip) if which == "best" else None
+    return state if state is not None else store.load_latest(on_skip)[0]
+
+
+def export_weights(
+    run_dir: str | Path, to: str | Path, which: str = "best", on_skip: Any = None
+) -> Path:
+    """Write a run's model weights (``best``, else the newest ``last``) as a safetensors file."""
+    state = run_state(run_dir, which, on_skip)
     tensors = {k: v.detach().contiguous() for k, v in state["model"].items()}
     out = Path(to)
-    atomic_write(out, lambda f: f.write(_safetensors_bytes(tensors)))
+    try:
+        atomic_write(out, lambda f: f.write(_safetensors_bytes(tensors)))
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot write {out}: {exc.strerror or exc}",
+            where="--to",
+            fix="give a file path in an existing folder you can write to",
+        ) from None
     return out
 
 
@@ -413,6 +522,59 @@ def preemption_signals(on_signal: Callable[[str], None]) -> Iterator[None]:
     finally:
         for n in names:
             signal.signal(getattr(signal, n), previous[n])
+
+
+@contextlib.contextmanager
+def run_lock(run_dir: Path | None) -> Iterator[None]:
+    """Hold ``RUN_DIR/.lock`` while a run trains: a second process opening the same run
+    directory is refused instead of resuming from, and writing over, a run that is still going.
+
+    An advisory ``flock``: the kernel drops it when the holder dies, so a killed run leaves no
+    stale lock behind. Where fcntl is missing (Windows), runs are not locked.
+    """
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - POSIX-only
+        fcntl = None  # type: ignore[assignment]
+    if run_dir is None or fcntl is None or not distributed.is_rank_zero():
+        yield
+        return
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with open(run_dir / ".lock", "a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            f.seek(0)
+            holder = f.read().strip() or "unknown"
+            raise ConfigError(
+                f"{run_dir} is in use by a run that is still going (pid {holder})",
+                where="run_dir",
+                fix="wait for that run to end (a stopped run resumes), or choose another run_dir",
+            ) from None
+        f.seek(0)
+        f.truncate()
+        f.write(f"{os.getpid()}\n")
+        f.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+STEP_LOGS = ("metrics.jsonl", "metrics.csv", "steps.jsonl", "quarantine.jsonl")
+
+
+def restart_run_dir(run_dir: Path) -> list[str]:
+    """Start a run over in a folder whose earlier run wrote logs but no checkpoint (killed or
+    crashed before its first save): its per-step logs are cut to nothing, as a resume cuts them
+    back to its checkpoint, so the new run's logs are not appended to the old ones;
+    events.jsonl keeps its record of what happened. Returns the files cut."""
+    cut = [
+        name for name in STEP_LOGS if (run_dir / name).is_file() and (run_dir / name).stat().st_size
+    ]
+    for name in cut:
+        atomic_write_text(run_dir / name, "")
+    return cut
 
 
 def open_run_dir(cfg: RunConfig) -> tuple[Path | None, CheckpointStore | None, bool]:

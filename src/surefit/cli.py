@@ -14,6 +14,7 @@ from . import __version__, recipes
 from . import config as cfgmod
 from .errors import SurefitError
 
+EXIT_DIVERGED = 3  # the health guards stopped the run: too many bad steps or rollbacks
 EXIT_PREEMPTED = 75  # stopped by SIGTERM/SIGINT/SIGUSR1 after a checkpoint: resumable (EX_TEMPFAIL)
 
 EXAMPLES = """examples:
@@ -27,6 +28,21 @@ EXAMPLES = """examples:
   surefit lr-find mnist1d-cnn                   learning-rate range test of a recipe
   surefit sample runs/char-gpt --prompt "ROMEO:"  generate text from a char-gpt run
 """
+
+
+def _count(low: int) -> Any:
+    """An argparse type: an integer >= ``low`` (a usage error, exit 2, otherwise)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"'{text}' is not an integer") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"{value} is below {low}")
+        return value
+
+    return parse
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -57,7 +73,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     fit.add_argument(
         "--pause-at",
-        type=int,
+        type=_count(1),
         metavar="STEP",
         help="stop at this optimizer step as a preemption does (checkpoint, exit 75); "
         "`surefit resume` continues exactly",
@@ -71,7 +87,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     res.add_argument("run_dir", help="the run directory to continue")
     res.add_argument(
-        "--override", action="store_true", help="allow a changed learning rate (--set optim.lr=...)"
+        "--override",
+        action="store_true",
+        help="allow a changed learning rate or data order (batch size, accumulation, seed)",
     )
     _common(res)
     _nproc(res)
@@ -108,7 +126,11 @@ def _parser() -> argparse.ArgumentParser:
         help="also run 50 steps: time waiting for data vs in the step, and throughput",
     )
     doc.add_argument(
-        "--top-ops", type=int, default=0, metavar="N", help="with --profile: torch profiler's top N"
+        "--top-ops",
+        type=_count(0),
+        default=0,
+        metavar="N",
+        help="with --profile: torch profiler's top N",
     )
     doc.add_argument(
         "--max-batch",
@@ -125,7 +147,9 @@ def _parser() -> argparse.ArgumentParser:
         "and the likely cause.",
     )
     _recipe(chk)
-    chk.add_argument("--steps", type=int, default=8, help="steps before the stop (default: 8)")
+    chk.add_argument(
+        "--steps", type=_count(1), default=8, help="steps before the stop (default: 8)"
+    )
     chk.add_argument("--keep", metavar="DIR", help="keep the runs' directories under DIR")
     _common(chk)
 
@@ -178,7 +202,7 @@ def _report_commands(sub: Any) -> None:
     _overrides(lrf)
     lrf.add_argument("--min-lr", type=float, default=1e-7, help="first learning rate (%(default)g)")
     lrf.add_argument("--max-lr", type=float, default=10.0, help="last learning rate (%(default)g)")
-    lrf.add_argument("--steps", type=int, default=100, help="optimizer steps (%(default)d)")
+    lrf.add_argument("--steps", type=_count(2), default=100, help="optimizer steps (%(default)d)")
     lrf.add_argument(
         "--rule",
         choices=["steepest", "min/10"],
@@ -210,12 +234,14 @@ def _sample_parser(sub: argparse._SubParsersAction) -> None:
     )
     smp.add_argument("run_dir", help="the run directory")
     smp.add_argument("--prompt", default="\n", help="text to continue (default: a newline)")
-    smp.add_argument("--tokens", type=int, default=500, help="tokens to generate (default 500)")
+    smp.add_argument(
+        "--tokens", type=_count(1), default=500, help="tokens to generate (default 500)"
+    )
     smp.add_argument(
         "--temperature", type=float, default=0.8, help="softmax temperature, > 0 (default 0.8)"
     )
     smp.add_argument(
-        "--top-k", type=int, default=0, help="sample among the k likeliest tokens; 0 = all"
+        "--top-k", type=_count(0), default=0, help="sample among the k likeliest tokens; 0 = all"
     )
     smp.add_argument("--seed", type=int, default=0, help="seed of the sampling (default 0)")
 
@@ -244,7 +270,7 @@ def _overrides(p: argparse.ArgumentParser) -> None:
 def _nproc(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--nproc",
-        type=int,
+        type=_count(1),
         default=1,
         metavar="N",
         help="processes on this machine, launched through torch's elastic launcher (torchrun)",
@@ -281,7 +307,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
         cfg = cfg.replace(train={"run_dir": _free_run_dir(cfg.name)})
     if args.nproc > 1:  # every process gets the run directory chosen here
         return _launch(args.nproc, [*args.argv, "--run-dir", cfg.train.run_dir])
-    if args.pause_at:
+    if args.pause_at is not None:
         from .callbacks import PauseAt
 
         return _exit_code(recipes.run(cfg, callbacks=[PauseAt(args.pause_at)]))
@@ -319,6 +345,7 @@ def cmd_check_resume(args: argparse.Namespace) -> int:
 
 def _launch(nproc: int, argv: list[str]) -> int:
     """Run ``surefit ARGV`` in ``nproc`` processes through torch.distributed.run (torchrun)."""
+    from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import get_args_parser, run
 
@@ -335,12 +362,20 @@ def _launch(nproc: int, argv: list[str]) -> int:
         rank, failure = exc.get_first_failure()
         print(f"error: rank {rank} failed first (exit code {failure.exitcode})", file=sys.stderr)
         return failure.exitcode if failure.exitcode > 0 else 1
+    except SignalException as exc:  # torchrun passed the signal on: each rank checkpointed
+        print(
+            f"stopped by {exc.sigval.name}; continue with: surefit resume RUN_DIR", file=sys.stderr
+        )
+        return EXIT_PREEMPTED
     return 0
 
 
 def _exit_code(result: object) -> int:
-    """0 when the run finished; EXIT_PREEMPTED when a signal paused it with a checkpoint."""
-    return EXIT_PREEMPTED if getattr(result, "preempted", False) else 0
+    """0 when the run finished; EXIT_PREEMPTED when a signal paused it with a checkpoint;
+    EXIT_DIVERGED when the health guards stopped it."""
+    if getattr(result, "preempted", False):
+        return EXIT_PREEMPTED
+    return EXIT_DIVERGED if getattr(result, "health_stop", "") else 0
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
@@ -359,7 +394,12 @@ def cmd_resume(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from .checkpoint import export_weights
 
-    path = export_weights(args.run_dir, args.to, args.which)
+    path = export_weights(
+        args.run_dir,
+        args.to,
+        args.which,
+        on_skip=lambda p, why: print(f"skipping unreadable checkpoint {why}", file=sys.stderr),
+    )
     print(f"wrote {path}")
     return 0
 

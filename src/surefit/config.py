@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
+import numbers
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -72,7 +74,7 @@ class DataConfig:
 @dataclass(frozen=True, kw_only=True)
 class TaskConfig:
     name: str = "auto"  # one of TASKS; "auto" infers multiclass or regression from the targets
-    loss: str = ""  # regression loss: mse (default), l1, huber, smooth_l1; ce/bce name the defaults
+    loss: str = ""  # ce, bce or mse/l1/huber/smooth_l1 (regression); picks the task when auto
     label_smoothing: float = 0.0  # multiclass/lm cross-entropy label smoothing, in [0, 1)
     class_weights: list = field(default_factory=list)  # per-class loss weights; [] = equal
     pos_weight: list = field(default_factory=list)  # BCE positive weight per label; [] = 1
@@ -269,8 +271,11 @@ def _coerce(key: str, value: Any, annotation: Any) -> Any:
     """Check ``value`` against a field's annotation; ints are accepted for floats."""
     expected = {"int": int, "float": float, "bool": bool, "str": str, "list": list, "dict": dict}
     typ = expected.get(str(annotation))
-    if typ is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
+    if typ in (int, float) and isinstance(value, numbers.Number) and not isinstance(value, bool):
+        if isinstance(value, numbers.Integral):  # numpy integers too
+            return typ(value)
+        if typ is float and isinstance(value, numbers.Real):  # numpy floats
+            return float(value)
     if typ is list and isinstance(value, tuple):
         return list(value)
     if typ is None or (isinstance(value, typ) and not (typ is int and isinstance(value, bool))):
@@ -400,8 +405,26 @@ def _choice(key: str, value: str, choices: tuple[str, ...]) -> None:
         )
 
 
+def _finite(c: RunConfig) -> None:
+    """Every number of the config (lists and group rates included) is finite: inf passes the
+    range checks below and NaN fails them with a confusing message."""
+    for section, values in c.to_dict().items():
+        for key, value in values.items() if isinstance(values, dict) else ():
+            if key == "args":  # the factories' own arguments
+                continue
+            items = value.values() if isinstance(value, dict) else value
+            items = items if isinstance(value, (dict, list, tuple)) else [value]
+            if any(isinstance(v, float) and not math.isfinite(v) for v in items):
+                raise ConfigError(
+                    f"'{section}.{key}' = {value!r} is not a finite number",
+                    where=f"{section}.{key}",
+                    fix="give a finite value (docs/options.md gives its range)",
+                )
+
+
 def validate(c: RunConfig) -> None:
     """Range and choice checks that a type alone cannot express."""
+    _finite(c)
     _choice("task.name", c.task.name, TASKS)
     _choice("task.loss", c.task.loss, LOSSES)
     _choice("optim.name", c.optim.name, OPTIMIZERS)
@@ -451,7 +474,18 @@ def validate(c: RunConfig) -> None:
     _require(c.task.temperature > 0, "task.temperature", c.task.temperature, "a value > 0")
     _require(0 <= c.task.alpha <= 1, "task.alpha", c.task.alpha, "a value in [0, 1]")
     _require(0 <= c.task.dice_weight <= 1, "task.dice_weight", c.task.dice_weight, "[0, 1]")
+    _require(c.task.top_k >= 0, "task.top_k", c.task.top_k, "0 (auto) or k >= 1")
+    _require(
+        0 < c.task.threshold < 1, "task.threshold", c.task.threshold, "a probability in (0, 1)"
+    )
+    for key in ("class_weights", "pos_weight"):
+        w = getattr(c.task, key)
+        ok = all(isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0 for v in w)
+        _require(ok and (not w or any(w)), f"task.{key}", w, "weights >= 0, not all 0")
+    _require(c.data.num_workers >= -1, "data.num_workers", c.data.num_workers, "-1 (auto) or >= 0")
     _require(c.optim.lr > 0, "optim.lr", c.optim.lr, "a learning rate > 0, e.g. 1e-3")
+    _require(0 <= c.optim.momentum < 1, "optim.momentum", c.optim.momentum, "a value in [0, 1)")
+    _require(c.optim.eps > 0, "optim.eps", c.optim.eps, "a value > 0, e.g. 1e-8")
     _require(c.optim.weight_decay >= 0, "optim.weight_decay", c.optim.weight_decay, ">= 0")
     _require(
         len(c.optim.betas) == 2

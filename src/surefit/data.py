@@ -429,10 +429,27 @@ def _as_batch(batch: Any) -> Any:
     return tuple(batch) if isinstance(batch, list) else batch
 
 
+def _is_batch(obj: Any) -> bool:
+    """A dict, or a tuple or list of tensors or arrays (a batch, not a column of values)."""
+    arrays = (torch.Tensor, np.ndarray)
+    return isinstance(obj, dict) or (
+        isinstance(obj, (tuple, list)) and bool(obj) and all(isinstance(v, arrays) for v in obj)
+    )
+
+
 def as_data(obj: Any, where: str) -> TensorData | DatasetData | LoaderData:
     """Wrap what a user passed as ``train``/``val``/``test``."""
+    if isinstance(obj, list) and obj and all(_is_batch(b) for b in obj):
+        return LoaderData(obj, where)  # a list of batches: re-iterable, taken as given
     if isinstance(obj, (tuple, list)):
         return TensorData(obj, where)
+    if isinstance(obj, dict):
+        raise DataError(
+            f"{where} is a dict; surefit needs inputs and targets",
+            where=where,
+            fix=f"pass {where}=(x, y), a Dataset whose items are dicts (with a 'labels', 'y' or "
+            "'target' key), or a DataLoader of such batches",
+        )
     if isinstance(obj, (torch.Tensor, np.ndarray)):
         raise DataError(
             f"{where} is a single array; surefit needs inputs and targets",

@@ -92,6 +92,7 @@ class Trainer:
         self._executor: Any = None  # the background checkpoint writer (async_save)
         self._pending: list[tuple[int, tuple[str, ...], Any]] = []
         self.preempted: str | None = None  # the signal that stopped the run, if one did
+        self.health_stop = ""  # why the health guards stopped the run, if they did
         self._best_due = False  # best.pt is written with the next save at this step
         self._config_dict = cfg.to_dict()  # the resolved config, as every checkpoint holds it
         self.resumed_threads = 0  # the thread count a resumed run's checkpoint was written with
@@ -100,6 +101,13 @@ class Trainer:
         self._cpu_use = CpuUse() if auto_cpu else None  # other processes' CPU use from here on
         bs, acc = cfg.data.batch_size, cfg.train.accumulate
         self.batches_per_epoch = parts.train.num_batches(bs, cfg.data.drop_last)
+        if self.batches_per_epoch == 0:  # drop_last with fewer samples than one batch
+            raise DataError(
+                f"an epoch has no batch: data.drop_last drops the only, short batch of "
+                f"{parts.train.num_samples} samples (batch_size {bs})",
+                where="data.batch_size",
+                fix="lower batch_size, or set drop_last = false",
+            )
         self._multi = world_size() > 1
         self._plain_zero_grad = type(self.optimizer).zero_grad is torch.optim.Optimizer.zero_grad
         self.steps_per_epoch = (
@@ -306,6 +314,7 @@ class Trainer:
             else:
                 actions["stop"] = f"diverged ({actions['rollback']}) with no state to roll back to"
         if actions["stop"]:
+            self.health_stop = self.health_stop or actions["stop"]
             self._console().line(f"stopping: {actions['stop']}")
             if self.p.log is not None:
                 self.p.log.event("health_stop", why=actions["stop"])
@@ -443,13 +452,19 @@ class Trainer:
             except OSError as exc:
                 self._record_save(step, kind, None, exc)
 
+    def _skipped_checkpoint(self, path: Path, why: str) -> None:
+        self._console().line(f"skipping unreadable checkpoint {why}")
+        if self.p.log is not None:
+            self.p.log.event("checkpoint_skipped", file=path.name, why=why)
+
     def restore_best_weights(self) -> bool:
         """Load the best evaluated weights into the model; False when there are none."""
         self._drain()
-        if self.p.store is not None and (self.p.store.folder / "best.pt").exists():
-            from .checkpoint import load_file
-
-            self.model.load_state_dict(load_file(self.p.store.folder / "best.pt")["model"])
+        state = None
+        if self.p.store is not None:  # verified; a damaged best.pt is reported and passed over
+            state = self.p.store.load_best(on_skip=self._skipped_checkpoint)
+        if state is not None:
+            self.model.load_state_dict(state["model"])
             return True
         if self.best_state is not None:
             self.model.load_state_dict(self.best_state)

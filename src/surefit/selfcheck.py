@@ -185,6 +185,14 @@ def check_processes(cfg: RunConfig, first_steps: int = 8, keep: str = "") -> Res
     k, n = first_steps, 2 * first_steps
     with tempfile.TemporaryDirectory(prefix="surefit-check-") as tmp:
         base = Path(keep) if keep else Path(tmp)
+        if keep and base.exists() and any(base.iterdir()):
+            from .errors import ConfigError
+
+            raise ConfigError(
+                f"--keep {keep} is not empty: the check would continue the runs it holds",
+                where="--keep",
+                fix="give a new or empty folder",
+            )
         base.mkdir(parents=True, exist_ok=True)
         recipe = base / "recipe.toml"
         recipe.write_text(to_toml(cfg.replace(checkpoint={"check_resume": False})))

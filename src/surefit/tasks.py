@@ -498,7 +498,7 @@ class Distillation(Multiclass):
                 where="fit(teacher=...)",
                 fix="pass teacher=trained_model (or task.teacher in a recipe)",
             )
-        self.teacher = teacher.eval().requires_grad_(False)
+        self.teacher = teacher.eval()  # run under no_grad: its parameters are left as they are
 
     def to(self, device: torch.device) -> Distillation:
         self.teacher.to(device)

@@ -168,6 +168,17 @@ ERRORS = [
         ["optim.betas"],
         id="non-numeric-betas",
     ),
+    pytest.param(["fit", "--set", "optim.lr=inf"], ["optim.lr", "finite"], id="infinite-lr"),
+    pytest.param(
+        ["fit", "--set", "model.args={chanels=8}"],
+        ["model.args", "chanels", "channels"],
+        id="misspelled-factory-argument",
+    ),
+    pytest.param(["fit", "binary.toml"], ["binary.toml", "UTF-8"], id="not-a-text-recipe"),
+    pytest.param(["fit", "--pause-at", "0"], ["--pause-at", "below 1"], id="pause-at-zero"),
+    pytest.param(
+        ["check-resume", "--steps", "0"], ["--steps", "below 1"], id="check-resume-zero-steps"
+    ),
 ]
 
 
@@ -175,6 +186,7 @@ ERRORS = [
 def test_user_errors_are_one_paragraph_without_traceback(tmp_path, args, mentions):
     (tmp_path / "bad.toml").write_text('name = "x"\n[optim\nlr = 1\n')
     (tmp_path / "typo.toml").write_text("[optim]\nlrr = 1e-3\n")
+    (tmp_path / "binary.toml").write_bytes(b"\xff\xfe\x00name")
     r = cli(tmp_path, *args)
     assert "Traceback" not in r.stderr, r.stderr
     assert r.returncode == 2, r.stderr

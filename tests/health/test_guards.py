@@ -139,9 +139,12 @@ def test_too_many_bad_batches_stop_the_run(tmp_path):
     x, y = make_classification(512)
     x[::3, 1] = float("nan")  # a third of the samples: nearly every batch
     r = _fit(model := mlp(), (x, y), tmp_path, epochs=3)
-    assert "max_bad_fraction" in r.stop_reason
+    assert "max_bad_fraction" in r.stop_reason and r.health_stop == r.stop_reason
     assert _events(tmp_path, "health_stop")
     assert _finite(model)
+    from surefit.cli import EXIT_DIVERGED, _exit_code
+
+    assert _exit_code(r) == EXIT_DIVERGED == 3
 
 
 def test_skipped_steps_do_not_move_the_schedule(tmp_path):

@@ -178,6 +178,40 @@ def test_export_to_safetensors_and_load_weights(tmp_path):
     assert r.returncode == 2 and "Traceback" not in r.stderr
 
 
+def test_a_damaged_best_checkpoint_is_never_exported_or_restored(tmp_path, capsys):
+    from surefit.checkpoint import export_weights
+
+    x, y = make_classification(64)
+    common = dict(val=(x[:16], y[:16]), batch_size=16, epochs=2, progress="off", device="cpu",
+                  schedule="constant", lr=1e-2)  # fmt: skip
+    model = mlp()
+    r = sf.fit(model, (x, y), run_dir=tmp_path / "r", **common)
+    best = tmp_path / "r" / "checkpoints" / "best.pt"
+    good = torch.load(best, weights_only=True)["model"]
+    data = bytearray(best.read_bytes())
+    key = next(iter(good))
+    at = bytes(data).find(good[key].numpy().tobytes()[:16])  # inside a weight's bytes
+    data[at] ^= 0xFF
+    best.write_bytes(bytes(data))
+    skipped = []
+    out = export_weights(tmp_path / "r", tmp_path / "w.safetensors",
+                         on_skip=lambda p, why: skipped.append(why))  # fmt: skip
+    assert skipped and "sha256" in skipped[0]
+    weights = sf.load_weights(mlp(), out).state_dict()
+    latest = torch.load(r.checkpoint.parent / "last-000000008.pt", weights_only=True)["model"]
+    assert all(torch.equal(weights[k], latest[k]) for k in latest)  # the newest good one instead
+    with pytest.raises(sf.CheckpointError, match="no run directory"):
+        export_weights(tmp_path / "nope", tmp_path / "x.safetensors")
+    with pytest.raises(sf.ConfigError, match="cannot write"):
+        export_weights(tmp_path / "r", tmp_path)  # a folder
+    # restore_best passes over it too, and keeps the weights the run holds
+    held = {k: v.clone() for k, v in model.state_dict().items()}
+    r2 = sf.fit(model, (x, y), run_dir=tmp_path / "r", restore_best=True, **common)
+    assert r2.steps == 8 and all(torch.equal(v, model.state_dict()[k]) for k, v in held.items())
+    events = (tmp_path / "r" / "events.jsonl").read_text()
+    assert '"checkpoint_skipped"' in events and "best.pt" in events
+
+
 @pytest.mark.parametrize(
     ("change", "message"),
     [
@@ -206,6 +240,27 @@ def test_resume_refuses_a_changed_model_optimizer_or_data(tmp_path, change, mess
     # more epochs with the same set-up are fine
     r = sf.fit(mlp(), (x, y), epochs=2, batch_size=16, progress="off", run_dir=tmp_path / "r")
     assert r.steps == 12
+
+
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [("batch_size", 8), ("accumulate", 2), ("seed", 1), ("drop_last", True)],
+)
+def test_resume_refuses_a_changed_data_order_unless_overridden(tmp_path, option, value):
+    x, y = make_classification(100)
+    common = dict(batch_size=16, progress="off", run_dir=tmp_path / "r", device="cpu")
+    sf.fit(mlp(), (x, y), epochs=1, **common)
+    before = (tmp_path / "r" / "metrics.jsonl").read_text()
+    with pytest.raises(sf.CheckpointError, match=rf"\.{option} is {value!r}") as info:
+        sf.fit(mlp(), (x, y), epochs=2, **{**common, option: value})
+    assert "--override" in info.value.what
+    assert (tmp_path / "r" / "metrics.jsonl").read_text() == before
+    r = sf.fit(mlp(), (x, y), epochs=2, override=True, **{**common, option: value})
+    assert r.steps > 7
+    events = [json.loads(s) for s in (tmp_path / "r" / "events.jsonl").read_text().splitlines()]
+    changed = [e for e in events if e["event"] == "config_changed"]
+    assert len(changed) == 1 and changed[0]["train.epochs"] == [1, 2]
+    assert any(k.endswith(f".{option}") for k in changed[0])
 
 
 def test_resume_in_a_dataset_loads_no_sample_of_the_skipped_batches(tmp_path):
@@ -266,6 +321,79 @@ def test_resume_over_a_dataset_is_exact_with_a_model_that_draws_random_numbers(t
     assert sf.fit(resumed, data, run_dir=tmp_path / "b", resume="must", **common).steps == 18
     for p, q in zip(straight.parameters(), resumed.parameters(), strict=True):
         assert torch.equal(p, q)
+
+
+def test_a_run_directory_in_use_is_refused_and_free_again_when_its_holder_dies(tmp_path):
+    x, y = make_classification(64)
+    common = dict(batch_size=16, epochs=1, progress="off", device="cpu", run_dir=tmp_path / "r")
+    sf.fit(mlp(), (x, y), **common)
+    before = (tmp_path / "r" / "metrics.jsonl").read_text()
+    code = (
+        "import sys, time; from pathlib import Path; from surefit.checkpoint import run_lock\n"
+        "with run_lock(Path(sys.argv[1])):\n    print('held', flush=True); time.sleep(60)\n"
+    )
+    holder = subprocess.Popen([sys.executable, "-c", code, str(tmp_path / "r")],
+                              stdout=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(
+            sf.ConfigError, match=f"in use by a run that is still going .pid {holder.pid}"
+        ):
+            sf.fit(mlp(), (x, y), **{**common, "epochs": 2})
+        assert (tmp_path / "r" / "metrics.jsonl").read_text() == before
+    finally:
+        holder.kill()
+        holder.wait()
+    assert sf.fit(mlp(), (x, y), **{**common, "epochs": 2}).steps == 8  # no stale lock
+
+
+def test_a_run_that_crashed_before_its_first_checkpoint_starts_over_with_clean_logs(tmp_path):
+    x, y = make_classification(64)
+    common = dict(batch_size=16, epochs=2, progress="off", device="cpu", run_dir=tmp_path / "r",
+                  log_every=1)  # fmt: skip
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        sf.fit(mlp(), (x, y), callbacks=[_Crash(3)], **common)
+    assert not (tmp_path / "r" / "checkpoints" / "MANIFEST.json").exists()
+    straight = sf.fit(mlp(), (x, y), **{**common, "run_dir": tmp_path / "s"})
+    again = sf.fit(mlp(), (x, y), **common)
+    assert again.steps == straight.steps == 8
+    read = lambda run, name: (tmp_path / run / name).read_text().splitlines()  # noqa: E731
+    steps = [json.loads(s)["step"] for s in read("r", "steps.jsonl")]
+    assert steps == list(range(1, 9))
+    metric_steps = lambda run: [json.loads(s)["step"] for s in read(run, "metrics.jsonl")]  # noqa: E731
+    assert metric_steps("r") == metric_steps("s")
+    events = [json.loads(s)["event"] for s in read("r", "events.jsonl")]
+    assert events.count("start") == 2 and "restart" in events  # the crash stays on record
+
+
+def test_a_deleted_manifest_is_rebuilt_from_the_checkpoint_files(tmp_path):
+    x, y = make_classification(64)
+    common = dict(batch_size=16, progress="off", device="cpu", run_dir=tmp_path / "r",
+                  schedule="constant")  # fmt: skip
+    sf.fit(mlp(), (x, y), epochs=1, **common)
+    manifest = tmp_path / "r" / "checkpoints" / "MANIFEST.json"
+    manifest.write_text('{"checkpoints": [{"file": "last-000000004.pt"}]}')
+    with pytest.raises(sf.CheckpointError, match="manifest is unreadable") as info:
+        sf.fit(mlp(), (x, y), epochs=2, **common)
+    assert "delete it to rebuild" in info.value.fix
+    manifest.unlink()
+    straight = mlp()
+    sf.fit(straight, (x, y), epochs=2, **{**common, "run_dir": tmp_path / "s"})
+    resumed = mlp()
+    assert sf.fit(resumed, (x, y), epochs=2, **common).steps == 8
+    assert all(
+        torch.equal(p, q) for p, q in zip(straight.parameters(), resumed.parameters(), strict=True)
+    )
+    assert manifest.exists()
+
+
+def test_checkpoints_and_config_get_the_mode_of_every_other_file_of_the_run(tmp_path):
+    x, y = make_classification(32)
+    sf.fit(mlp(), (x, y), val=(x, y), epochs=1, batch_size=16, progress="off", run_dir=tmp_path)
+    mode = lambda p: p.stat().st_mode & 0o777  # noqa: E731
+    plain = mode(tmp_path / "metrics.jsonl")  # made by open(): 0666 less the umask
+    written = [tmp_path / "config.toml", *(tmp_path / "checkpoints").iterdir()]
+    assert len(written) >= 4 and all(mode(p) == plain for p in written)
 
 
 @pytest.mark.parametrize("limit", ["max_steps", "epochs"])

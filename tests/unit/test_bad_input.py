@@ -277,6 +277,24 @@ def test_callback_with_a_misspelled_hook(tmp_path, callback, hook, meant):
     assert f"did you mean '{meant}'?" in err.fix
 
 
+def test_a_dict_of_arrays_is_not_data(tmp_path):
+    err = fails_early(sf.DataError, mlp(), {"x": inputs(), "y": class_ids()}, tmp_path)
+    assert "dict" in err.what and "(x, y)" in err.fix
+
+
+def test_drop_last_of_the_only_batch(tmp_path):
+    err = fails_early(sf.DataError, mlp(), (inputs(), class_ids()), tmp_path, batch_size=128,
+                      drop_last=True)  # fmt: skip
+    assert "no batch" in err.what and "100 samples" in err.what and "drop_last" in err.fix
+
+
+def test_a_list_of_batches_trains_as_a_re_iterable(tmp_path):
+    x, y = inputs(), class_ids()
+    batches = [(x[i : i + 25], y[i : i + 25]) for i in range(0, N, 25)]
+    r = sf.fit(mlp(), batches, epochs=2, progress="off", device="cpu")
+    assert r.steps == 8 and r.config.task.name == "multiclass"
+
+
 def test_a_single_array_is_not_data(tmp_path):
     err = fails_early(sf.DataError, mlp(), np.zeros((N, 8), dtype=np.float32), tmp_path)
     assert "single array" in err.what and "(x, y)" in err.fix

@@ -239,6 +239,23 @@ def test_bool_for_int_in_a_recipe():
     assert info.value.where == "train.accumulate" and "must be an int" in str(info.value)
 
 
+def test_numpy_numbers_are_numbers():
+    import numpy as np
+
+    c = from_dict({"data": {"batch_size": np.int64(32)}, "optim": {"lr": np.float32(0.5)}})
+    assert c.data.batch_size == 32 and type(c.data.batch_size) is int and c.optim.lr == 0.5
+
+
+@pytest.mark.parametrize(
+    "item",
+    ["optim.lr=inf", "train.clip_norm=nan", "optim.lr_groups={head = inf}",
+     "task.class_weights=[1.0, inf]", "health.spike_threshold=inf"],
+)  # fmt: skip
+def test_infinite_or_nan_numbers_are_refused(item):
+    err = config_error(item)
+    assert err.where == item.split("=")[0] and "not a finite number" in str(err)
+
+
 # -- out-of-range values ---------------------------------------------------------------------------
 
 
@@ -261,6 +278,12 @@ def test_bool_for_int_in_a_recipe():
         ("schedule.gamma=0", "schedule.gamma", "(0, 1]"),
         ("checkpoint.keep_last=0", "checkpoint.keep_last", ">= 1"),
         ("log.every_steps=0", "log.every_steps", ">= 1"),
+        ("optim.momentum=1.5", "optim.momentum", "[0, 1)"),
+        ("optim.eps=0", "optim.eps", "> 0"),
+        ("task.threshold=2", "task.threshold", "(0, 1)"),
+        ("task.top_k=-1", "task.top_k", ">= 1"),
+        ("task.class_weights=[-1, 1]", "task.class_weights", ">= 0"),
+        ("data.num_workers=-5", "data.num_workers", "-1 (auto)"),
     ],
 )
 def test_out_of_range_names_the_key_and_the_allowed_values(item, key, allowed):

@@ -45,7 +45,14 @@ def source(name_or_path: str) -> tuple[str, str]:
                 where=str(path),
                 fix="check the path, or run `surefit recipes` for built-in names",
             )
-        return path.stem, path.read_text()
+        try:
+            return path.stem, path.read_text(encoding="utf-8")
+        except (UnicodeDecodeError, OSError) as exc:
+            raise ConfigError(
+                f"cannot read recipe {path}: {exc}",
+                where=str(path),
+                fix="a recipe is a UTF-8 TOML text file (docs/recipes.md)",
+            ) from None
     if name_or_path in names():
         return name_or_path, (HERE / f"{name_or_path}.toml").read_text()
     import difflib
@@ -103,6 +110,28 @@ def _split(data: Any) -> tuple[Any, Any, Any]:
     )
 
 
+def _call(factory: Any, args: dict[str, Any], key: str) -> Any:
+    """``factory(**args)``, the arguments checked against its signature first: a misspelled
+    argument is a config error, while a TypeError from inside the factory stays what it is."""
+    import inspect
+
+    try:
+        inspect.signature(factory).bind(**args)
+    except TypeError as exc:
+        try:
+            accepted = ", ".join(inspect.signature(factory).parameters) or "none"
+        except (TypeError, ValueError):
+            accepted = "see the factory"
+        raise ConfigError(
+            f"{key} do not fit {getattr(factory, '__name__', 'the factory')}(): {exc}",
+            where=key,
+            fix=f"its arguments: {accepted}",
+        ) from None
+    except ValueError:  # no signature to check (a builtin): let the call decide
+        pass
+    return factory(**args)
+
+
 def build(cfg: RunConfig) -> tuple[Any, Any, Any, Any, Any]:
     """(model, train, val, test, teacher) from the recipe's factories, the model seeded."""
     from ..state import seed_everything
@@ -113,8 +142,10 @@ def build(cfg: RunConfig) -> tuple[Any, Any, Any, Any, Any]:
                 f"the recipe sets no {key}", where=key, fix=f"set {key} = 'package.module:factory'"
             )
     seed_everything(cfg.train.seed)  # the model's initial weights follow the run's seed
-    model = resolve(cfg.model.name, "model.name")(**cfg.model.args)
-    train, val, test = _split(resolve(cfg.data.name, "data.name")(**cfg.data.args))
+    model = _call(resolve(cfg.model.name, "model.name"), cfg.model.args, "model.args")
+    train, val, test = _split(
+        _call(resolve(cfg.data.name, "data.name"), cfg.data.args, "data.args")
+    )
     teacher = resolve(cfg.task.teacher, "task.teacher")() if cfg.task.teacher else None
     return model, train, val, test, teacher
 
@@ -150,13 +181,13 @@ def config_of(run_dir: Path) -> Path:
 
 def _checkpoint_state(run_dir: Path) -> dict[str, Any]:
     """The best checkpoint's state of a run directory, else its newest good one."""
-    from ..checkpoint import CheckpointStore, load_file
+    from ..checkpoint import run_state
 
-    store = CheckpointStore(run_dir / "checkpoints")
-    best = store.folder / "best.pt"
-    if best.exists():
-        return load_file(best)
-    return store.load_latest()[0]
+    return run_state(run_dir, "best", _skipped)
+
+
+def _skipped(path: Path, why: str) -> None:
+    print(f"skipping unreadable checkpoint {why}", file=sys.stderr)
 
 
 def sample(
