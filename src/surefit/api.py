@@ -13,27 +13,21 @@ from torch import nn
 
 from . import config as cfgmod
 from .callbacks import EarlyStopping, auto_mode, check_callback
-from .checkpoint import (
-    CheckpointStore,
-    atomic_write_text,
-    check_resume_fits,
-    for_strategy,
-    open_run_dir,
-    restart_run_dir,
-    run_lock,
-)
+from .checkpoint import CheckpointStore, atomic_write_text, for_strategy
 from .checks import Finding, raise_first, run_checks
 from .config import RunConfig
-from .data import DatasetData, TensorData, as_data, split_validation
+from .data import DatasetData, as_data, peek_target, split_validation
 from .distributed import is_rank_zero, process_group, resolve_device, shard, strategy
 from .errors import ConfigError
+from .evaluation import compute_batch, evaluate_data
 from .log import Console, RunLog, summary
-from .loop import Parts, Trainer, compute_batch, evaluate_data
+from .loop import Parts, Trainer
 from .optim import build_optimizer
 from .precision import Precision
+from .rundir import check_resume_fits, open_run_dir, restart_run_dir, run_lock
 from .schedule import Schedule, build_schedule
 from .speed import Note, activation_checkpointing, prepare, record, reported_fallback
-from .state import RngState, seed_everything, set_deterministic
+from .state import seed_everything, set_deterministic
 from .tasks import Task, build_task, check_loss_name, infer_task
 
 
@@ -144,27 +138,6 @@ def build_config(base: RunConfig | dict | str | Path | None = None, **keywords: 
         data[section] = dict(data[section])
         data[section][field_name] = _normalise(key, value)
     return cfgmod.from_dict(data)
-
-
-def _peek_target(data: Any) -> Any:
-    """The targets of a first sample or batch, to infer the task; restores the RNGs it may use."""
-    if isinstance(data, TensorData):
-        return data.tensors[-1]
-    rng = RngState().state_dict()
-    try:
-        from_dataset = hasattr(data, "dataset") and hasattr(data, "num_workers")
-        if from_dataset:
-            item = data.dataset[0]
-        else:
-            item = next(iter(data.batches(1)))
-    finally:
-        RngState().load_state_dict(rng)
-    if isinstance(item, dict):  # the keys Task.split reads
-        item = (None, item.get("labels", item.get("y", item.get("target"))))
-    if isinstance(item, (tuple, list)) and len(item) >= 2 and item[-1] is not None:
-        target = torch.as_tensor(item[-1])
-        return target.unsqueeze(0) if from_dataset else target  # (N, ...), like the others
-    return None
 
 
 def _total_steps(cfg: RunConfig, trainer_steps_per_epoch: int | None) -> int:
@@ -338,7 +311,7 @@ class Run:
             elif self.loss is not None:
                 name = "custom"
             else:
-                name = infer_task(_peek_target(train), self.cfg.task.loss)
+                name = infer_task(peek_target(train), self.cfg.task.loss)
                 check_loss_name(name, self.cfg.task.loss, inferred=True)
         task_cfg = dataclasses.replace(self.cfg.task, name=name)
         return build_task(task_cfg, self.loss, teacher=self.teacher)
@@ -600,7 +573,7 @@ def evaluate(
             name = (
                 "custom"
                 if (step is not None or loss is not None)
-                else infer_task(_peek_target(source), cfg.task.loss)
+                else infer_task(peek_target(source), cfg.task.loss)
             )
             check_loss_name(name, cfg.task.loss, inferred=True)
         task_obj = build_task(dataclasses.replace(cfg.task, name=name), loss)

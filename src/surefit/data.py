@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 from .distributed import shard_coords
 from .errors import ConfigError, DataError
-from .state import derive_seed
+from .state import RngState, derive_seed
 
 Batch = tuple
 
@@ -524,3 +524,24 @@ def _stratified(targets: torch.Tensor, n_val: int, gen: torch.Generator) -> torc
         idx = (targets == c).nonzero().squeeze(1)
         picks.append(idx[torch.randperm(len(idx), generator=gen)[:k]])
     return torch.cat(picks)
+
+
+def peek_target(data: Any) -> Any:
+    """The targets of a first sample or batch, to infer the task; restores the RNGs it may use."""
+    if isinstance(data, TensorData):
+        return data.tensors[-1]
+    rng = RngState().state_dict()
+    try:
+        from_dataset = hasattr(data, "dataset") and hasattr(data, "num_workers")
+        if from_dataset:
+            item = data.dataset[0]
+        else:
+            item = next(iter(data.batches(1)))
+    finally:
+        RngState().load_state_dict(rng)
+    if isinstance(item, dict):  # the keys Task.split reads
+        item = (None, item.get("labels", item.get("y", item.get("target"))))
+    if isinstance(item, (tuple, list)) and len(item) >= 2 and item[-1] is not None:
+        target = torch.as_tensor(item[-1])
+        return target.unsqueeze(0) if from_dataset else target  # (N, ...), like the others
+    return None

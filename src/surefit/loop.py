@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,18 +22,16 @@ from .callbacks import EVENTS, Best, CallbackStates, RunView
 from .checkpoint import CheckpointStore, cpu_copy, preemption_signals
 from .config import RunConfig
 from .data import batch_size_of
-from .distributed import grad_sync, no_grad, reduce_eval, stop_together, world_size, wrap
+from .distributed import grad_sync, stop_together, world_size, wrap
 from .errors import DataError
+from .evaluation import StepFn, compute_batch, evaluate_data
 from .health import Health, _Step, examine_window
 from .log import NullConsole, RunLog, epoch_line
-from .metrics import perplexity
 from .perf import CpuUse, TimedBatches, report_wait, run_threads
 from .precision import Precision
 from .schedule import Schedule
 from .state import Counters, RngState
 from .tasks import Task
-
-StepFn = Callable[[nn.Module, Any], Any]
 
 
 @dataclass
@@ -557,68 +554,6 @@ class Trainer:
 
     def _epochs_shown(self) -> int | str:
         return self.cfg.epochs if self.cfg.epochs < (1 << 30) else "?"
-
-
-def compute_batch(
-    net: nn.Module, batch: Any, task: Task, step: StepFn | None
-) -> tuple[Any, Any, Any]:
-    """(loss, predictions, targets) of one batch, through the task or the user's step."""
-    if step is None:
-        return task.compute(net, batch)
-    out = step(net, batch)
-    loss, outputs = (out[0], out[1]) if isinstance(out, (tuple, list)) else (out, None)
-    target = batch[-1] if isinstance(batch, (tuple, list)) and outputs is not None else None
-    return loss, outputs, target
-
-
-def evaluate_data(
-    net: nn.Module,
-    data: Any,
-    *,
-    task: Task,
-    step: StepFn | None,
-    precision: Precision,
-    metrics: Any,
-    device: torch.device,
-    batch_size: int,
-    prefix: str,
-) -> dict[str, float]:
-    """Loss and metrics over ``data``: eval mode under inference mode, then the mode it had."""
-    was_training = net.training
-    net.eval()
-    total, count, metric_set = None, 0, None
-    try:
-        with no_grad(net), precision.autocast():
-            for batch in data.batches(batch_size, shuffle=False, device=device):
-                loss, preds, target = compute_batch(net, batch, task, step)
-                # the loss's own denominator (tokens, targets not ignored), else the samples
-                n = task.loss_weight(target) if step is None else None
-                if n is None:
-                    n = batch_size_of(batch)
-                    weighted = loss.detach().double() * n
-                else:  # a batch of only ignored targets has a NaN mean and weighs nothing
-                    weighted = torch.where(n > 0, loss.detach().double() * n, 0.0)
-                total = weighted if total is None else total + weighted
-                count += n
-                if preds is not None:
-                    if metric_set is None:
-                        metric_set = task.metrics(preds, metrics, device)
-                    metric_set.update(*task.metric_inputs(preds, target))
-    finally:
-        net.train(was_training)
-    if total is None:
-        raise DataError(
-            f"the {prefix} data yielded no batches",
-            where=prefix,
-            fix="pass a non-empty evaluation set",
-        )
-    total, count = reduce_eval(total, count, metric_set)  # sums over ranks; one process: as is
-    values = {"loss": (total / count).item()}  # the evaluation's intended sync
-    if metric_set is not None:
-        values.update(metric_set.compute())
-    if task.name == "lm":
-        values["perplexity"] = perplexity(values["loss"])
-    return {f"{prefix}_{k}": v for k, v in values.items()}
 
 
 def _params_in_model_order(model: nn.Module, optimizer: torch.optim.Optimizer) -> list[Any]:

@@ -25,7 +25,7 @@ from .api import DEFAULT, Run, build_config
 from .config import RunConfig
 from .distributed import resolve_device
 from .errors import ConfigError
-from .loop import compute_batch
+from .evaluation import compute_batch
 from .optim import build_optimizer
 from .precision import Precision
 from .report import figure, finish_axes, save_png

@@ -329,7 +329,7 @@ def test_a_run_directory_in_use_is_refused_and_free_again_when_its_holder_dies(t
     sf.fit(mlp(), (x, y), **common)
     before = (tmp_path / "r" / "metrics.jsonl").read_text()
     code = (
-        "import sys, time; from pathlib import Path; from surefit.checkpoint import run_lock\n"
+        "import sys, time; from pathlib import Path; from surefit.rundir import run_lock\n"
         "with run_lock(Path(sys.argv[1])):\n    print('held', flush=True); time.sleep(60)\n"
     )
     holder = subprocess.Popen([sys.executable, "-c", code, str(tmp_path / "r")],

@@ -23,8 +23,19 @@ LAYERS: list[set[str]] = [
     {"recipes", "lrfind", "profile"},  # they build a recipe's parts as `fit` does
     {"api", "selfcheck"},
     {"loop"},
-    {"callbacks", "checkpoint", "log", "loggers", "health", "checks"},
-    {"precision", "schedule", "optim", "tasks", "metrics", "data", "distributed", "perf", "speed"},
+    {"callbacks", "checkpoint", "rundir", "log", "loggers", "health", "checks"},
+    {
+        "precision",
+        "schedule",
+        "optim",
+        "tasks",
+        "metrics",
+        "data",
+        "distributed",
+        "perf",
+        "speed",
+        "evaluation",
+    },
     {"state"},
     {"report", "compare"},  # read run directories only
     {"config"},

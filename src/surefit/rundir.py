@@ -1,0 +1,199 @@
+"""The run directory: whether a folder is a run to start, continue or refuse, one run at a time
+in it, starting over a run that never checkpointed, and whether a resume fits its checkpoint."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from . import distributed
+from .checkpoint import CheckpointStore, atomic_write_text
+from .config import RunConfig
+from .errors import CheckpointError, ConfigError
+
+# what decides the data order and a run's position in it: a resume that changes one of them
+# continues a different run (with --override, on purpose)
+RESUME_FIXED = (
+    "data.batch_size",
+    "data.drop_last",
+    "data.val_fraction",
+    "data.stratify",
+    "train.accumulate",
+    "train.seed",
+)
+RESUME_FREE = ("train.run_dir", "checkpoint.resume", "checkpoint.override")  # how it resumes
+
+
+def config_changes(saved: dict[str, Any], now: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+    """``{"section.key": (saved, now)}`` for the options a resumed run changes."""
+    same = lambda a, b: (
+        json.dumps(a, sort_keys=True, default=str)
+        == json.dumps(  # noqa: E731
+            b, sort_keys=True, default=str
+        )
+    )
+    changes = {}
+    for section, values in now.items():
+        old = saved.get(section)
+        if not isinstance(values, dict) or not isinstance(old, dict):
+            continue
+        for k, v in values.items():
+            key = f"{section}.{k}"
+            if key in RESUME_FREE or k not in old or (key == "task.name" and old[k] == "auto"):
+                continue
+            if not same(old[k], v):
+                changes[key] = (old[k], v)
+    return changes
+
+
+def check_resume_fits(
+    state: dict[str, Any],
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    train_samples: int,
+    path: Path,
+    lr: float | None = None,
+    override: bool = False,
+    config: dict[str, Any] | None = None,
+) -> dict[str, tuple[Any, Any]]:
+    """Refuse a resume whose model, optimizer, data or data order differ from the checkpoint's
+    run; return the options it changes (more epochs or steps, a logger...).
+
+    More epochs or steps are fine; anything that would silently mix two different runs is not.
+    """
+    meta = state.get("meta", {})
+    changes = config_changes(meta.get("config", {}), config or {})
+    fixed = [k for k in RESUME_FIXED if k in changes]
+    saved, now = state["model"], model.state_dict()
+    problems = []
+    missing, extra = sorted(set(saved) - set(now)), sorted(set(now) - set(saved))
+    if missing or extra:
+        problems.append(
+            f"model parameters differ (only in checkpoint: {missing[:3]}, "
+            f"only in model: {extra[:3]})"
+        )
+    else:
+        for k in saved:
+            if tuple(saved[k].shape) != tuple(now[k].shape):
+                problems.append(
+                    f"model '{k}' has shape {tuple(now[k].shape)}, the checkpoint "
+                    f"{tuple(saved[k].shape)}"
+                )
+                break
+    opt = type(optimizer).__name__
+    if meta.get("optimizer_class", opt) != opt:
+        problems.append(f"optimizer is {opt}, the checkpoint's run used {meta['optimizer_class']}")
+    n = train_samples
+    if meta.get("train_samples", n) != n:
+        problems.append(
+            f"training data has {n} samples, the checkpoint's run had {meta['train_samples']}"
+        )
+    saved_lr = meta.get("config", {}).get("optim", {}).get("lr")
+    if lr is not None and saved_lr is not None and saved_lr != lr and not override:
+        problems.append(
+            f"optim.lr is {lr:g}, the run was started with {saved_lr:g} (to change it on "
+            "purpose, resume with --override, or fit(override=True))"
+        )
+    if fixed and not override:
+        problems += [
+            f"{k} is {changes[k][1]!r}, the run was started with {changes[k][0]!r} (it decides "
+            "the data order; to change it on purpose, resume with --override)"
+            for k in fixed
+        ]
+    if problems:
+        raise CheckpointError(
+            "cannot resume: " + "; ".join(problems),
+            where=str(path),
+            fix="resume with the configuration the run was started with (only epochs and "
+            "max_steps may grow), or start a new run in a new run_dir",
+        )
+    return changes
+
+
+@contextlib.contextmanager
+def run_lock(run_dir: Path | None) -> Iterator[None]:
+    """Hold ``RUN_DIR/.lock`` while a run trains: a second process opening the same run
+    directory is refused instead of resuming from, and writing over, a run that is still going.
+
+    An advisory ``flock``: the kernel drops it when the holder dies, so a killed run leaves no
+    stale lock behind. Where fcntl is missing (Windows), runs are not locked.
+    """
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - POSIX-only
+        fcntl = None  # type: ignore[assignment]
+    if run_dir is None or fcntl is None or not distributed.is_rank_zero():
+        yield
+        return
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with open(run_dir / ".lock", "a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            f.seek(0)
+            holder = f.read().strip() or "unknown"
+            raise ConfigError(
+                f"{run_dir} is in use by a run that is still going (pid {holder})",
+                where="run_dir",
+                fix="wait for that run to end (a stopped run resumes), or choose another run_dir",
+            ) from None
+        f.seek(0)
+        f.truncate()
+        f.write(f"{os.getpid()}\n")
+        f.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+STEP_LOGS = ("metrics.jsonl", "metrics.csv", "steps.jsonl", "quarantine.jsonl")
+
+
+def restart_run_dir(run_dir: Path) -> list[str]:
+    """Start a run over in a folder whose earlier run wrote logs but no checkpoint (killed or
+    crashed before its first save): its per-step logs are cut to nothing, as a resume cuts them
+    back to its checkpoint, so the new run's logs are not appended to the old ones;
+    events.jsonl keeps its record of what happened. Returns the files cut."""
+    cut = [
+        name for name in STEP_LOGS if (run_dir / name).is_file() and (run_dir / name).stat().st_size
+    ]
+    for name in cut:
+        atomic_write_text(run_dir / name, "")
+    return cut
+
+
+def open_run_dir(cfg: RunConfig) -> tuple[Path | None, CheckpointStore | None, bool]:
+    """(run_dir, store, resuming) of a config, checked against what its folder holds
+    (``checkpoint.resume``); nothing is written yet."""
+    if not cfg.train.run_dir:
+        if cfg.checkpoint.resume == "must":
+            raise ConfigError(
+                "resume='must' needs a run_dir",
+                where="run_dir",
+                fix="pass run_dir= of the run to continue",
+            )
+        return None, None, False
+    run_dir = Path(cfg.train.run_dir)
+    store = CheckpointStore(run_dir / "checkpoints", cfg.checkpoint.keep_last)
+    has = store.has_checkpoint()
+    mode = cfg.checkpoint.resume
+    if mode == "must" and not has:
+        raise ConfigError(
+            f"no checkpoint to resume from in {run_dir}",
+            where="resume",
+            fix="check the run directory, or use resume='auto'",
+        )
+    if mode == "never" and (has or (run_dir / "metrics.jsonl").exists()):
+        raise ConfigError(
+            f"{run_dir} already holds a run; starting afresh would mix two runs",
+            where="run_dir",
+            fix="choose a new run_dir, delete the old one, or resume it with resume='auto'",
+        )
+    return run_dir, store, has and mode != "never"
