@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 from .distributed import shard_coords
 from .errors import ConfigError, DataError
+from .seeding import SeededSamples, draws, keeping_rng
 from .state import RngState, derive_seed
 
 Batch = tuple
@@ -255,10 +256,19 @@ def _window(
 class EpochBatches(Sampler[list[int]]):
     """This rank's batches of sample indices for the epoch set last, from a start batch (resume)."""
 
-    def __init__(self, n: int, batch_size: int, seed: int, shuffle: bool, drop_last: bool) -> None:
+    def __init__(
+        self,
+        n: int,
+        batch_size: int,
+        seed: int,
+        shuffle: bool,
+        drop_last: bool,
+        keyed: bool = False,
+    ) -> None:
         self.n, self.batch_size, self.seed = n, batch_size, seed
         self.shuffle, self.drop_last = shuffle, drop_last
         self.epoch, self.start = 0, 0
+        self.keyed = keyed  # yield (epoch, index) keys, for SeededSamples
 
     def set_epoch(self, epoch: int, start: int = 0) -> None:
         self.epoch, self.start = epoch, start
@@ -274,7 +284,10 @@ class EpochBatches(Sampler[list[int]]):
             chunks.pop()
         return chunks
 
-    def __iter__(self) -> Iterator[list[int]]:
+    def __iter__(self) -> Iterator[list[Any]]:
+        if self.keyed:
+            e = self.epoch
+            return iter([[(e, i) for i in c.tolist()] for c in self._batches()[self.start :]])
         return iter([c.tolist() for c in self._batches()[self.start :]])
 
     def __len__(self) -> int:
@@ -305,6 +318,7 @@ class DatasetData:
                 f"{where} is empty (0 samples)", where=where, fix="pass a non-empty set"
             )
         self.dataset = dataset
+        self._first: tuple[Any, bool] | None = None
         self._loaders: dict[tuple, tuple[DataLoader, EpochBatches]] = {}
         self.num_workers = -1
         # the DataLoader draws its workers' base seed at every new iterator: from this generator,
@@ -315,6 +329,13 @@ class DatasetData:
     def to(self, device: torch.device, on_device: str = "auto") -> DatasetData:
         return self  # batches are moved as they are made (pinned, non-blocking on CUDA)
 
+    def first_sample(self) -> tuple[Any, bool]:
+        """The first sample (loaded once: task inference reads it) and whether loading it drew
+        from a global RNG, which switches on per-sample seeding for training (seeding.py)."""
+        if self._first is None:
+            self._first = draws(lambda: self.dataset[0])
+        return self._first
+
     def num_batches(self, batch_size: int, drop_last: bool = False) -> int:
         return _train_count(self.num_samples, batch_size, drop_last)
 
@@ -323,10 +344,11 @@ class DatasetData:
     ) -> tuple[DataLoader, EpochBatches]:
         key = (batch_size, seed, shuffle, drop_last)
         if key not in self._loaders:
-            sampler = EpochBatches(self.num_samples, batch_size, seed, shuffle, drop_last)
+            keyed = shuffle and self.first_sample()[1]  # random transforms: seeded per sample
+            sampler = EpochBatches(self.num_samples, batch_size, seed, shuffle, drop_last, keyed)
             workers = self.num_workers if self.num_workers >= 0 else _auto_workers(device)
             loader = DataLoader(
-                self.dataset,
+                SeededSamples(self.dataset, seed) if keyed else self.dataset,
                 batch_sampler=sampler,
                 num_workers=workers,
                 pin_memory=device.type == "cuda",
@@ -352,7 +374,8 @@ class DatasetData:
         loader, sampler = self._loader(batch_size, seed, shuffle, drop_last, device)
         sampler.set_epoch(epoch, start_batch)
         self._generator.manual_seed(derive_seed(seed, epoch, 1))
-        for batch in loader:
+        in_here = sampler.keyed and loader.num_workers == 0  # samples reseed this process's RNGs
+        for batch in keeping_rng(loader) if in_here else loader:
             yield _as_batch(to_device(batch, device, non_blocking=device.type == "cuda"))
 
     def sample(self, indices: torch.Tensor, device: torch.device) -> Batch:
@@ -532,9 +555,9 @@ def peek_target(data: Any) -> Any:
         return data.tensors[-1]
     rng = RngState().state_dict()
     try:
-        from_dataset = hasattr(data, "dataset") and hasattr(data, "num_workers")
+        from_dataset = isinstance(data, DatasetData)
         if from_dataset:
-            item = data.dataset[0]
+            item = data.first_sample()[0]
         else:
             item = next(iter(data.batches(1)))
     finally:

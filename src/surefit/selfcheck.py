@@ -12,7 +12,6 @@ from __future__ import annotations
 import copy
 import json
 import math
-import random
 import subprocess
 import sys
 import tempfile
@@ -109,9 +108,8 @@ def _causes(check: ResumeCheck) -> list[str]:
         causes.append("a callback's state_dict() does not capture all of its state")
     if "model" in parts or "optimizer" in parts or check.first_step is not None:
         causes.append(
-            "randomness that is not restored: a Dataset or transform drawing from the global RNG "
-            "(in DataLoader workers, whose seeds depend on when the iterator starts) — draw from "
-            "a generator seeded by (seed, epoch, index) instead"
+            "randomness that is not restored: a DataLoader passed as it is, or a callback or "
+            "the model's code, drawing from a generator that the checkpoint does not hold"
         )
         causes.append(
             "a stateful callback without state_dict()/load_state_dict() that changes training "
@@ -122,25 +120,6 @@ def _causes(check: ResumeCheck) -> list[str]:
             "train.deterministic = true and compare again"
         )
     return causes
-
-
-def rng_draws(dataset: Any) -> bool:
-    """True when loading one sample advances the global python, numpy or torch RNG."""
-    state = (random.getstate(), np.random.get_state(), torch.get_rng_state())
-    try:
-        dataset[0]
-    except Exception:  # a sample that cannot load here says nothing about its RNG use
-        return False
-    after = (random.getstate(), np.random.get_state(), torch.get_rng_state())
-    random.setstate(state[0])
-    np.random.set_state(state[1])
-    torch.set_rng_state(state[2])
-    return (
-        state[0] != after[0]
-        or not np.array_equal(state[1][1], after[1][1])
-        or state[1][2] != after[1][2]
-        or not torch.equal(state[2], after[2])
-    )
 
 
 # -- in one process, on fresh copies of the user's objects (fit(check_resume=True)) ------------
@@ -173,9 +152,6 @@ def check_in_process(run: Any, first_steps: int = 8) -> ResumeCheck:
             finally:
                 run.model, run.optimizer, run.schedule, run.callbacks, run.cfg = originals
         result = compare(Path(tmp, "full"), Path(tmp, "split"), (k, n))
-    data = run.raw[0]
-    if not result.exact and hasattr(data, "__getitem__") and rng_draws(data):
-        result.causes.insert(0, "the train Dataset's __getitem__ draws from the global RNG")
     return result
 
 

@@ -413,6 +413,56 @@ def test_resuming_a_finished_run_trains_and_writes_nothing(tmp_path, limit):
     assert files() == before and logs() == before_logs
 
 
+class _Augmented(torch.utils.data.Dataset):
+    """A Dataset whose transform draws from torch's, python's and numpy's global RNGs."""
+
+    def __init__(self, x, y):
+        self.x, self.y = x, y
+
+    def __len__(self):
+        return len(self.x)
+
+    def __getitem__(self, i):
+        import random
+
+        import numpy as np
+
+        jitter = (
+            0.1 * torch.randn(self.x.shape[1]) + 0.01 * random.random() + 0.01 * np.random.rand()
+        )
+        return self.x[i] + jitter, self.y[i]
+
+
+def test_random_transforms_of_a_dataset_resume_exactly_and_ignore_the_worker_count(tmp_path):
+    x, y = make_classification(96)
+
+    def net():
+        torch.manual_seed(4)
+        return torch.nn.Sequential(
+            torch.nn.Linear(8, 16), torch.nn.Dropout(0.3), torch.nn.Tanh(), torch.nn.Linear(16, 3)
+        )
+
+    common = dict(val=(x[:32], y[:32]), batch_size=16, epochs=3, progress="off", device="cpu")
+    straight = net()
+    sf.fit(straight, _Augmented(x, y), run_dir=tmp_path / "a", **common)
+    sf.fit(net(), _Augmented(x, y), run_dir=tmp_path / "b", callbacks=[_PauseAt(8)], **common)
+    resumed = net()
+    sf.fit(resumed, _Augmented(x, y), run_dir=tmp_path / "b", resume="must", **common)
+    workers = net()
+    sf.fit(workers, _Augmented(x, y), num_workers=2, **common)
+    for p, q, w in zip(
+        straight.parameters(), resumed.parameters(), workers.parameters(), strict=True
+    ):
+        assert torch.equal(p, q) and torch.equal(p, w)
+    # the augmentation does differ between epochs and samples
+    ds = __import__("surefit.seeding", fromlist=["SeededSamples"]).SeededSamples(
+        _Augmented(x, y), 0
+    )
+    assert not torch.equal(ds[(0, 5)][0], ds[(1, 5)][0]) and torch.equal(
+        ds[(1, 5)][0], ds[(1, 5)][0]
+    )
+
+
 class _Crash(sf.Callback):
     def __init__(self, at_step):
         self.at_step = at_step

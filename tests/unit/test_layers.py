@@ -35,6 +35,7 @@ LAYERS: list[set[str]] = [
         "perf",
         "speed",
         "evaluation",
+        "seeding",
     },
     {"state"},
     {"report", "compare"},  # read run directories only
