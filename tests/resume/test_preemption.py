@@ -298,6 +298,13 @@ class _PauseAt(sf.Callback):
             run.pause("test")
 
 
+def _dropout_net():
+    torch.manual_seed(4)
+    return torch.nn.Sequential(
+        torch.nn.Linear(8, 16), torch.nn.Dropout(0.3), torch.nn.Tanh(), torch.nn.Linear(16, 3)
+    )
+
+
 def test_resume_over_a_dataset_is_exact_with_a_model_that_draws_random_numbers(tmp_path):
     """The DataLoader over a Dataset seeds its iterators from its own generator: a resumed run
     continues the global RNG stream (the model's dropout) exactly where the paused run left it."""
@@ -306,18 +313,12 @@ def test_resume_over_a_dataset_is_exact_with_a_model_that_draws_random_numbers(t
     x, y = make_classification(96)
     data = TensorDataset(x, y)
 
-    def net():
-        torch.manual_seed(4)
-        return torch.nn.Sequential(
-            torch.nn.Linear(8, 16), torch.nn.Dropout(0.3), torch.nn.Tanh(), torch.nn.Linear(16, 3)
-        )
-
     common = dict(val=(x[:32], y[:32]), batch_size=16, epochs=3, progress="off", device="cpu")
-    straight = net()
+    straight = _dropout_net()
     sf.fit(straight, data, run_dir=tmp_path / "a", **common)
-    r = sf.fit(net(), data, run_dir=tmp_path / "b", callbacks=[_PauseAt(8)], **common)
+    r = sf.fit(_dropout_net(), data, run_dir=tmp_path / "b", callbacks=[_PauseAt(8)], **common)
     assert r.preempted and r.steps == 8  # mid-epoch: 6 steps an epoch
-    resumed = net()
+    resumed = _dropout_net()
     assert sf.fit(resumed, data, run_dir=tmp_path / "b", resume="must", **common).steps == 18
     for p, q in zip(straight.parameters(), resumed.parameters(), strict=True):
         assert torch.equal(p, q)
@@ -436,19 +437,15 @@ class _Augmented(torch.utils.data.Dataset):
 def test_random_transforms_of_a_dataset_resume_exactly_and_ignore_the_worker_count(tmp_path):
     x, y = make_classification(96)
 
-    def net():
-        torch.manual_seed(4)
-        return torch.nn.Sequential(
-            torch.nn.Linear(8, 16), torch.nn.Dropout(0.3), torch.nn.Tanh(), torch.nn.Linear(16, 3)
-        )
-
     common = dict(val=(x[:32], y[:32]), batch_size=16, epochs=3, progress="off", device="cpu")
-    straight = net()
+    straight = _dropout_net()
     sf.fit(straight, _Augmented(x, y), run_dir=tmp_path / "a", **common)
-    sf.fit(net(), _Augmented(x, y), run_dir=tmp_path / "b", callbacks=[_PauseAt(8)], **common)
-    resumed = net()
+    sf.fit(
+        _dropout_net(), _Augmented(x, y), run_dir=tmp_path / "b", callbacks=[_PauseAt(8)], **common
+    )
+    resumed = _dropout_net()
     sf.fit(resumed, _Augmented(x, y), run_dir=tmp_path / "b", resume="must", **common)
-    workers = net()
+    workers = _dropout_net()
     sf.fit(workers, _Augmented(x, y), num_workers=2, **common)
     for p, q, w in zip(
         straight.parameters(), resumed.parameters(), workers.parameters(), strict=True
