@@ -370,10 +370,13 @@ def _launch(nproc: int, argv: list[str]) -> int:
     return 0
 
 
-def _exit_code(result: object) -> int:
+def _exit_code(result: Any) -> int:
     """0 when the run finished; EXIT_PREEMPTED when a signal paused it with a checkpoint;
     EXIT_DIVERGED when the health guards stopped it."""
     if getattr(result, "preempted", False):
+        if result.config.log.progress == "off":  # the summary with this hint was not printed
+            where = f"surefit resume {result.run_dir}"
+            print(f"stopped at step {result.steps}; continue with: {where}", file=sys.stderr)
         return EXIT_PREEMPTED
     return EXIT_DIVERGED if getattr(result, "health_stop", "") else 0
 
@@ -427,7 +430,9 @@ def cmd_recipes(args: argparse.Namespace) -> int:
                 where="surefit recipes show",
                 fix="surefit recipes show NAME (names: surefit recipes)",
             )
-        sys.stdout.write(recipes.source(args.name)[1])
+        text = recipes.source(args.name)[1]
+        cfgmod.parse_toml(text, where=args.name)  # a recipe, not any file: TOML or an error
+        sys.stdout.write(text)
         return 0
     rows = recipes.describe()
     width = max(len(n) for n, _ in rows)

@@ -161,6 +161,7 @@ ERRORS = [
         ["recipes", "show", "nosuch"], ["'nosuch'", "mnist1d-cnn"], id="show-unknown-recipe"
     ),
     pytest.param(["recipes", "show"], ["which recipe?"], id="show-without-name"),
+    pytest.param(["recipes", "show", "bad.toml"], ["not valid TOML"], id="show-a-non-recipe"),
     pytest.param(["resume", "nowhere"], ["nowhere", "config.toml"], id="resume-not-a-run"),
     pytest.param(["fit", "--progress", "bogus"], ["--progress", "bogus"], id="argparse-choice"),
     pytest.param(
@@ -304,6 +305,13 @@ def test_fit_a_recipe_of_the_users_own_model_and_data_then_resume(tmp_path):
     assert events[-1] == "end"
     assert tomllib.loads((run_dir / "config.toml").read_text())["train"]["epochs"] == 3
     assert not (tmp_path / "runs" / "mine-2").exists(), "resume continues, it does not start anew"
+    assert events.count("config_changed") == 1  # train.epochs 2 -> 3, on record
+
+    # paused with the console off: the way to continue still reaches the user, on stderr
+    r = cli(
+        tmp_path, "fit", "recipe.toml", "--run-dir", "p", "--pause-at", "2", "--progress", "off"
+    )
+    assert r.returncode == 75 and "continue with: surefit resume p" in r.stderr
 
 
 # -- the command stays light -----------------------------------------------------------------------
