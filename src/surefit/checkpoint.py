@@ -176,15 +176,21 @@ class CheckpointStore:
     def has_checkpoint(self) -> bool:
         return bool(self.latest())
 
-    def load_latest(self, on_skip: Any = None) -> tuple[dict[str, Any], Path]:
-        """The newest checkpoint whose hash verifies; a bad one is reported and skipped."""
+    def load_latest(
+        self, on_skip: Any = None, accept: Callable[[dict[str, Any]], bool] | None = None
+    ) -> tuple[dict[str, Any], Path]:
+        """The newest checkpoint whose hash verifies (and whose state ``accept`` takes); a bad
+        one is reported and skipped."""
         problems = []
         for entry in self.latest():
             path = self.folder / entry["file"]
             try:
                 if sha256(path) != entry["sha256"]:
                     raise CheckpointError("sha256 does not match the manifest", where=str(path))
-                return load_file(path), path
+                state = load_file(path)
+                if accept is not None and not accept(state):
+                    continue
+                return state, path
             except (OSError, CheckpointError) as exc:
                 problems.append(f"{path.name}: {getattr(exc, 'what', exc)}")
                 if on_skip is not None:
@@ -259,7 +265,9 @@ class ShardedStore(CheckpointStore):
     def _remove(self, path: Path) -> None:
         shutil.rmtree(path, ignore_errors=True)
 
-    def load_latest(self, on_skip: Any = None) -> tuple[dict[str, Any], Path]:
+    def load_latest(
+        self, on_skip: Any = None, accept: Callable[[dict[str, Any]], bool] | None = None
+    ) -> tuple[dict[str, Any], Path]:
         """Load the newest verified folder's shards into model and optimizer; return the rest
         of its state, with the model's (now loaded) state for the resume checks."""
         for entry in self.latest():
@@ -271,6 +279,8 @@ class ShardedStore(CheckpointStore):
             except (OSError, CheckpointError) as exc:
                 if on_skip is not None:
                     on_skip(path, f"{path.name}: {getattr(exc, 'what', exc)}")
+                continue
+            if accept is not None and not accept(state):
                 continue
             try:
                 distributed.load_model_optimizer_state(self.model, self.optimizer, path)

@@ -23,6 +23,7 @@ from .distributed import no_grad
 from .errors import ConfigError, DataError, SurefitError
 from .state import RngState
 
+TARGET_KEYS = ("labels", "y", "target")  # the keys Task.split reads a dict batch's target from
 MAX_HASHED = 200_000  # in-memory samples per split hashed by the leakage check (bounded cost)
 MAX_LOADED = 5_000  # Dataset samples per split loaded for it (each __getitem__ may decode)
 
@@ -271,14 +272,24 @@ def _sample_hashes(data: Any) -> dict[bytes, int] | None:
         ds = data.dataset
         rows = (ds[i] for i in range(min(len(ds), MAX_LOADED)))
         rows = (r[0] if isinstance(r, (tuple, list)) else r for r in rows)
-        rows = (r.numpy(force=True) if isinstance(r, torch.Tensor) else r for r in rows)
     else:
         return None
     out: dict[bytes, int] = {}
     for i, row in enumerate(rows):
-        if hasattr(row, "tobytes"):
-            out.setdefault(hashlib.blake2b(row.tobytes(), digest_size=16).digest(), i)
-    return out
+        raw = _input_bytes(row)
+        if raw is not None:
+            out.setdefault(hashlib.blake2b(raw, digest_size=16).digest(), i)
+    return out or None  # None: no sample could be hashed, so nothing was checked
+
+
+def _input_bytes(row: Any) -> bytes | None:
+    """The bytes of a sample's inputs: an array, or a dict's values other than its target."""
+    if isinstance(row, dict):
+        parts = [_input_bytes(v) for k, v in sorted(row.items()) if k not in TARGET_KEYS]
+        return b"".join(parts) if parts and None not in parts else None  # type: ignore[arg-type]
+    if isinstance(row, torch.Tensor):
+        row = row.numpy(force=True)
+    return row.tobytes() if hasattr(row, "tobytes") else None
 
 
 def _leakage(train: Any, val: Any) -> Finding:

@@ -115,6 +115,8 @@ def _as_tensor(a: Any, where: str) -> torch.Tensor:
 class TensorData:
     """In-memory tensors batched by index gather; the fast path."""
 
+    origin: torch.Tensor | None = None  # of a split: each row's index in the data as given
+
     def __init__(self, tensors: Sequence[Any], where: str) -> None:
         self.tensors = tuple(_as_tensor(t, f"{where}[{i}]") for i, t in enumerate(tensors))
         if not self.tensors:
@@ -303,6 +305,8 @@ def _auto_workers(device: torch.device) -> int:
 
 class DatasetData:
     """A map-style Dataset, loaded through a DataLoader over our seeded sampler."""
+
+    origin: torch.Tensor | None = None  # of a split: each sample's index in the Dataset given
 
     def __init__(self, dataset: Dataset, where: str) -> None:
         try:
@@ -526,12 +530,15 @@ def split_validation(
     val_idx = val_idx.sort().values
     if isinstance(data, TensorData):
         pick = lambda idx: TensorData(tuple(t[idx] for t in data.tensors), "split")  # noqa: E731
-        return pick(train_idx), pick(val_idx)
-    sub = torch.utils.data.Subset
-    return (
-        DatasetData(sub(data.dataset, train_idx.tolist()), "train"),
-        DatasetData(sub(data.dataset, val_idx.tolist()), "val"),
-    )
+        parts = pick(train_idx), pick(val_idx)
+    else:
+        sub = torch.utils.data.Subset
+        parts = (
+            DatasetData(sub(data.dataset, train_idx.tolist()), "train"),
+            DatasetData(sub(data.dataset, val_idx.tolist()), "val"),
+        )
+    parts[0].origin, parts[1].origin = train_idx, val_idx  # what the quarantine names
+    return parts
 
 
 def _stratified(targets: torch.Tensor, n_val: int, gen: torch.Generator) -> torch.Tensor:

@@ -203,9 +203,16 @@ class Health:
         skipped on the device returns True and the schedule is rewound at the next sync point.
         """
         if not self.cfg.skip_nonfinite or precision.scaler is not None:
+            scaler = precision.scaler
+            before = scaler.get_scale() if scaler is not None and not optimizer.state else None
             precision.step(optimizer)  # fp16: GradScaler skips inf/NaN gradients itself
+            if before is not None and scaler.get_scale() < before:  # a skipped first step
+                optimizer.state.clear()  # (see below): lazily made state may be unfilled
             return True
-        if all(g.get("fused") for g in optimizer.param_groups):  # (a resume may change it)
+        # before the first update the fused step makes the state itself (SGD's momentum as
+        # torch.empty_like, for the kernel to fill): a step skipped then would leave it garbage,
+        # so until the state exists the check is read on the host
+        if optimizer.state and all(g.get("fused") for g in optimizer.param_groups):
             optimizer.grad_scale, optimizer.found_inf = None, self._found(loss, norm)
             try:  # GradScaler's protocol: the fused kernel does nothing when found_inf is 1
                 optimizer.step()
@@ -378,10 +385,17 @@ class Health:
                 "nan_origin event for where it starts"
             )
         if actions["rollback"] and self.rollbacks >= self.cfg.max_rollbacks:
+            f = self.cfg.rollback_lr_factor
+            fix = (
+                f"each rollback already multiplied the rate by {f:g}: lower optim.lr, or look "
+                "for a cause other than the rate (data, loss, model)"
+                if f < 1
+                else "lower optim.lr, or set health.rollback_lr_factor below 1 (e.g. 0.5) so "
+                "that each rollback also lowers it"
+            )
             actions["stop"] = actions["stop"] or (
                 f"training diverged again after {self.rollbacks} rollback(s) "
-                f"({actions['rollback']}); lower optim.lr, or set health.rollback_lr_factor "
-                "below 1 (e.g. 0.5) so that each rollback also lowers it"
+                f"({actions['rollback']}); {fix}"
             )
             actions["rollback"] = ""
 
@@ -512,9 +526,11 @@ def examine_window(
     if not hasattr(data, "window_indices"):
         return {}
     idx = data.window_indices(*where)
-    found: dict[str, Any] = {"indices": idx.tolist()}
-    found["bad_samples"] = replay(
-        net, lambda: examine_samples(idx, lambda i: data.sample(i, device), loss_of)
+    given = getattr(data, "origin", None)  # a split's positions in the data the user gave
+    named = lambda pos: [int(given[i]) if given is not None else int(i) for i in pos]  # noqa: E731
+    found: dict[str, Any] = {"indices": named(idx.tolist())}
+    found["bad_samples"] = named(
+        replay(net, lambda: examine_samples(idx, lambda i: data.sample(i, device), loss_of))
     )
     if origin:
         batch = data.sample(idx, device)

@@ -8,6 +8,7 @@ Loss and grad-norm sums stay on the device; the host reads them at the log inter
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import time
@@ -23,7 +24,7 @@ from .checkpoint import CheckpointStore, cpu_copy, preemption_signals
 from .config import RunConfig
 from .data import batch_size_of
 from .distributed import grad_sync, stop_together, world_size, wrap
-from .errors import DataError
+from .errors import CheckpointError, DataError
 from .evaluation import StepFn, compute_batch, evaluate_data
 from .health import Health, _Step, examine_window
 from .log import NullConsole, RunLog, epoch_line
@@ -146,6 +147,7 @@ class Trainer:
             "optimizer_class": type(self.optimizer).__name__,
             "train_samples": getattr(self.p.train, "num_samples", None) or -1,
             "threads": self.threads or torch.get_num_threads(),  # a CPU run's bits depend on it
+            "healthy": not self.health.run_length,  # not amid spikes: a state to roll back to
         }
         return state
 
@@ -303,10 +305,18 @@ class Trainer:
             saved = None
             if self.cfg.health.rollback_from == "checkpoint" and self.p.store is not None:
                 self._drain()
-                saved = self.p.store.load_latest()[0] if self.p.store.has_checkpoint() else None
+                healthy = lambda st: st.get("meta", {}).get("healthy", True)  # noqa: E731
+                with contextlib.suppress(CheckpointError):  # none written while healthy
+                    saved = self.p.store.load_latest(accept=healthy)[0]
+            scale = self.optimizer.param_groups[0].get("initial_lr")  # the schedule's base
             if self.health.rollback(self._rollback_parts(), saved, actions["rollback"]):
-                if self.cfg.health.rollback_lr_factor != 1:
-                    self.p.schedule.rescale(self.cfg.health.rollback_lr_factor)
+                # the rate goes down from where it was, not from where the state rolled back to
+                # had it: each rollback lowers it again
+                loaded = self.optimizer.param_groups[0].get("initial_lr")
+                same = not (isinstance(scale, float) and isinstance(loaded, float) and loaded)
+                ratio = self.cfg.health.rollback_lr_factor * (1.0 if same else scale / loaded)
+                if ratio != 1:
+                    self.p.schedule.rescale(ratio)
                 self._console().line(f"rolled back: {actions['rollback']}")
             else:
                 actions["stop"] = f"diverged ({actions['rollback']}) with no state to roll back to"

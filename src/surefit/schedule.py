@@ -96,16 +96,23 @@ class Schedule:
         if self.unit != "step" or steps <= 0:
             return
         s = self.scheduler
+        if isinstance(s, lrs.CosineAnnealingWarmRestarts):  # its position is T_cur and T_i too
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                s.step(max(s.last_epoch - steps, 0))  # an explicit epoch sets all three
+            return
         s.last_epoch = max(s.last_epoch - steps, 0)
         if hasattr(s, "lr_lambdas"):  # LambdaLR: our closed-form schedules
-            lrs = [base * f(s.last_epoch) for f, base in zip(s.lr_lambdas, s.base_lrs, strict=True)]
+            rates = [
+                base * f(s.last_epoch) for f, base in zip(s.lr_lambdas, s.base_lrs, strict=True)
+            ]
         elif hasattr(s, "_get_closed_form_lr"):
-            lrs = s._get_closed_form_lr()
+            rates = s._get_closed_form_lr()
         else:  # OneCycleLR computes from last_epoch alone
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                lrs = s.get_lr()
-        for group, lr in zip(s.optimizer.param_groups, lrs, strict=True):
+                rates = s.get_lr()
+        for group, lr in zip(s.optimizer.param_groups, rates, strict=True):
             group["lr"] = lr
         s._last_lr = [g["lr"] for g in s.optimizer.param_groups]
 

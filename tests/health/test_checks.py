@@ -117,6 +117,28 @@ def test_train_val_leakage_warns_with_count(tmp_path):
     assert _warnings(tmp_path / "ok", "leakage") == []
 
 
+def test_leakage_is_found_between_datasets_of_dict_samples():
+    from surefit.checks import _leakage
+    from surefit.data import DatasetData
+
+    x, y = make_classification(64)
+
+    class Dicts(torch.utils.data.Dataset):
+        def __init__(self, lo, hi):
+            self.lo, self.n = lo, hi - lo
+
+        def __len__(self):
+            return self.n
+
+        def __getitem__(self, i):
+            return {"x": x[self.lo + i], "labels": y[self.lo + i]}
+
+    leak = _leakage(DatasetData(Dicts(0, 64), "train"), DatasetData(Dicts(10, 30), "val"))
+    assert leak.level == "warning" and leak.what.startswith("20 validation sample(s)")
+    clean = _leakage(DatasetData(Dicts(0, 32), "train"), DatasetData(Dicts(32, 64), "val"))
+    assert clean.level == "ok" and clean.what == "no sample of 32 in val is in train"
+
+
 class WithSpare(nn.Module):
     def __init__(self):
         super().__init__()

@@ -135,6 +135,38 @@ def test_nan_origin_names_the_layer(tmp_path):
     assert _finite(model)
 
 
+@pytest.mark.parametrize("as_dataset", [False, True])
+def test_the_quarantine_names_samples_by_their_index_in_the_data_given(tmp_path, as_dataset):
+    x, y = make_classification(320)
+    x[250, 3] = float("nan")
+    data = torch.utils.data.TensorDataset(x, y) if as_dataset else (x, y)
+    _fit(mlp(), data, tmp_path, val=0.2, epochs=1, checks=False)  # the split moves positions
+    (record,) = _lines(tmp_path / "quarantine.jsonl")
+    assert record["bad_samples"] == [250] and 250 in record["indices"]
+
+
+def test_a_skipped_first_step_leaves_no_unfilled_optimizer_state(tmp_path):
+    """Fused SGD makes its momentum buffers with empty_like on its first step, for the kernel to
+    fill; a first step skipped on the device would leave them holding whatever memory held."""
+    from surefit.data import epoch_order
+
+    x, y = make_classification(96)
+    x[epoch_order(96, 0, 0)[0], 3] = float("nan")  # in the first batch
+    seen = []
+
+    class Look(sf.Callback):
+        def on_step_end(self, run):
+            if run.optimizer_step <= 2:
+                seen.append({k: dict(v) for k, v in run._trainer.optimizer.state.items()})
+
+    model = mlp()
+    r = _fit(model, (x, y), tmp_path, optimizer="sgd", lr=0.05, callbacks=[Look()], checks=False)
+    assert [q["step"] for q in _lines(tmp_path / "quarantine.jsonl")][0] == 1
+    assert seen[0] == {}  # step 1 skipped: no state, as if it never ran
+    assert seen[1] and all(torch.isfinite(v["momentum_buffer"]).all() for v in seen[1].values())
+    assert _finite(model) and r.steps == 12
+
+
 def test_too_many_bad_batches_stop_the_run(tmp_path):
     x, y = make_classification(512)
     x[::3, 1] = float("nan")  # a third of the samples: nearly every batch
@@ -192,12 +224,48 @@ def test_a_forced_spike_rolls_back_and_the_run_recovers(tmp_path):
     assert abs(acc(spiky) - acc(clean)) <= 0.01, (acc(spiky), acc(clean))
 
 
+def test_a_rollback_from_checkpoints_skips_one_written_amid_spikes(tmp_path):
+    x, y = make_classification(1024, seed=1)
+    seen = {}
+
+    class Weights(sf.Callback):
+        def on_step_end(self, run):
+            seen[run.optimizer_step] = [p.detach().clone() for p in run.model.parameters()]
+
+    _fit(mlp(), (x, y), tmp_path, step=_spiky_step(range(51, 54)), epochs=1, batch_size=16,
+         checkpoint_every=17, rollback_from="checkpoint", callbacks=[Weights()])  # fmt: skip
+    assert [e["step"] for e in _events(tmp_path, "spike")] == [50, 51, 52]  # a checkpoint at 51
+    assert len(_events(tmp_path, "rollback")) == 1
+    # read at the sync point of step 55 (log_every 5), the rollback sets the weights back to a
+    # checkpoint's: step 34's, before the spikes, not step 51's, amid them
+    same = lambda s: all(torch.equal(a, b) for a, b in zip(seen[s], seen[55], strict=True))  # noqa: E731
+    assert [s for s in sorted(seen) if s < 55 and same(s)] == [34]
+
+
 def test_rollbacks_are_bounded(tmp_path):
     x, y = make_classification(1024, seed=1)
     step = _spiky_step(range(40, 400))  # garbage from step 40 on: no rollback can help
     r = _fit(mlp(), (x, y), tmp_path, step=step, epochs=20, batch_size=32, max_rollbacks=2)
     assert len(_events(tmp_path, "rollback")) == 2
     assert "rollback" in r.stop_reason
+
+
+def test_each_rollback_lowers_the_rate_again(tmp_path):
+    x, y = make_classification(1024, seed=1)
+    seen = {}
+
+    class Rates(sf.Callback):
+        def on_step_end(self, run):
+            seen[run.optimizer_step] = run.lr
+
+    step = _spiky_step(range(40, 400))
+    r = _fit(mlp(), (x, y), tmp_path, step=step, epochs=20, batch_size=32, lr=3e-3,
+             schedule="constant", rollback_lr_factor=0.5, callbacks=[Rates()])  # fmt: skip
+    assert len(_events(tmp_path, "rollback")) == 3 and r.health_stop
+    assert sorted(set(seen.values()), reverse=True) == pytest.approx(
+        [3e-3, 1.5e-3, 7.5e-4, 3.75e-4]
+    )
+    assert "already multiplied the rate by 0.5" in r.health_stop
 
 
 def test_health_state_round_trips():

@@ -95,6 +95,40 @@ def test_trace_equals_hand_driven_torch_scheduler(name, kw, make, unit):
     assert got == pytest.approx(want, rel=1e-12, abs=0)
 
 
+@pytest.mark.parametrize(
+    ("name", "kw"),
+    [("warmup_cosine", {}), ("warmup_linear", {}), ("cosine", {}), ("onecycle", {}),
+     ("cosine_restarts", {"restart_steps": 3, "restart_mult": 2})],
+)  # fmt: skip
+def test_a_rewind_returns_every_step_schedule_to_where_fewer_steps_take_it(name, kw):
+    """Steps skipped on the device are rewound at the next sync point: the schedule must then
+    be where the applied steps alone would have taken it (cosine_restarts keeps T_cur, T_i)."""
+    from surefit.config import ScheduleConfig
+    from surefit.schedule import build_schedule
+
+    def stepped(n):
+        opt = torch.optim.SGD(mlp().parameters(), lr=LR)
+        s = build_schedule(ScheduleConfig(name=name, warmup=3, **kw), opt, total_steps=30,
+                           steps_per_epoch=6)  # fmt: skip
+        for _ in range(n):
+            opt.step()
+            s.after_optimizer_step()
+        return s, opt
+
+    for done, skipped in ((10, 3), (17, 8), (5, 5)):
+        s, opt = stepped(done)
+        s.rewind(skipped)
+        want_s, want_opt = stepped(done - skipped)
+        assert opt.param_groups[0]["lr"] == pytest.approx(want_opt.param_groups[0]["lr"], rel=1e-12)
+        for key in ("last_epoch", "T_cur", "T_i"):
+            assert getattr(s.scheduler, key, None) == getattr(want_s.scheduler, key, None), key
+        opt.step()
+        s.after_optimizer_step()  # and it goes on from there as the other does
+        want_opt.step()
+        want_s.after_optimizer_step()
+        assert opt.param_groups[0]["lr"] == pytest.approx(want_opt.param_groups[0]["lr"], rel=1e-12)
+
+
 def test_onecycle_builds_and_runs_for_every_length_and_warmup():
     """torch's OneCycleLR divides by the rise's length: a one-step warmup (the default 5 % of
     10-29 steps) made it zero. Every length and warmup now rises to the peak and falls."""
