@@ -211,6 +211,16 @@ def _initial_loss(task: Any, outputs: Any, target: Any) -> Finding | None:
     else:
         return None
     observed = float(task.loss(outputs, target))  # one read at set-up
+    if not math.isfinite(observed) and not bool(torch.isfinite(outputs).all()):
+        return Finding(
+            "initial_loss",
+            "warning",
+            f"the first loss is {observed:.3g}: the model's outputs on the first batch hold "
+            "NaN or Inf",
+            "look for NaN/Inf in the inputs (those steps are skipped and quarantined: see "
+            "quarantine.jsonl and the nan_origin event) or in the model's weights",
+            "train batch 0",
+        )
     if not math.isfinite(observed) or observed > 1.5 * expected + 0.5:
         return Finding(
             "initial_loss",

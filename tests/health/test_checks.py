@@ -85,6 +85,11 @@ def test_initial_loss_far_from_log_c_warns(tmp_path):
     assert "log 3" in w["what"]
     _fit(mlp(), tmp_path / "ok")
     assert _warnings(tmp_path / "ok", "initial_loss") == []
+    x, y = make_classification(256)
+    x[0, 1] = float("nan")  # in the first batch: the loss is NaN, the model is not to blame
+    _fit(mlp(), tmp_path / "nan", data=(x, y))
+    (w,) = _warnings(tmp_path / "nan", "initial_loss")
+    assert "hold NaN or Inf" in w["what"] and "quarantine" in w["fix"]
 
 
 def _bn_model():
