@@ -337,6 +337,13 @@ def run_state(run_dir: str | Path, which: str = "best", on_skip: Any = None) -> 
             fix="give the folder a run wrote (it holds config.toml and checkpoints/)",
         )
     store = CheckpointStore(Path(run_dir) / "checkpoints")
+    if any((store.folder / e["file"]).is_dir() for e in store.latest()):
+        raise CheckpointError(
+            f"{run_dir} is an FSDP run: its checkpoints are folders of sharded tensors",
+            where=str(store.folder),
+            fix="convert one to a single file first: torch.distributed.checkpoint.format_utils."
+            "dcp_to_torch_save(FOLDER, 'state.pt') (docs/distributed.md)",
+        )
     state = store.load_best(on_skip) if which == "best" else None
     return state if state is not None else store.load_latest(on_skip)[0]
 

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -306,7 +307,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
     elif not cfg.train.run_dir:
         cfg = cfg.replace(train={"run_dir": _free_run_dir(cfg.name)})
     if args.nproc > 1:  # every process gets the run directory chosen here
-        return _launch(args.nproc, [*args.argv, "--run-dir", cfg.train.run_dir])
+        return _launch(args.nproc, [*args.argv, "--run-dir", cfg.train.run_dir], cfg.train.run_dir)
     if args.pause_at is not None:
         from .callbacks import PauseAt
 
@@ -343,7 +344,7 @@ def cmd_check_resume(args: argparse.Namespace) -> int:
     return 0 if check.exact else 1
 
 
-def _launch(nproc: int, argv: list[str]) -> int:
+def _launch(nproc: int, argv: list[str], run_dir: str) -> int:
     """Run ``surefit ARGV`` in ``nproc`` processes through torch.distributed.run (torchrun)."""
     from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
@@ -360,12 +361,14 @@ def _launch(nproc: int, argv: list[str]) -> int:
         run(get_args_parser().parse_args(launch))
     except ChildFailedError as exc:  # each rank has printed its own error above
         rank, failure = exc.get_first_failure()
+        if failure.exitcode == EXIT_PREEMPTED:  # paused (a signal, --pause-at): not a failure
+            print(f"paused; continue with: surefit resume {run_dir}", file=sys.stderr)
+            return EXIT_PREEMPTED
         print(f"error: rank {rank} failed first (exit code {failure.exitcode})", file=sys.stderr)
         return failure.exitcode if failure.exitcode > 0 else 1
     except SignalException as exc:  # torchrun passed the signal on: each rank checkpointed
-        print(
-            f"stopped by {exc.sigval.name}; continue with: surefit resume RUN_DIR", file=sys.stderr
-        )
+        print(f"stopped by {exc.sigval.name}; continue with: surefit resume {run_dir}",
+              file=sys.stderr)  # fmt: skip
         return EXIT_PREEMPTED
     return 0
 
@@ -374,7 +377,8 @@ def _exit_code(result: Any) -> int:
     """0 when the run finished; EXIT_PREEMPTED when a signal paused it with a checkpoint;
     EXIT_DIVERGED when the health guards stopped it."""
     if getattr(result, "preempted", False):
-        if result.config.log.progress == "off":  # the summary with this hint was not printed
+        quiet = result.config.log.progress == "off"  # the summary with this hint was not printed
+        if quiet and os.environ.get("RANK", "0") == "0":  # once, from rank 0
             where = f"surefit resume {result.run_dir}"
             print(f"stopped at step {result.steps}; continue with: {where}", file=sys.stderr)
         return EXIT_PREEMPTED
@@ -390,7 +394,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
         checkpoint={"resume": "must", "override": bool(args.override)},
     )
     if args.nproc > 1:
-        return _launch(args.nproc, args.argv)
+        return _launch(args.nproc, args.argv, str(run_dir))
     return _exit_code(recipes.run(cfg))
 
 
@@ -491,6 +495,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader went away (`surefit compare ... | head`): no traceback
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # (Python's own recipe)
+        return 1
 
 
 if __name__ == "__main__":

@@ -30,6 +30,8 @@ NOT_CONFIG = {
     "reference",
     "checkpoint.resume",  # `surefit resume` sets it to "must"
     "checkpoint.override",
+    "log.progress",  # how the console looked
+    "log.loggers",  # where else the records went
 }
 
 

@@ -454,6 +454,12 @@ def validate(c: RunConfig) -> None:
         "a factor in (0, 1], e.g. 0.5",
     )
     _choice("distributed.strategy", c.distributed.strategy, STRATEGIES)
+    if c.distributed.strategy == "fsdp" and c.train.restore_best:  # one process or many
+        raise ConfigError(
+            "restore_best is not supported under fsdp (best weights are a sharded checkpoint)",
+            where="train.restore_best",
+            fix="set train.restore_best=false and load checkpoints/best with the DCP tools",
+        )
     _require(c.distributed.timeout_s > 0, "distributed.timeout_s", c.distributed.timeout_s, "> 0")
     _require(c.data.batch_size >= 1, "data.batch_size", c.data.batch_size, "an integer >= 1")
     _require(c.train.threads >= 0, "train.threads", c.train.threads, "0 (auto) or a count >= 1")

@@ -192,12 +192,6 @@ def _check(cfg: RunConfig) -> None:
             where="checkpoint.async_save",
             fix="set checkpoint.async_save=false",
         )
-    if strategy(cfg) == "fsdp" and cfg.train.restore_best:
-        raise ConfigError(
-            "restore_best is not supported under fsdp (best weights are a sharded checkpoint)",
-            where="train.restore_best",
-            fix="set train.restore_best=false and load checkpoints/best with the DCP tools",
-        )
 
 
 def shard(model: nn.Module, cfg: RunConfig, dtype: torch.dtype | None) -> nn.Module:

@@ -52,10 +52,8 @@ class LRFindResult:
 
     def summary(self) -> str:
         """The lines ``surefit lr-find`` prints."""
-        lines = [
-            f"lr-find: {len(self.lrs)} steps, lr {self.lrs[0]:.2e} -> {self.lrs[-1]:.2e} "
-            f"({self.stop_reason})"
-        ]
+        swept = f"lr {self.lrs[0]:.2e} -> {self.lrs[-1]:.2e}" if self.lrs else "no finite loss"
+        lines = [f"lr-find: {len(self.lrs)} steps, {swept} ({self.stop_reason})"]
         if self.suggestion is None:
             lines.append(f"no suggestion: {self.rule}")
         else:
@@ -71,6 +69,8 @@ class LRFindResult:
 def suggest(lrs: list[float], smoothed: list[float], rule: str) -> tuple[float | None, str]:
     """(learning rate, the rule in words) read off a sweep."""
     n = len(smoothed)
+    if n == 0:
+        return None, "the loss was not finite from the first step: look for NaN/Inf in the data"
     if n < 5:
         return None, f"only {n} steps before the loss diverged; lower min_lr"
     low = min(range(n), key=smoothed.__getitem__)

@@ -67,13 +67,20 @@ class RunRecords:
         return name, mode
 
     def best_eval(self) -> dict[str, Any]:
-        """The evaluation record where the monitored metric was best ({} without evaluations)."""
+        """The evaluation record where the monitored metric was best ({} without evaluations):
+        an improvement counts only when it beats the best by ``train.min_delta``, as in the run."""
         name, mode = self.monitor()
         scored = [r for r in self.evals if _finite(r.get(name))]
         if not scored:
             return self.evals[-1] if self.evals else {}
-        pick = min if mode == "min" else max
-        return pick(scored, key=lambda r: r[name])
+        delta = self.config.get("train", {}).get("min_delta", 0.0)
+        delta = delta if _finite(delta) else 0.0
+        sign = 1 if mode == "min" else -1
+        best = scored[0]
+        for r in scored[1:]:
+            if sign * (best[name] - r[name]) > delta:
+                best = r
+        return best
 
 
 def _num(record: dict[str, Any], key: str = "step") -> bool:
@@ -126,8 +133,8 @@ def read_run(run_dir: str | Path) -> RunRecords:
     config: dict[str, Any] = {}
     if (path / "config.toml").is_file():
         try:
-            config = tomllib.loads((path / "config.toml").read_text())
-        except tomllib.TOMLDecodeError:
+            config = tomllib.loads((path / "config.toml").read_text(errors="replace"))
+        except (tomllib.TOMLDecodeError, OSError):
             config = {}  # a damaged config still leaves the metrics to report
     metrics = _read_jsonl(path / "metrics.jsonl")
     manifest_path = path / "checkpoints" / "MANIFEST.json"
@@ -144,7 +151,9 @@ def read_run(run_dir: str | Path) -> RunRecords:
         evals=one_line([r for r in metrics if r.get("split") == "eval"])[0],
         tests=[r for r in metrics if r.get("split") == "test"],
         events=_read_jsonl(path / "events.jsonl"),
-        checkpoints=checkpoints if isinstance(checkpoints, list) else [],
+        checkpoints=[c for c in checkpoints if isinstance(c, dict)]
+        if isinstance(checkpoints, list)
+        else [],
         steps=one_line(_read_jsonl(path / "steps.jsonl"))[0],
     )
 
@@ -489,7 +498,7 @@ def _event_rows(run: RunRecords) -> str:
         when = e.get("time")
         stamp = (
             datetime.fromtimestamp(when, UTC).strftime("%Y-%m-%d %H:%M:%S")
-            if _num(e, "time")
+            if _num(e, "time") and _finite(when) and 0 <= when < 1e11
             else ""
         )
         rest = ", ".join(
@@ -529,7 +538,7 @@ def render_html(run: RunRecords, plots: list[Path]) -> str:
     config_path = run.path / "config.toml"
     config_text = config_path.read_text(errors="replace") if config_path.is_file() else ""
     resumes = [s for s in run.marks("resume") if s > 0]
-    steps = max([r["step"] for r in run.train + run.evals] or [0])
+    steps = max([r["step"] for r in run.train + run.evals + run.steps if _num(r)] or [0])
     facts = [
         _status(run),
         f"{steps} optimizer steps",

@@ -140,6 +140,15 @@ def test_char_gpt_learns(tmp_path):
 
 
 @needs_shakespeare
+def test_a_damaged_cached_copy_of_the_text_is_replaced(tmp_path):
+    from surefit.recipes import chargpt
+
+    good = chargpt.text_path(cache=str(tmp_path)).read_bytes()
+    (tmp_path / chargpt.FILE).write_bytes(good[: len(good) // 5])  # truncated
+    assert chargpt.text_path(cache=str(tmp_path)).read_bytes() == good
+
+
+@needs_shakespeare
 def test_char_gpt_data_is_nanogpt_split_with_fixed_val_windows():
     from surefit.recipes import chargpt
 

@@ -87,6 +87,14 @@ def test_min_over_ten_rule_and_a_sweep_too_short_to_read():
     assert suggest(lrs[:3], smoothed[:3], "steepest")[0] is None
 
 
+def test_a_loss_not_finite_from_the_first_step_gives_no_suggestion_and_says_why(tmp_path):
+    x, y = make_classification(128)
+    x[::2] = float("nan")
+    r = sf.lr_find(mlp(), (x, y), steps=20, plot=tmp_path / "lr.png", device="cpu")
+    assert r.suggestion is None and r.lrs == []
+    assert "not finite from the first step" in r.summary() and "no finite loss" in r.summary()
+
+
 @pytest.mark.parametrize(
     ("keywords", "key"),
     [

@@ -122,6 +122,25 @@ def test_missing_keys_and_odd_lines_are_left_out_not_errors(tmp_path):
     assert "No config.toml" in page.read_text()
 
 
+def test_damaged_config_manifest_and_events_are_left_out_not_errors(tmp_path):
+    (tmp_path / "config.toml").write_bytes(b"\xff\xfe name = 1\n")
+    (tmp_path / "metrics.jsonl").write_text('{"step": 4, "train_loss": 1.0}\n')
+    (tmp_path / "events.jsonl").write_text('{"event": "start", "time": NaN, "step": 0}\n')
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "checkpoints" / "MANIFEST.json").write_text('{"checkpoints": [1, "a"]}')
+    (tmp_path / "steps.jsonl").write_text("".join(f'{{"step": {i}}}\n' for i in range(1, 8)))
+    page, _ = report.write_report(tmp_path)
+    assert "7 optimizer steps" in page.read_text()  # steps.jsonl knows more than the log lines
+
+
+def test_the_best_evaluation_is_the_one_the_run_chose_with_min_delta(tmp_path):
+    (tmp_path / "config.toml").write_text("[train]\nmin_delta = 0.05\n")
+    evals = [(1, 1.0), (2, 0.9), (3, 0.87), (4, 0.84), (5, 0.83)]
+    lines = [json.dumps({"split": "eval", "step": s, "val_loss": v}) + "\n" for s, v in evals]
+    (tmp_path / "metrics.jsonl").write_text("".join(lines))
+    assert report.read_run(tmp_path).best_eval()["step"] == 4  # 0.87 and 0.83 improve < 0.05
+
+
 def test_an_empty_run_directory_still_gets_a_page(tmp_path):
     (tmp_path / "config.toml").write_text('name = "empty"\n')
     page, plots = report.write_report(tmp_path)

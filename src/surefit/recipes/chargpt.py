@@ -47,12 +47,14 @@ def text_path(path: str = "", cache: str = "") -> Path:
             raise DataError(f"no text file at {path}", where="data.args.path", fix="check the path")
         return Path(path)
     target = (Path(cache) if cache else cache_dir()) / FILE
-    if target.is_file():
-        return target
+    if target.is_file():  # checked at every use (1 MB, a few ms): a damaged copy is replaced
+        if hashlib.sha256(target.read_bytes()).hexdigest() == SHA256:
+            return target
     src = _shared_copy()
     if src is None:
+        state = "damaged (sha256 differs)" if target.is_file() else "not"
         raise DataError(
-            f"Tiny Shakespeare is not in the cache ({target})",
+            f"Tiny Shakespeare is {state} in the cache ({target})",
             where="data.name",
             fix="save karpathy/char-rnn's data/tinyshakespeare/input.txt there (sha256 "
             f"{SHA256[:12]}...), or set data.args.path to a copy",
