@@ -384,9 +384,11 @@ PROFILE_NOTES = """## Where the time goes
   default) outweighs its extra per-epoch work (the epoch-end checkpoint: serialization, the state
   copy, two atomic writes with their fsyncs and the manifest, and best.pt on improvements).
 - The fresh-process throughput tables on this machine vary by up to 2x between repeats of one
-  loop (see the runs columns): a 10-pair check of `tiny` in fresh processes gave surefit 1.01 x
-  (a+) as the median of pair ratios and 0.95 as the ratio of medians, where a 5-repeat table
-  gave 0.80.
+  loop (see the runs columns), and by up to 30 % between epochs of one run: a 10-pair check of
+  `tiny` in fresh processes gave surefit 1.01 x (a+) as the median of pair ratios and 0.95 as the
+  ratio of medians, where 5-repeat tables gave 0.80 and 0.77. Timing surefit and (a+) back to
+  back inside each of four fresh processes (20 epochs each, median epoch) gave 1.13, 1.29, 0.88
+  and 0.88 x (a+): the order within a process, not the loop, decided most of it.
 - No CUDA machine was available: the GPU table (bf16, char-gpt tokens/s and MFU) is not measured.
 """
 
