@@ -404,11 +404,14 @@ class Health:
             self.log.event(event, **fields)
 
     # -- rollback ----------------------------------------------------------------------------------
+    def snapshot_wanted(self) -> bool:
+        return bool(self.cfg.rollback_after) and self.cfg.rollback_from == "memory"
+
     def take_snapshot(self, parts: dict[str, Any], step: int, force: bool = False) -> None:
         """Remember the state to roll back to, when the run is healthy (memory mode only): at
         each checkpoint (``force``; a resumed run holds the same copy) and at a sync point at
         most every SNAPSHOT_EVERY steps (a copy costs the model and optimizer state)."""
-        if not (self.cfg.rollback_after and self.cfg.rollback_from == "memory"):
+        if not self.snapshot_wanted():
             return
         if self.run_length or not (force or step - self.snapshot_step >= SNAPSHOT_EVERY):
             return
@@ -490,6 +493,7 @@ class Health:
             "counts": [self.steps, self.skipped, self.scaler_skips, self.spikes, self.rollbacks],
             "origin_reported": self.origin_reported,
             "high_norm_run": self.high_norm_run,
+            "snapshot_step": self.snapshot_step,  # where the rollback copy was taken
             "quarantine": self.quarantine.state_dict() if self.quarantine else {"lines": 0},
             "steps_file": self.per_step.state_dict() if self.per_step else {"lines": 0},
         }
@@ -504,6 +508,7 @@ class Health:
         self.steps, self.skipped, self.scaler_skips, self.spikes, self.rollbacks = counts
         self.origin_reported = bool(state["origin_reported"])
         self.high_norm_run = int(state.get("high_norm_run", 0))
+        self.snapshot_step = int(state.get("snapshot_step", self.snapshot_step))
         if self.quarantine is not None:
             self.quarantine.load_state_dict(state["quarantine"])
         if self.per_step is not None:

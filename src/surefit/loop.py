@@ -297,8 +297,9 @@ class Trainer:
             self._console().postfix({"loss": record["train_loss"], "lr": record["lr"]})
         return record
 
-    def _sync(self, snapshot: bool = False) -> None:
-        """Read the pending steps and act on what health decides (at log, eval and save)."""
+    def _sync(self, snapshot: bool | None = False) -> None:
+        """Read the pending steps and act on what health decides (at log, eval and save);
+        ``snapshot``: force a rollback copy (True), or take none (None: a save off schedule)."""
         actions = self.health.sync(self._examine)
         self.p.schedule.rewind(actions["rewind"])
         if actions["rollback"]:
@@ -326,8 +327,25 @@ class Trainer:
             if self.p.log is not None:
                 self.p.log.event("health_stop", why=actions["stop"])
             self.request_stop(actions["stop"])
-        step = self.counters.optimizer_step
-        self.health.take_snapshot(self._rollback_parts(), step, force=snapshot)
+        if snapshot is not None:
+            step = self.counters.optimizer_step
+            self.health.take_snapshot(self._rollback_parts(), step, force=snapshot)
+
+    def _first_snapshot(self) -> None:
+        """The rollback copy a run starts with. A run resumed from a checkpoint written off the
+        schedule (a signal, a pause) takes the copy the uninterrupted run holds: the checkpoint
+        it was taken at, read back while still on disk; otherwise the state it starts from."""
+        step, at = self.counters.optimizer_step, self.health.snapshot_step
+        behind = 0 <= at < step and self.health.snapshot_wanted()
+        if behind and self.p.store is not None:
+            same = lambda st: st.get("counters", {}).get("optimizer_step") == at  # noqa: E731
+            with contextlib.suppress(CheckpointError):
+                state = self.p.store.load_latest(accept=same)[0]
+                self.health.snapshot = {k: state[k] for k in self._rollback_parts()}
+                return
+        self.health.take_snapshot(self._rollback_parts(), step, force=True)
+        if behind:  # not on disk (taken between checkpoints): the state now, on the same cadence
+            self.health.snapshot_step = at
 
     def _rollback_parts(self) -> dict[str, Any]:
         return {
@@ -399,7 +417,7 @@ class Trainer:
             }
 
     # -- checkpoints -------------------------------------------------------------------------------
-    def save(self, kind: str = "last") -> Path | None:
+    def save(self, kind: str = "last", snapshot: bool | None = True) -> Path | None:
         """Write a checkpoint ("last"), and best.pt when an evaluation at this step improved
         (``kind=""``: best.pt only, if due). A failed write (disk full, any OSError) leaves the
         previous checkpoints and the manifest as they were; the run records it, goes on, and tries
@@ -408,7 +426,7 @@ class Trainer:
         self._best_due = False
         if self.p.store is None or not kinds:
             return None
-        self._sync(snapshot=True)  # the checkpoint holds host state only
+        self._sync(snapshot=snapshot)  # the checkpoint holds host state only
         step = self.counters.optimizer_step
         if "last" in kinds:
             self._saved_step, self._saved_at = step, time.perf_counter()
@@ -482,7 +500,7 @@ class Trainer:
     def fit(self) -> None:
         """Train until epochs, max_steps, max_time_s or a callback stops the run."""
         self._t_start = time.perf_counter()
-        self.health.take_snapshot(self._rollback_parts(), self.counters.optimizer_step, force=True)
+        self._first_snapshot()
         self.net.train()
         self.emit("on_fit_start")
         try:
@@ -503,7 +521,9 @@ class Trainer:
                 changed = bool(self._flush_interval()) or changed
             # the last checkpoint holds the run as it ended, the final records included: a
             # resumed finished run then trains, evaluates and writes nothing
-            self.save("last" if changed or self._saved_step != step else "")
+            # off the checkpoint schedule: no rollback copy here, so a resumed run's copy is the
+            # one the uninterrupted run holds
+            self.save("last" if changed or self._saved_step != step else "", snapshot=None)
         except BaseException as exc:
             self.emit("on_exception", exc)
             raise

@@ -242,6 +242,52 @@ def test_a_rollback_from_checkpoints_skips_one_written_amid_spikes(tmp_path):
     assert [s for s in sorted(seen) if s < 55 and same(s)] == [34]
 
 
+class _Mul(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.mult = 1.0
+
+    def forward(self, h):
+        return h * self.mult if self.training else h
+
+
+class _SpikeAt(sf.Callback):
+    """Blows up the outputs (a loss spike) at the given optimizer steps, whatever the segment."""
+
+    def __init__(self, mul, steps):
+        self.mul, self.steps = mul, steps
+
+    def on_step_end(self, run):
+        self.mul.mult = 300.0 if run.optimizer_step + 1 in self.steps else 1.0
+
+
+def test_a_rollback_after_a_resume_from_a_pause_goes_where_the_uninterrupted_run_went(tmp_path):
+    """A pause at step 120 writes a checkpoint off the schedule (every 50 steps): the resumed run
+    must roll back to step 100's copy, as the uninterrupted run does, not to 120."""
+    from surefit.callbacks import PauseAt
+
+    x, y = make_classification(4096)
+
+    def model():
+        torch.manual_seed(0)
+        return nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 3), _Mul())
+
+    kw = dict(epochs=1, batch_size=16, log_every=10, lr=3e-3, checks=False, checkpoint_every=50)
+    spikes = {150, 151, 152}
+    straight = model()
+    _fit(straight, (x, y), tmp_path / "a", callbacks=[_SpikeAt(straight[3], spikes)], **kw)
+    first = model()
+    _fit(first, (x, y), tmp_path / "b", callbacks=[_SpikeAt(first[3], spikes), PauseAt(120)], **kw)
+    resumed = model()
+    _fit(resumed, (x, y), tmp_path / "b", callbacks=[_SpikeAt(resumed[3], spikes)], **kw)
+    assert len(_events(tmp_path / "a", "rollback")) == len(_events(tmp_path / "b", "rollback")) == 1
+    assert all(
+        torch.equal(p, q) for p, q in zip(straight.parameters(), resumed.parameters(), strict=True)
+    )
+    steps = lambda d: (tmp_path / d / "steps.jsonl").read_text()  # noqa: E731
+    assert steps("a") == steps("b")
+
+
 def test_rollbacks_are_bounded(tmp_path):
     x, y = make_classification(1024, seed=1)
     step = _spiky_step(range(40, 400))  # garbage from step 40 on: no rollback can help
