@@ -26,7 +26,8 @@ from .data import batch_size_of
 from .distributed import grad_sync, stop_together, world_size, wrap
 from .errors import CheckpointError, DataError
 from .evaluation import StepFn, compute_batch, evaluate_data
-from .health import Health, _Step, examine_window
+from .forensics import examine_window
+from .health import Health, _Step
 from .log import NullConsole, RunLog, epoch_line
 from .perf import CpuUse, TimedBatches, report_wait, run_threads
 from .precision import Precision
@@ -314,8 +315,8 @@ class Trainer:
                 # the rate goes down from where it was, not from where the state rolled back to
                 # had it: each rollback lowers it again
                 loaded = self.optimizer.param_groups[0].get("initial_lr")
-                same = not (isinstance(scale, float) and isinstance(loaded, float) and loaded)
-                ratio = self.cfg.health.rollback_lr_factor * (1.0 if same else scale / loaded)
+                known = isinstance(scale, float) and isinstance(loaded, float) and loaded
+                ratio = self.cfg.health.rollback_lr_factor * (scale / loaded if known else 1.0)
                 if ratio != 1:
                     self.p.schedule.rescale(ratio)
                 self._console().line(f"rolled back: {actions['rollback']}")

@@ -26,7 +26,8 @@ from .state import derive_seed
 
 
 def rng_state() -> tuple[Any, Any, torch.Tensor]:
-    """The global python, numpy and torch (CPU) RNG states."""
+    """The global python, numpy and torch (CPU) RNG states, as the libraries give them (state's
+    RngState is their checkpoint form, converted to tensors: too dear to take at every batch)."""
     return random.getstate(), np.random.get_state(), torch.get_rng_state()
 
 

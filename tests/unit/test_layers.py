@@ -23,7 +23,7 @@ LAYERS: list[set[str]] = [
     {"recipes", "lrfind", "profile"},  # they build a recipe's parts as `fit` does
     {"api", "selfcheck"},
     {"loop"},
-    {"callbacks", "checkpoint", "rundir", "log", "loggers", "health", "checks"},
+    {"callbacks", "checkpoint", "rundir", "log", "loggers", "health", "forensics", "checks"},
     {
         "precision",
         "schedule",
