@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
+
+from surefit.callbacks import Callback
 
 torch.set_num_threads(1)
 
@@ -55,3 +58,25 @@ def mlp(features: int = 8, out: int = 3, hidden: int = 16, seed: int = 0) -> tor
     return torch.nn.Sequential(
         torch.nn.Linear(features, hidden), torch.nn.Tanh(), torch.nn.Linear(hidden, out)
     )
+
+
+class Mul(torch.nn.Module):
+    """Multiplies by ``mult`` in training mode: a switch for loss spikes (SpikeAt)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.mult = 1.0
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return h * self.mult if self.training else h
+
+
+class SpikeAt(Callback):
+    """A callback that blows up the outputs through ``mul`` (a loss spike) at the given optimizer
+    steps, whatever the segment of the run."""
+
+    def __init__(self, mul: Mul, steps: set[int]) -> None:
+        self.mul, self.steps = mul, steps
+
+    def on_step_end(self, run: Any) -> None:
+        self.mul.mult = 300.0 if run.optimizer_step + 1 in self.steps else 1.0

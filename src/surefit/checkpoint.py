@@ -18,6 +18,7 @@ import shutil
 import signal
 import tempfile
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -404,6 +405,95 @@ def load_weights(model: torch.nn.Module, path: str | Path, strict: bool = True) 
             fix="build the model with the same architecture and arguments as the run",
         ) from None
     return model
+
+
+class Saves:
+    """A run's checkpoint writes, and the pace of its epoch-end saves.
+
+    Writes go through ``store`` in the loop's thread or, with ``async_save``, from one background
+    thread in order (the state copied to the CPU first; at most two copies in memory); each
+    outcome goes to ``record(step, kinds, path, error)``. An OSError leaves the earlier files as
+    they were and is recorded, not raised: the next save tries again.
+
+    The pace: an epoch-end save waits while it would cost more than ``max_overhead`` of the
+    training time since the previous rolling save, by what that save cost the loop. A run of
+    short epochs (a tiny model: tens of ms an epoch against several ms a save, much of it fsync)
+    then saves every few epochs, and one of long epochs at each. Written here: no library paces
+    checkpoints by their cost.
+    """
+
+    def __init__(
+        self,
+        store: CheckpointStore,
+        async_save: bool,
+        max_overhead: float,
+        record: Callable[[int, tuple[str, ...], Path | None, Exception | None], None],
+    ) -> None:
+        self.store, self.async_save, self.max_overhead = store, async_save, max_overhead
+        self.record = record
+        self.cost: float | None = None  # seconds the loop spent on the last rolling save
+        self.done_at = 0.0  # when that save returned (time.perf_counter)
+        self._executor: Any = None
+        self._pending: list[tuple[int, tuple[str, ...], Any]] = []
+
+    def write(
+        self, state: Callable[[], dict[str, Any]], step: int, kinds: tuple[str, ...]
+    ) -> Path | None:
+        """Write ``state()`` as ``kinds`` at ``step``; the file written, or None (in the
+        background, or failed)."""
+        t0 = time.perf_counter()
+        if self.async_save:
+            self.drain(keep=1)  # before the copy: at most two copies in memory
+            snapshot = cpu_copy(state())
+            future = self._writer().submit(self.store.save, snapshot, step=step, kind=kinds)
+            self._pending.append((step, kinds, future))
+            self._paced(t0, kinds)
+            return None
+        try:
+            path = self.store.save(state(), step=step, kind=kinds)
+        except OSError as exc:  # not paced: the next epoch end tries again
+            self.record(step, kinds, None, exc)
+            return None
+        self._paced(t0, kinds)
+        self.record(step, kinds, path, None)
+        return path
+
+    def _paced(self, t0: float, kinds: tuple[str, ...]) -> None:
+        if "last" in kinds:
+            self.done_at = time.perf_counter()
+            self.cost = self.done_at - t0
+
+    def put_off(self) -> bool:
+        """Whether an epoch-end save waits: the previous rolling save of this session is younger
+        than its own cost divided by ``max_overhead`` (never before one has been measured)."""
+        if self.max_overhead <= 0 or self.cost is None:
+            return False
+        return time.perf_counter() - self.done_at < self.cost / self.max_overhead
+
+    def drain(self, keep: int = 0) -> None:
+        """Wait for background writes until at most ``keep`` are in flight; record them."""
+        while len(self._pending) > keep:
+            step, kinds, future = self._pending.pop(0)
+            try:
+                self.record(step, kinds, future.result(), None)
+            except OSError as exc:
+                self.record(step, kinds, None, exc)
+
+    def close(self) -> None:
+        """Drain, and stop the background thread."""
+        try:
+            self.drain()
+        finally:
+            if self._executor is not None:
+                self._executor.shutdown()
+                self._executor = None
+
+    def _writer(self) -> Any:
+        if self._executor is None:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self._executor = ThreadPoolExecutor(1, thread_name_prefix="surefit-checkpoint")
+        return self._executor
 
 
 def cpu_copy(obj: Any) -> Any:

@@ -148,7 +148,8 @@ class CheckpointConfig:
     every_steps: int = 0  # optimizer steps between checkpoints; 0 = off (epoch ends, the end)
     keep_last: int = 2  # rolling last-*.pt files kept
     save_best: bool = True  # write best.pt whenever the monitored metric improves
-    at_epoch_end: bool = True  # also save at each epoch's end
+    at_epoch_end: bool = True  # also save at epoch ends (as often as max_overhead allows)
+    max_overhead: float = 0.01  # most time share epoch-end saves take; 0 = save at every one
     resume: str = "auto"  # auto: continue a run_dir that holds a checkpoint; never; must
     every_minutes: float = 0.0  # wall-clock minutes between checkpoints; 0 = off
     override: bool = False  # allow a resume with a changed learning rate (optim.lr)
@@ -542,6 +543,12 @@ def validate(c: RunConfig) -> None:
         "checkpoint.every_minutes",
         c.checkpoint.every_minutes,
         "0 (off) or minutes > 0",
+    )
+    _require(
+        0 <= c.checkpoint.max_overhead < 1,
+        "checkpoint.max_overhead",
+        c.checkpoint.max_overhead,
+        "0 (a save at every epoch end) or a share of the training time in (0, 1)",
     )
     _require(c.log.every_steps >= 1, "log.every_steps", c.log.every_steps, "steps >= 1")
 

@@ -307,6 +307,15 @@ def stop_together(
     return reason, preempted
 
 
+def any_rank(flag: bool, device: torch.device) -> bool:
+    """Whether ``flag`` holds on any rank (one 1-element all-reduce); one process: ``flag``."""
+    if not _initialized() or torch.distributed.get_world_size() == 1:
+        return flag
+    t = torch.tensor([float(flag)], device=device)
+    torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
+    return bool(t.item())  # a host read at epoch ends only
+
+
 # -- metrics ---------------------------------------------------------------------------------------
 def sum_over_ranks(t: torch.Tensor) -> torch.Tensor:
     """``t`` summed over all ranks (one all-reduce); one process: ``t`` itself."""

@@ -413,11 +413,16 @@ class Health:
             if name in state:
                 part.load_state_dict(state[name])
         self.rollbacks += 1  # the spike history is kept: it describes the healthy run
+        if self.cfg.rollback_from == "memory":
+            to_step = self.snapshot_step
+        else:
+            to_step = state.get("counters", {}).get("optimizer_step")
         self._event(
             "rollback",
             why=why,
             rollbacks=self.rollbacks,
             lr_factor=self.cfg.rollback_lr_factor,
+            to_step=to_step,  # the step whose state the run went back to
         )
         return True
 

@@ -20,10 +20,10 @@ import torch
 from torch import nn
 
 from .callbacks import EVENTS, Best, CallbackStates, RunView
-from .checkpoint import CheckpointStore, cpu_copy, preemption_signals
+from .checkpoint import CheckpointStore, Saves, preemption_signals
 from .config import RunConfig
 from .data import batch_size_of
-from .distributed import grad_sync, stop_together, world_size, wrap
+from .distributed import any_rank, grad_sync, stop_together, world_size, wrap
 from .errors import CheckpointError, DataError
 from .evaluation import StepFn, compute_batch, evaluate_data
 from .forensics import examine_window
@@ -88,8 +88,13 @@ class Trainer:
         self.elapsed_s = 0.0  # training seconds of earlier sessions of this run
         self._saved_step = -1
         self._saved_at = time.perf_counter()  # when the last rolling checkpoint was written
-        self._executor: Any = None  # the background checkpoint writer (async_save)
-        self._pending: list[tuple[int, tuple[str, ...], Any]] = []
+        ck = cfg.checkpoint
+        self.saves = (
+            None
+            if parts.store is None
+            else Saves(parts.store, ck.async_save, ck.max_overhead, self._record_save)
+        )
+        self._put_off = 0  # epoch-end saves put off by the pace (max_overhead)
         self.preempted: str | None = None  # the signal that stopped the run, if one did
         self.health_stop = ""  # why the health guards stopped the run, if they did
         self._best_due = False  # best.pt is written with the next save at this step
@@ -431,26 +436,36 @@ class Trainer:
         step = self.counters.optimizer_step
         if "last" in kinds:
             self._saved_step, self._saved_at = step, time.perf_counter()
-        if self.cfg.checkpoint.async_save:
-            # state copied to CPU now; written by one background thread, in order
-            self._drain(keep=1)  # before the copy: at most two snapshots in memory
-            snapshot = cpu_copy(self.state_dict())
-            future = self._writer().submit(self.p.store.save, snapshot, step=step, kind=kinds)
-            self._pending.append((step, kinds, future))
-            return None
-        try:
-            path = self.p.store.save(self.state_dict(), step=step, kind=kinds)
-        except OSError as exc:
-            self._saved_step = -1 if "last" in kinds else self._saved_step
-            self._record_save(step, kinds, None, exc)
-            return None
-        self._record_save(step, kinds, path, None)
-        return path
+        return self.saves.write(self.state_dict, step, kinds)
+
+    def _epoch_end_save(self) -> None:
+        """The epoch-end checkpoint, unless the pace puts it off (``Saves.put_off``): then the
+        training state goes on as if it were written (the same sync and rollback copy), so a run
+        computes the same numbers however fast its disk is."""
+        if not self.cfg.checkpoint.at_epoch_end or self.saves is None:
+            self.save("")  # best.pt, if due
+            return
+        wait = not self._best_due and self.saves.put_off()
+        if self._multi:  # every rank saves, or none (a save ends in a barrier)
+            wait = not any_rank(not wait, self.device)
+        if not wait:
+            self.save("last")
+            return
+        self._sync(snapshot=True)
+        self._put_off += 1
+        if self._put_off == 1 and self.p.log is not None:
+            cost, share = self.saves.cost or 0.0, self.cfg.checkpoint.max_overhead
+            self.p.log.event(
+                "checkpoints_paced", step=self.counters.optimizer_step, save_s=round(cost, 4),
+                every_s=round(cost / share, 3), max_overhead=share,
+            )  # fmt: skip
 
     def _record_save(
         self, step: int, kinds: tuple[str, ...], path: Path | None, exc: Exception | None
     ) -> None:
         log = self.p.log
+        if exc is not None and "last" in kinds and self._saved_step == step:
+            self._saved_step = -1  # not on disk: the end of the run saves again
         for kind in kinds:
             if exc is not None and log is not None:
                 log.event("checkpoint_failed", kind=kind, step=step, error=str(exc))
@@ -462,21 +477,9 @@ class Trainer:
         elif path is not None:
             self.emit("on_checkpoint", path)
 
-    def _writer(self) -> Any:
-        if self._executor is None:
-            from concurrent.futures import ThreadPoolExecutor
-
-            self._executor = ThreadPoolExecutor(1, thread_name_prefix="surefit-checkpoint")
-        return self._executor
-
-    def _drain(self, keep: int = 0) -> None:
-        """Wait for background writes until at most ``keep`` are in flight; log their outcome."""
-        while len(self._pending) > keep:
-            step, kind, future = self._pending.pop(0)
-            try:
-                self._record_save(step, kind, future.result(), None)
-            except OSError as exc:
-                self._record_save(step, kind, None, exc)
+    def _drain(self) -> None:
+        if self.saves is not None:
+            self.saves.drain()
 
     def _skipped_checkpoint(self, path: Path, why: str) -> None:
         self._console().line(f"skipping unreadable checkpoint {why}")
@@ -530,12 +533,11 @@ class Trainer:
             raise
         finally:
             self._console().epoch_end()
-            self._drain()  # every background write is durable before fit returns or raises
             for sink in (self.health.quarantine, self.health.per_step):
                 if sink is not None:
                     sink.close()
-            if self._executor is not None:
-                self._executor.shutdown()
+            if self.saves is not None:  # every background write is durable before fit returns
+                self.saves.close()
         self.emit("on_fit_end")
 
     def _on_signal(self, name: str) -> None:
@@ -580,7 +582,7 @@ class Trainer:
         if not cfg.train.eval_every_steps:
             record = self._evaluate_and_track()
             self._console().line(epoch_line(c.epoch, self._epochs_shown(), record))
-        self.save("last" if cfg.checkpoint.at_epoch_end else "")
+        self._epoch_end_save()
         self.emit("on_epoch_end")
 
     def _epochs_shown(self) -> int | str:

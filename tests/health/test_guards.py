@@ -13,7 +13,7 @@ from torch import nn
 
 import surefit as sf
 from surefit.selfcheck import _equal
-from tests.conftest import make_classification, mlp
+from tests.conftest import Mul, SpikeAt, make_classification, mlp
 
 
 def _lines(path):
@@ -242,25 +242,6 @@ def test_a_rollback_from_checkpoints_skips_one_written_amid_spikes(tmp_path):
     assert [s for s in sorted(seen) if s < 55 and same(s)] == [34]
 
 
-class _Mul(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.mult = 1.0
-
-    def forward(self, h):
-        return h * self.mult if self.training else h
-
-
-class _SpikeAt(sf.Callback):
-    """Blows up the outputs (a loss spike) at the given optimizer steps, whatever the segment."""
-
-    def __init__(self, mul, steps):
-        self.mul, self.steps = mul, steps
-
-    def on_step_end(self, run):
-        self.mul.mult = 300.0 if run.optimizer_step + 1 in self.steps else 1.0
-
-
 def test_a_rollback_after_a_resume_from_a_pause_goes_where_the_uninterrupted_run_went(tmp_path):
     """A pause at step 120 writes a checkpoint off the schedule (every 50 steps): the resumed run
     must roll back to step 100's copy, as the uninterrupted run does, not to 120."""
@@ -270,16 +251,16 @@ def test_a_rollback_after_a_resume_from_a_pause_goes_where_the_uninterrupted_run
 
     def model():
         torch.manual_seed(0)
-        return nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 3), _Mul())
+        return nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 3), Mul())
 
     kw = dict(epochs=1, batch_size=16, log_every=10, lr=3e-3, checks=False, checkpoint_every=50)
     spikes = {150, 151, 152}
     straight = model()
-    _fit(straight, (x, y), tmp_path / "a", callbacks=[_SpikeAt(straight[3], spikes)], **kw)
+    _fit(straight, (x, y), tmp_path / "a", callbacks=[SpikeAt(straight[3], spikes)], **kw)
     first = model()
-    _fit(first, (x, y), tmp_path / "b", callbacks=[_SpikeAt(first[3], spikes), PauseAt(120)], **kw)
+    _fit(first, (x, y), tmp_path / "b", callbacks=[SpikeAt(first[3], spikes), PauseAt(120)], **kw)
     resumed = model()
-    _fit(resumed, (x, y), tmp_path / "b", callbacks=[_SpikeAt(resumed[3], spikes)], **kw)
+    _fit(resumed, (x, y), tmp_path / "b", callbacks=[SpikeAt(resumed[3], spikes)], **kw)
     assert len(_events(tmp_path / "a", "rollback")) == len(_events(tmp_path / "b", "rollback")) == 1
     assert all(
         torch.equal(p, q) for p, q in zip(straight.parameters(), resumed.parameters(), strict=True)
