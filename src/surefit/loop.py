@@ -29,7 +29,7 @@ from .evaluation import StepFn, compute_batch, evaluate_data
 from .forensics import examine_window
 from .health import Health, _Step
 from .log import NullConsole, RunLog, epoch_line
-from .perf import CpuUse, TimedBatches, report_wait, run_threads
+from .perf import CpuUse, TimedBatches, note_busy_cores, report_wait, run_threads
 from .precision import Precision
 from .schedule import Schedule
 from .state import Counters, RngState
@@ -290,6 +290,8 @@ class Trainer:
     def _flush_interval(self) -> dict[str, float]:
         """Write the log interval's record: the log interval's one intended sync."""
         self._sync()
+        if self._cpu_use is not None and note_busy_cores(self.p, self.threads, self._cpu_use):
+            self._cpu_use = None
         if not (self.health.interval.steps or self.health.interval.skipped):
             return {}
         record = {
@@ -311,7 +313,7 @@ class Trainer:
         if actions["rollback"]:
             saved = None
             if self.cfg.health.rollback_from == "checkpoint" and self.p.store is not None:
-                self._drain()
+                self.saves.drain()
                 healthy = lambda st: st.get("meta", {}).get("healthy", True)  # noqa: E731
                 with contextlib.suppress(CheckpointError):  # none written while healthy
                     saved = self.p.store.load_latest(accept=healthy)[0]
@@ -477,10 +479,6 @@ class Trainer:
         elif path is not None:
             self.emit("on_checkpoint", path)
 
-    def _drain(self) -> None:
-        if self.saves is not None:
-            self.saves.drain()
-
     def _skipped_checkpoint(self, path: Path, why: str) -> None:
         self._console().line(f"skipping unreadable checkpoint {why}")
         if self.p.log is not None:
@@ -488,9 +486,9 @@ class Trainer:
 
     def restore_best_weights(self) -> bool:
         """Load the best evaluated weights into the model; False when there are none."""
-        self._drain()
         state = None
-        if self.p.store is not None:  # verified; a damaged best.pt is reported and passed over
+        if self.saves is not None:  # verified; a damaged best.pt is reported and passed over
+            self.saves.drain()
             state = self.p.store.load_best(on_skip=self._skipped_checkpoint)
         if state is not None:
             self.model.load_state_dict(state["model"])
@@ -508,9 +506,10 @@ class Trainer:
         self.net.train()
         self.emit("on_fit_start")
         try:
-            threads = run_threads(self.p, self.resumed_threads, self._cpu_use)
+            threads = run_threads(self.p, self.resumed_threads)
             with preemption_signals(self._on_signal), threads as choice:
                 self.threads = choice.threads  # what checkpoints record, the last one too
+                self._cpu_use = self._cpu_use if choice.threads > 1 else None
                 self._check_limits()  # a resumed run may have reached them already
                 while self.counters.epoch < self.cfg.epochs and self.stop_reason is None:
                     self._train_epoch()

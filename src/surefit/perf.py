@@ -65,10 +65,13 @@ class CpuUse:
         own = self._process.cpu_times()
         return time.monotonic(), busy, own.user + own.system
 
+    def elapsed(self) -> float:
+        return time.monotonic() - self._t0
+
     def busy_elsewhere(self, window: float = SAMPLE_S) -> float:
         """Cores kept busy by other processes on average since this object was made (waiting
         until ``window`` seconds have passed)."""
-        time.sleep(max(0.0, self._t0 + window - time.monotonic()))
+        time.sleep(max(0.0, window - self.elapsed()))
         t, busy, own = self._read()
         return max(0.0, (busy - self._busy0 - (own - self._own0)) / max(t - self._t0, 1e-9))
 
@@ -105,19 +108,14 @@ def batch_flops(parts: Any) -> int | None:
 
 
 @contextlib.contextmanager
-def run_threads(
-    parts: Any, resumed: int = 0, since: CpuUse | None = None
-) -> Iterator[ThreadChoice]:
+def run_threads(parts: Any, resumed: int = 0) -> Iterator[ThreadChoice]:
     """The thread count for a run of ``parts`` (``resumed``: the count its checkpoint was written
-    with), recorded as a ``threads`` event, with a note on stderr when other processes keep the
-    cores busy (measured since ``since``); the process gets its previous count back when the run
+    with), recorded as a ``threads`` event; the process gets its previous count back when the run
     ends."""
     requested = parts.config.train.threads
     on_cpu = parts.device.type == "cpu"
     flops = batch_flops(parts) if requested <= 0 and on_cpu and not resumed else None
     choice = choose_threads(requested, parts.device, flops, resumed=resumed)
-    if on_cpu and choice.threads > 1 and since is not None:
-        choice = with_busy_note(choice, since.busy_elsewhere())
     if parts.log is not None:
         parts.log.event("threads", threads=choice.threads, reason=choice.reason, note=choice.note)
         if choice.note and hasattr(parts.log.console, "note"):
@@ -168,6 +166,22 @@ def choose_threads(
         return ThreadChoice(1, previous, f"small model: {flops / 1e6:.0f} MFLOP per forward batch")
     size = f", {flops / 1e6:.0f} MFLOP per forward batch" if flops is not None else ""
     return ThreadChoice(max(1, min(previous, cores)), previous, f"{cores} cores{size}")
+
+
+def note_busy_cores(parts: Any, threads: int, since: CpuUse) -> bool:
+    """Once ``since`` spans SAMPLE_S or more: a ``busy_cores`` event and a note on stderr when
+    other processes keep so many of the cores busy that some of the run's ``threads`` wait for
+    one. Measured at a sync point of the running loop rather than before the first step, which
+    would have to wait for the window. True once measured."""
+    if since.elapsed() < SAMPLE_S:
+        return False
+    busy = since.busy_elsewhere(window=0)
+    note = with_busy_note(ThreadChoice(threads, threads, ""), busy).note
+    if note and parts.log is not None:
+        parts.log.event("busy_cores", threads=threads, busy=round(busy, 2), note=note)
+        if hasattr(parts.log.console, "note"):
+            parts.log.console.note(note)
+    return True
 
 
 def with_busy_note(choice: ThreadChoice, busy: float, cores: int | None = None) -> ThreadChoice:

@@ -270,20 +270,34 @@ def test_on_device_choice_is_checked():
         sf.fit(torch.nn.Linear(2, 2), (torch.zeros(4, 2), torch.zeros(4).long()), on_device="gpu")
 
 
-def test_the_busy_note_goes_to_stderr_and_the_threads_event(tmp_path, monkeypatch, capsys):
+def test_the_busy_note_goes_to_stderr_and_an_event_without_delaying_the_start(
+    tmp_path, monkeypatch, capsys
+):
     monkeypatch.setattr(perf, "ONE_THREAD_FLOPS", 0)  # the MLP counts as big: every core
     monkeypatch.setattr(perf, "usable_cores", lambda: 2)
-    monkeypatch.setattr(perf.CpuUse, "busy_elsewhere", lambda self, window=0.1: 1.5)
+    monkeypatch.setattr(perf, "SAMPLE_S", 0.0)  # any window is long enough
+    windows = []
+
+    def busy(self, window=0.1):
+        windows.append(window)
+        return 1.5
+
+    monkeypatch.setattr(perf.CpuUse, "busy_elsewhere", busy)
     before = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
         sf.fit(mlp(), make_classification(64), epochs=1, batch_size=16, run_dir=tmp_path / "r",
-               device="cpu")  # fmt: skip
+               device="cpu", log_every=2)  # fmt: skip
     finally:
         torch.set_num_threads(before)
+    assert windows == [0]  # measured once, at a sync point, over the time already gone by
     out = capsys.readouterr()
     assert "note: other processes keep 1.5 of 2 cores busy" in out.err
     assert "train.threads = 1" in out.err and "note:" not in out.out
     events = [json.loads(s) for s in (tmp_path / "r" / "events.jsonl").read_text().splitlines()]
     (threads,) = [e for e in events if e["event"] == "threads"]
-    assert threads["threads"] == 2 and "train.threads = 1" in threads["note"]
+    (note,) = [e for e in events if e["event"] == "busy_cores"]
+    assert threads["threads"] == note["threads"] == 2 and note["busy"] == 1.5
+    assert "train.threads = 1" in note["note"]
+    names = [e["event"] for e in events]
+    assert names.index("busy_cores") < names.index("checkpoint")  # at step 2's sync, mid-epoch
