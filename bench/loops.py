@@ -106,12 +106,18 @@ def accelerate(model: nn.Module, x: Any, y: Any, epochs: int, bs: int) -> int:
     return steps
 
 
-def surefit(model: nn.Module, x: Any, y: Any, epochs: int, bs: int, threads: int = 2) -> int:
+def surefit(
+    model: nn.Module, x: Any, y: Any, epochs: int, bs: int, threads: int = 2, folder: bool = False
+) -> int:
     """surefit's ``fit()`` with its defaults (logging, bar setting, guards, optimizer choice),
-    the schedule constant and no validation split, as in the other variants."""
+    the schedule constant and no validation split, as in the other variants. ``folder``: with a
+    run directory, as ``surefit fit`` always has (config, metrics and event logs, checkpoints at
+    their defaults); ``fit()`` without one writes nothing."""
     import surefit as sf
 
     opts: dict[str, Any] = {"threads": threads} if _has_threads_option() else {}
+    if folder:
+        opts["run_dir"] = _scratch() / "run"
     r = sf.fit(
         model,
         (x, y),
@@ -126,6 +132,18 @@ def surefit(model: nn.Module, x: Any, y: Any, epochs: int, bs: int, threads: int
         **opts,
     )
     return r.steps
+
+
+def _scratch() -> Any:
+    """A fresh temporary folder, removed when the process exits (outside the timed call)."""
+    import atexit
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    path = Path(tempfile.mkdtemp(prefix="surefit-bench-"))
+    atexit.register(shutil.rmtree, path, ignore_errors=True)
+    return path
 
 
 def _threads() -> int:
@@ -148,5 +166,9 @@ VARIANTS = {
     "d": ("(d) HF Accelerate", accelerate),
     "surefit": ("surefit fit(), the bench's threads", lambda *a: surefit(*a, threads=_threads())),
     "surefit-auto": ("surefit fit(), threads auto", lambda *a: surefit(*a, threads=0)),
+    "surefit-dir": (
+        "surefit fit(), the bench's threads, a run directory",
+        lambda *a: surefit(*a, threads=_threads(), folder=True),
+    ),
 }
 PEER_MODULES = {"c": "lightning", "d": "accelerate"}

@@ -83,7 +83,7 @@ def paired_worker(workload: str, rounds: int, epochs: int) -> dict:
     from loops import VARIANTS
 
     torch.set_num_threads(int(os.environ.get("BENCH_THREADS", "2")))
-    names, bs = ["a+", "surefit", "a"], WORKLOADS[workload][1]
+    names, bs = ["a+", "surefit", "surefit-dir", "a"], WORKLOADS[workload][1]
     per_step: dict[str, list[float]] = {v: [] for v in names}
     for r in range(rounds + 1):
         for v in names if r % 2 == 0 else names[::-1]:
@@ -107,27 +107,29 @@ def _speed(per_step: dict[str, list[float]], loop: str, baseline: str) -> float:
 
 
 def paired(quick: bool, repeats: int, lines: list[str]) -> None:
-    rounds, epochs = (3, 2) if quick else (15, 5)
+    rounds = 3 if quick else 11
     lines += [
         "## Paired, in one process",
         "",
         f"The fresh-process tables above vary by up to 2x between repeats of one loop on a shared "
-        f"machine. Here one process per workload runs (a+), surefit and (a) in turn, {rounds} "
-        f"rounds of {epochs} epochs after a warm-up of each, the order alternating; a round's "
-        "runs follow each other within seconds, so the median of the per-round ratios is the "
-        f"steadiest number this machine gives. Load {load()}.",
+        f"machine. Here one process per workload runs (a+), surefit (without and with a run "
+        f"directory) and (a) in turn, {rounds} "
+        "rounds of the throughput table's run (the same epochs) after a warm-up of each, the "
+        "order alternating; a round's runs follow each other within seconds, so the median of "
+        f"the per-round ratios is the steadiest number this machine gives. Load {load()}.",
         "",
-        "| workload | surefit / (a+), median of rounds | surefit / (a) | (a) / (a+) | "
-        "surefit's cost over (a+) per step |",
-        "|---|---|---|---|---|",
+        "| workload | epochs | surefit / (a+), median of rounds | surefit / (a) | (a) / (a+) | "
+        "surefit's cost over (a+) per step | surefit with a run directory / (a+) |",
+        "|---|---|---|---|---|---|---|",
     ]
-    for workload in WORKLOADS:
+    for workload, (_, _, full, short) in WORKLOADS.items():
+        epochs = short if quick else full
         t = spawn(["--paired", workload, str(rounds), str(epochs)], timeout=1800)
         extra = statistics.median(a - b for a, b in zip(t["surefit"], t["a+"], strict=True))
         lines.append(
-            f"| `{workload}` | {_speed(t, 'surefit', 'a+'):.3f} | "
+            f"| `{workload}` | {epochs} | {_speed(t, 'surefit', 'a+'):.3f} | "
             f"{_speed(t, 'surefit', 'a'):.3f} | {_speed(t, 'a', 'a+'):.3f} | "
-            f"{extra * 1e6:+.0f} us |"
+            f"{extra * 1e6:+.0f} us | {_speed(t, 'surefit-dir', 'a+'):.3f} |"
         )
     lines.append("")
 
@@ -279,7 +281,7 @@ def checkpoint_section(quick: bool, repeats: int, lines: list[str]) -> None:
         "The default recipe's model and data, batch 100, against the same run writing the same "
         "run directory without periodic checkpoints",
         quick,
-        repeats,
+        max(repeats, 5),
     )
 
 
@@ -345,12 +347,16 @@ back), and best.pt shares the bytes of that step's rolling checkpoint. The work 
 training thread is the host read of the pending step values, a copy of the state to the CPU and,
 without `async_save`, the write and its four fsyncs (file, folder, manifest, folder). The state
 pickles a bounded number of Python objects (about 1,300 pickler calls here, most of them the
-tensors' own records): the history is JSON text and the Python RNG words and the health windows
-are tensors, so a save pickles as many objects at the hundredth epoch as at the first (before,
-each epoch's history record added about 30 objects, at about 0.6 us each, to every save). An
-epoch of this model is 36 steps, so epoch-end saves come every 36 steps: the default policy
-costs more here than on any model whose epoch takes seconds. `checkpoint.at_epoch_end = false`
-leaves only the periodic saves.
+tensors' own records), so a save costs as much at the hundredth epoch as at the first. An epoch
+of this model is 36 steps (about 0.25 s), and its validation loss improves at most epochs of a
+30-epoch run, so most epoch ends write best.pt and the rolling checkpoint with it whatever the
+pace: the defaults row differs little from the every-epoch-end row here. The pace pays on runs of
+short epochs that do not improve at each one: on `tiny` (20 epochs of about 60 ms, a save about
+8 ms of the loop's time) a save at every epoch end cost about 20 % of the steps/s in one process
+(0.752 x (a+) against 0.953 with a save every 5 epochs instead, 12 rounds of 10 epochs). The paced
+default saves at the first epoch end, about every 0.8 s after it, and at the end: 0.877 x (a+)
+against 0.745 with `max_overhead = 0` (10 rounds of 10 epochs), 0.894 in 10 rounds of 20.
+`checkpoint.at_epoch_end = false` leaves only the periodic saves.
 """
 
 HEALTH_NOTES = """Per step the guard adds two scalar device ops (a zeroed flag and GradScaler's own
@@ -381,14 +387,25 @@ PROFILE_NOTES = """## Where the time goes
   tiny MLP 1.3x faster than one; on a loaded one they ran 7-40x slower, hence one. A loaded
   machine gets a note naming `train.threads`.
 - The default-recipe run: surefit's fused AdamW (torch's fastest implementation, chosen by
-  default) outweighs its extra per-epoch work (the epoch-end checkpoint: serialization, the state
-  copy, two atomic writes with their fsyncs and the manifest, and best.pt on improvements).
+  default) outweighs its extra per-epoch work (the evaluation's bookkeeping, and the checkpoints
+  of the epochs that improve the validation loss).
+- Epoch-end checkpoints were the largest cost left on `tiny` run with a run directory (as
+  `surefit fit` always is; `fit()` without `run_dir` writes nothing, and the plain surefit rows
+  time that): an epoch of 32 steps takes about 60 ms and a save about 8 ms of the loop's time
+  (serializing 1 MB, the sha256, the writes and four fsyncs, the manifest), and the kernel's
+  writeback then competes for the same 2 cores. They are now paced by their cost
+  (`checkpoint.max_overhead`, 1 % by default; docs/resume.md); a put-off save leaves the run as
+  if it were written. The run-directory rows measure it.
+- The auto thread choice measured the machine's load over 0.1 s before the first step, sleeping
+  out the rest of that window (up to about 0.1 s per `fit` on models that get every core); it now
+  measures at the first log sync point 0.1 s into the run.
 - The fresh-process throughput tables on this machine vary by up to 2x between repeats of one
-  loop (see the runs columns), and by up to 30 % between epochs of one run: a 10-pair check of
-  `tiny` in fresh processes gave surefit 1.01 x (a+) as the median of pair ratios and 0.95 as the
-  ratio of medians, where 5-repeat tables gave 0.80 and 0.77. Timing surefit and (a+) back to
-  back inside each of four fresh processes (20 epochs each, median epoch) gave 1.13, 1.29, 0.88
-  and 0.88 x (a+): the order within a process, not the loop, decided most of it.
+  loop (see the runs columns), by up to 30 % between epochs of one run, and by up to 20 % between
+  runs of the whole table: this table gave surefit 0.86 x (a+) on `tiny` by fresh-process medians,
+  and a run of the same code 35 minutes earlier 1.07 (with 0.97 on `small` both times). Paired in
+  one process, `tiny` gave 0.92 here and 0.90 in that run. The paired table's rounds now have the
+  throughput table's length (earlier: 5-epoch rounds, where a run's fixed costs, its set-up and
+  two saves, weigh four times as much).
 - No CUDA machine was available: the GPU table (bf16, char-gpt tokens/s and MFU) is not measured.
 """
 
