@@ -94,7 +94,7 @@ class Trainer:
             if parts.store is None
             else Saves(parts.store, ck.async_save, ck.max_overhead, self._record_save)
         )
-        self._put_off = 0  # epoch-end saves put off by the pace (max_overhead)
+        self._pace_noted = False  # the first epoch-end save the pace put off is an event
         self.preempted: str | None = None  # the signal that stopped the run, if one did
         self.health_stop = ""  # why the health guards stopped the run, if they did
         self._best_due = False  # best.pt is written with the next save at this step
@@ -454,8 +454,8 @@ class Trainer:
             self.save("last")
             return
         self._sync(snapshot=True)
-        self._put_off += 1
-        if self._put_off == 1 and self.p.log is not None:
+        if not self._pace_noted and self.p.log is not None:
+            self._pace_noted = True
             cost, share = self.saves.cost or 0.0, self.cfg.checkpoint.max_overhead
             self.p.log.event(
                 "checkpoints_paced", step=self.counters.optimizer_step, save_s=round(cost, 4),

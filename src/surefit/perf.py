@@ -35,7 +35,7 @@ class ThreadChoice:
     threads: int  # torch.get_num_threads() for the run
     previous: int  # what it was before the run
     reason: str  # why, for the run's events and console
-    note: str = ""  # the machine is busy: what the user may want to change
+    note: str = ""  # the machine is busy: what the user may want to change (with_busy_note)
 
 
 class CpuUse:
@@ -117,9 +117,7 @@ def run_threads(parts: Any, resumed: int = 0) -> Iterator[ThreadChoice]:
     flops = batch_flops(parts) if requested <= 0 and on_cpu and not resumed else None
     choice = choose_threads(requested, parts.device, flops, resumed=resumed)
     if parts.log is not None:
-        parts.log.event("threads", threads=choice.threads, reason=choice.reason, note=choice.note)
-        if choice.note and hasattr(parts.log.console, "note"):
-            parts.log.console.note(choice.note)
+        parts.log.event("threads", threads=choice.threads, reason=choice.reason)
     with threads_for_run(choice), _cudnn_benchmark(parts):
         yield choice
 
