@@ -3,8 +3,8 @@
 Each check has a name (``config.CHECKS``) and can be switched off with ``health.skip_checks``.
 Errors stop a run before anything is written; warnings go to the console and events.jsonl.
 ``surefit doctor`` runs them all and prints every finding instead of stopping at the first.
-The first-batch work runs in eval mode under the RNG state it found, so checking changes nothing
-the run does next.
+The first-batch work runs under the RNG state it found (in eval mode, but for the gradient check,
+which runs in train mode and puts the buffers back), so checking changes nothing the run does next.
 """
 
 from __future__ import annotations
@@ -251,15 +251,24 @@ def _batchnorm_accumulation(net: nn.Module, accumulate: int) -> Finding:
 
 
 def _unused_parameters(net: nn.Module, batch: Any, loss_of: Callable[[Any], Any]) -> Finding:
-    """Parameters that get no gradient from a backward pass (unused layers, frozen by mistake)."""
-    net.eval()
+    """Parameters that get no gradient from a backward pass (unused layers, frozen by mistake).
+
+    In train mode, as the step runs (a head used only in training, an auxiliary classifier, is
+    used), with the buffers it moves (batch-norm statistics) put back afterwards."""
+    net.train()
+    buffers = [(b, b.clone()) for b in net.buffers()]
     net.zero_grad(set_to_none=True)
-    loss = loss_of(batch)
-    if not isinstance(loss, torch.Tensor) or not loss.requires_grad:
-        return Finding("unused_parameters", "ok", "no trainable parameters reached the loss")
-    loss.backward()
-    unused = [n for n, p in net.named_parameters() if p.requires_grad and p.grad is None]
-    net.zero_grad(set_to_none=True)
+    try:
+        loss = loss_of(batch)
+        if not isinstance(loss, torch.Tensor) or not loss.requires_grad:
+            return Finding("unused_parameters", "ok", "no trainable parameters reached the loss")
+        loss.backward()
+        unused = [n for n, p in net.named_parameters() if p.requires_grad and p.grad is None]
+    finally:
+        net.zero_grad(set_to_none=True)
+        with torch.no_grad():
+            for b, saved in buffers:
+                b.copy_(saved)
     if unused:
         shown = ", ".join(unused[:5]) + (f" and {len(unused) - 5} more" if len(unused) > 5 else "")
         return Finding(

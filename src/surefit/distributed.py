@@ -287,21 +287,23 @@ def no_grad(net: nn.Module) -> Any:
 
 
 def stop_together(
-    reason: str | None, preempted: str | None, device: torch.device
+    reason: str | None, preempted: str | None, device: torch.device, time_up: str = ""
 ) -> tuple[str | None, str | None]:
     """With several processes, all stop at the step where any one stops (a signal or a time
     limit reaches ranks at different steps; one rank going on alone would hang in a collective).
 
+    ``time_up``: the reason the time limit gives; a rank stopped by another rank's time limit
+    takes that reason (the same run-wide limit), any other stop reads "another rank stopped".
     One 2-element all-reduce and host read per optimizer step, only with several processes.
     """
     if not _initialized() or torch.distributed.get_world_size() == 1:
         return reason, preempted
-    flags = torch.tensor([reason is not None, preempted is not None], dtype=torch.float32)
-    flags = flags.to(device)
+    code = 0 if reason is None else 1 if time_up and reason == time_up else 2
+    flags = torch.tensor([code, preempted is not None], dtype=torch.float32).to(device)
     torch.distributed.all_reduce(flags, op=torch.distributed.ReduceOp.MAX)
     stop, signalled = flags.tolist()  # the intended sync of a multi-process step
     if stop and reason is None:
-        reason = "another rank stopped"
+        reason = time_up if stop == 1 else "another rank stopped"
     if signalled and preempted is None:
         preempted = "another rank's signal"
     return reason, preempted

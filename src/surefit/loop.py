@@ -276,7 +276,11 @@ class Trainer:
         if t.max_steps and self.counters.optimizer_step >= t.max_steps:
             self.request_stop(f"reached max_steps={t.max_steps}")
         if t.max_time_s and self._elapsed() >= t.max_time_s:
-            self.request_stop(f"reached max_time_s={t.max_time_s:g}")
+            self.request_stop(self._time_up())
+
+    def _time_up(self) -> str:
+        limit = self.cfg.train.max_time_s
+        return f"reached max_time_s={limit:g}" if limit else ""
 
     # -- logging -----------------------------------------------------------------------------------
     def _console(self) -> Any:
@@ -567,7 +571,7 @@ class Trainer:
             self._after_step(self._optimizer_step(window))
             if self._multi:  # one small all-reduce per step, only with several processes
                 self.stop_reason, self.preempted = stop_together(
-                    self.stop_reason, self.preempted, self.device
+                    self.stop_reason, self.preempted, self.device, self._time_up()
                 )
             if self.stop_reason is not None:
                 break

@@ -90,3 +90,6 @@ def test_a_stop_on_one_rank_stops_all_at_the_same_step(ddp_out: Path) -> None:
     ranks = [torch.load(ddp_out / f"stop-{r}.pt") for r in (0, 1)]
     assert [r["steps"] for r in ranks] == [3, 3]
     assert [r["reason"] for r in ranks] == ["another rank stopped", "rank 1 only"]
+    ranks = [torch.load(ddp_out / f"time-{r}.pt") for r in (0, 1)]
+    assert [r["steps"] for r in ranks] == [2, 2]  # a time limit: every rank says so
+    assert [r["reason"] for r in ranks] == ["reached max_time_s=1e+06"] * 2

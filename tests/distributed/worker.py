@@ -267,6 +267,14 @@ class StopOnRankOne:
             run.request_stop("rank 1 only")
 
 
+class TimeUpOnRankOne:
+    """Rank 1's clock reaches the time limit first (as a slower or later-started rank's may)."""
+
+    def on_step_end(self, run) -> None:  # noqa: ANN001
+        if rank() == 1 and run.optimizer_step == 2:
+            run.request_stop("reached max_time_s=1e+06")
+
+
 def stop_one(out: Path) -> None:
     import surefit as sf
 
@@ -274,6 +282,10 @@ def stop_one(out: Path) -> None:
         mlp(), train=data(), batch_size=8, max_steps=50, callbacks=[StopOnRankOne()], **COMMON
     )
     torch.save({"steps": result.steps, "reason": result.stop_reason}, out / f"stop-{rank()}.pt")
+    result = sf.fit(
+        mlp(), train=data(), batch_size=8, max_time_s=1e6, callbacks=[TimeUpOnRankOne()], **COMMON
+    )
+    torch.save({"steps": result.steps, "reason": result.stop_reason}, out / f"time-{rank()}.pt")
 
 
 def ddp(out: Path) -> None:

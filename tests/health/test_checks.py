@@ -162,6 +162,23 @@ def test_unused_parameters_warn_by_name(tmp_path):
     assert _warnings(tmp_path / "ok", "unused_parameters") == []
 
 
+class TrainingOnlyHead(nn.Module):
+    """An auxiliary head that adds to the logits in training only (as Inception's does)."""
+
+    def __init__(self):
+        super().__init__()
+        self.body, self.aux = mlp(), nn.Linear(8, 3)
+
+    def forward(self, x):
+        out = self.body(x)
+        return out + 0.1 * self.aux(x) if self.training else out
+
+
+def test_a_head_used_in_training_only_is_not_unused(tmp_path):
+    _fit(TrainingOnlyHead(), tmp_path)
+    assert _warnings(tmp_path, "unused_parameters") == []
+
+
 def test_lr_too_high_for_the_clip_warns(tmp_path):
     x, y = make_classification(1024)
     _fit(mlp(), tmp_path, data=(x, y), batch_size=8, clip_norm=0.01, log_every=20)
@@ -174,7 +191,7 @@ def test_lr_too_high_for_the_clip_warns(tmp_path):
 def test_checks_leave_rng_and_model_untouched():
     """Checking runs forward/backward passes; the run that follows must not notice them."""
     x, y = make_classification(128)
-    a, b = _bn_model(), _bn_model()
+    a, b = (nn.Sequential(_bn_model(), nn.Dropout(0.3)) for _ in range(2))  # buffers, RNG
     sf.fit(a, (x, y), epochs=1, progress="off", seed=3)
     sf.fit(b, (x, y), epochs=1, progress="off", seed=3, checks=False)
     for pa, pb in zip(a.state_dict().values(), b.state_dict().values(), strict=True):
