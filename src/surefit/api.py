@@ -14,12 +14,13 @@ from torch import nn
 from . import config as cfgmod
 from .callbacks import EarlyStopping, auto_mode, check_callback
 from .checkpoint import CheckpointStore, atomic_write_text, for_strategy
-from .checks import Finding, raise_first, run_checks
+from .checks import Finding, check_first_batch, raise_first, run_checks
 from .config import RunConfig
 from .data import DatasetData, as_data, peek_target, split_validation
 from .distributed import is_rank_zero, process_group, resolve_device, shard, strategy
 from .errors import ConfigError
 from .evaluation import compute_batch, evaluate_data
+from .keywords import DEFAULT, build_config, fit_objects
 from .log import Console, RunLog, summary
 from .loop import Parts, Trainer
 from .optim import build_optimizer
@@ -27,55 +28,8 @@ from .precision import Precision
 from .rundir import check_resume_fits, open_run_dir, restart_run_dir, run_lock
 from .schedule import Schedule, build_schedule
 from .speed import Note, activation_checkpointing, prepare, record, reported_fallback
-from .state import seed_everything, set_deterministic
+from .state import seed_everything, set_deterministic, settings_kept
 from .tasks import Task, build_task, check_loss_name, infer_task
-
-
-class _Default:
-    """Marks a keyword the caller did not give: the config's default (or recipe value) holds."""
-
-    def __repr__(self) -> str:
-        return "<default>"
-
-
-DEFAULT: Any = _Default()
-
-# fit() keyword -> recipe key; these names are the public contract
-KEYWORDS = {
-    "task": "task.name",
-    "optimizer": "optim.name",
-    "lr": "optim.lr",
-    "weight_decay": "optim.weight_decay",
-    "schedule": "schedule.name",
-    "warmup": "schedule.warmup",
-    "epochs": "train.epochs",
-    "max_steps": "train.max_steps",
-    "batch_size": "data.batch_size",
-    "accumulate": "train.accumulate",
-    "clip_norm": "train.clip_norm",
-    "clip_value": "train.clip_value",
-    "precision": "train.precision",
-    "seed": "train.seed",
-    "deterministic": "train.deterministic",
-    "device": "train.device",
-    "compile": "train.compile",
-    "run_dir": "train.run_dir",
-    "resume": "checkpoint.resume",
-    "checkpoint_every": "checkpoint.every_steps",
-    "keep_last": "checkpoint.keep_last",
-    "loggers": "log.loggers",
-    "log_every": "log.every_steps",
-    "progress": "log.progress",
-}
-
-
-def _option_keys() -> dict[str, str]:
-    """Every other recipe key whose name is unique across sections, usable as a fit() keyword."""
-    seen: dict[str, list[str]] = {}
-    for section, cls in cfgmod.SECTIONS.items():
-        for f in dataclasses.fields(cls):
-            seen.setdefault(f.name, []).append(f"{section}.{f.name}")
-    return {k: v[0] for k, v in seen.items() if len(v) == 1}
 
 
 @dataclass
@@ -96,48 +50,6 @@ class FitResult:
     model: nn.Module = field(repr=False)
     resume_check: Any = None  # the verdict of check_resume=True (a selfcheck.ResumeCheck)
     health_stop: str = ""  # why the health guards stopped a diverging run ("" when they did not)
-
-
-def _normalise(key: str, value: Any) -> Any:
-    if key in ("train.clip_norm", "train.clip_value", "train.max_steps") and value in (None, False):
-        return 0
-    if key == "checkpoint.every_steps" and value is None:
-        return 0
-    if key == "checkpoint.resume" and isinstance(value, bool):
-        return "must" if value else "never"
-    if key == "train.channels_last" and isinstance(value, bool):
-        return "on" if value else "off"
-    if key == "checkpoint.resume" and value is None:
-        return "never"
-    if key == "train.run_dir":
-        return "" if value is None else str(value)
-    if key == "train.epochs" and value is None:
-        return 0
-    if key == "log.loggers" and isinstance(value, str):
-        return [value]
-    return value
-
-
-def build_config(base: RunConfig | dict | str | Path | None = None, **keywords: Any) -> RunConfig:
-    """A RunConfig from a base (recipe path, dict or config) and fit()-style keywords."""
-    if isinstance(base, (str, Path)):
-        base = cfgmod.load(base)
-    data = base.to_dict() if isinstance(base, RunConfig) else dict(base or {})
-    options = _option_keys()
-    for name, value in keywords.items():
-        if value is DEFAULT:
-            continue
-        key = KEYWORDS.get(name) or options.get(name)
-        if key is None:
-            known = sorted(set(KEYWORDS) | set(options))
-            raise ConfigError(
-                f"unknown keyword '{name}'", where="fit()", fix=cfgmod._did_you_mean(name, known)
-            )
-        section, _, field_name = key.partition(".")
-        data.setdefault(section, {})
-        data[section] = dict(data[section])
-        data[section][field_name] = _normalise(key, value)
-    return cfgmod.from_dict(data)
 
 
 def _total_steps(cfg: RunConfig, trainer_steps_per_epoch: int | None) -> int:
@@ -196,6 +108,13 @@ def fit(
     any other recipe key with a unique name is accepted as a keyword too (``label_smoothing=0.1``,
     ``patience=5``, ``val_fraction=0.1``...).
     """
+    metrics, callbacks = fit_objects(
+        model=model, lr=lr, weight_decay=weight_decay, train=train, val=val, test=test,
+        loss=loss, metrics=metrics, optimizer=optimizer, schedule=schedule, callbacks=callbacks,
+        step=step, teacher=teacher, config=config, default=DEFAULT,
+    )  # fmt: skip
+    if isinstance(val, float) and 0 < val < 1 and "val_fraction" not in options:  # recorded
+        options["val_fraction"], val = val, None
     names = dict(
         task=task if isinstance(task, str) or task is DEFAULT else DEFAULT,
         optimizer=optimizer if isinstance(optimizer, str) or optimizer is DEFAULT else DEFAULT,
@@ -247,7 +166,7 @@ def fit(
         test,
         task_obj=task if isinstance(task, Task) else None,
         loss=loss,
-        metrics=metrics or list(cfg.task.metrics) or None,
+        metrics=metrics,
         optimizer=optimizer if isinstance(optimizer, torch.optim.Optimizer) else None,
         schedule=schedule if isinstance(schedule, Schedule) else None,
         callbacks=list(callbacks or []),
@@ -278,7 +197,8 @@ class Run:
         console: Console | None = None,
     ) -> None:
         self.cfg, self.model, self.step = cfg, model, step
-        self.task_obj, self.loss, self.metrics, self.teacher = task_obj, loss, metrics, teacher
+        self.task_obj, self.loss, self.teacher = task_obj, loss, teacher
+        self.metrics = metrics or list(cfg.task.metrics) or None  # a recipe's task.metrics too
         self.optimizer, self.schedule = optimizer, schedule
         self.callbacks = callbacks or []
         self.raw = (train, val, test)
@@ -399,6 +319,10 @@ class Run:
             with parts.precision.autocast():
                 return compute_batch(trainer.net, batch, parts.task, parts.step)[0]
 
+        def outputs_of(batch: Any) -> Any:
+            with parts.precision.autocast():
+                return compute_batch(trainer.net, batch, parts.task, parts.step)[1]
+
         splits = {"train": parts.train, "val": parts.val}
         return run_checks(
             trainer.net,
@@ -410,6 +334,7 @@ class Run:
             loss_of,
             custom_step=parts.step is not None,
             metrics=parts.metrics,
+            outputs_of=outputs_of,
         )
 
     def doctor(self) -> list[Finding]:
@@ -424,12 +349,13 @@ class Run:
             process_group(c.train.device, c.distributed.timeout_s),
             activation_checkpointing(self.model, c.train.activation_checkpointing),  # before fsdp
             contextlib.ExitStack() as held,  # the run directory's lock, once taken
+            settings_kept(),  # deterministic = true holds for this run only
         ):
             return self._execute(held)
 
     def _execute(self, held: contextlib.ExitStack) -> FitResult:
-        c = self.cfg
         trainer, parts, run_dir, store, resuming, notes = self._build()
+        c = self.cfg  # as built: the task auto chose
         findings = self.checks(trainer, parts)
         raise_first(findings)  # before anything is written
         check = None
@@ -438,6 +364,12 @@ class Run:
 
             check = check_in_process(self)
         held.enter_context(run_lock(run_dir))  # one run at a time in a run directory
+        if not resuming and store is not None and store.has_checkpoint():
+            raise ConfigError(  # written by a run that held the lock while this one started
+                f"{run_dir} gained a checkpoint while this run was starting (another process)",
+                where="run_dir",
+                fix="run it again to resume that run, or choose another run_dir",
+            )
         log, console = parts.log, parts.log.console  # type: ignore[union-attr]
         test = parts.test
         if resuming and store is not None:
@@ -462,6 +394,8 @@ class Run:
                 console.line("resumed with changed options: " + ", ".join(
                     f"{k} {old!r} -> {new!r}" for k, (old, new) in changes.items()))  # fmt: skip
             trainer.load_state_dict(state)
+            if changes:  # a run the guards stopped goes on with the options changed to save it
+                trainer.health_stop = ""
             saved_lr = state.get("meta", {}).get("config", {}).get("optim", {}).get("lr")
             if self.optimizer is None and saved_lr and saved_lr != c.optim.lr:
                 parts.schedule.rescale(c.optim.lr / saved_lr)
@@ -559,15 +493,16 @@ def evaluate(
     prefix: str = "test",
 ) -> dict[str, float]:
     """Loss and metrics of ``model`` over ``data``, in eval mode under inference mode."""
+    named_loss = {"loss": loss} if isinstance(loss, str) else {}
+    loss = None if named_loss else loss
+    names = {"task": task if isinstance(task, str) else DEFAULT, **named_loss}
+    cfg = build_config(None, precision=precision, batch_size=batch_size, **names)  # checked
     dev = resolve_device(device)
     source = as_data(data, prefix).to(dev)
     model.to(dev)
     if isinstance(task, Task):
         task_obj = task
     else:
-        named_loss = {"loss": loss} if isinstance(loss, str) else {}
-        loss = None if named_loss else loss
-        cfg = build_config(None, task=task, **named_loss)
         name = cfg.task.name
         if name == "auto":
             name = (
@@ -578,7 +513,10 @@ def evaluate(
             check_loss_name(name, cfg.task.loss, inferred=True)
         task_obj = build_task(dataclasses.replace(cfg.task, name=name), loss)
     task_obj.to(dev)
-    named = metrics if not isinstance(metrics, (list, tuple)) else list(metrics)
+    named = [metrics] if isinstance(metrics, str) else metrics
+    named = list(named) if isinstance(named, (list, tuple)) else named
+    if step is None:
+        raise_first(check_first_batch(model, task_obj, source, batch_size, dev, prefix))
     return evaluate_data(
         model,
         source,

@@ -155,6 +155,16 @@ class EarlyStopping(Callback):
         self.patience = patience
         self.bad_evals = 0
 
+    def on_fit_start(self, run: RunView) -> None:
+        if self.bad_evals >= self.patience:  # resumed from the run it stopped: still stopped
+            run.request_stop(self._why())
+
+    def _why(self) -> str:
+        return (
+            f"early stopping: {self.best.monitor} has not improved for {self.bad_evals} "
+            f"evaluations (best {self.best.value:.6g} at step {self.best.step})"
+        )
+
     def on_eval_end(self, run: RunView, metrics: dict[str, float]) -> None:
         value = metrics.get(self.best.monitor)
         if value is None:
@@ -168,10 +178,7 @@ class EarlyStopping(Callback):
             return
         self.bad_evals += 1
         if self.bad_evals >= self.patience:
-            run.request_stop(
-                f"early stopping: {self.best.monitor} has not improved for {self.bad_evals} "
-                f"evaluations (best {self.best.value:.6g} at step {self.best.step})"
-            )
+            run.request_stop(self._why())
 
     def state_dict(self) -> dict[str, Any]:
         return {"best": self.best.state_dict(), "bad_evals": self.bad_evals}
@@ -182,21 +189,29 @@ class EarlyStopping(Callback):
 
 
 class CallbackStates:
-    """The run's callbacks as one checkpoint part: each stateful callback under its position
-    and class name."""
+    """The run's callbacks as one checkpoint part: each stateful callback under its class name
+    (and its number among callbacks of that class), so that a callback added or left out (a
+    pause for one session) does not move the others' states."""
 
     def __init__(self, callbacks: list[Any]) -> None:
         self.callbacks = callbacks
 
+    def _keyed(self) -> list[tuple[str, str, Any]]:
+        """(key, the key by list position that older checkpoints used, callback)."""
+        seen: dict[str, int] = {}
+        out = []
+        for i, c in enumerate(self.callbacks):
+            name = type(c).__name__
+            seen[name] = seen.get(name, 0) + 1
+            key = name if seen[name] == 1 else f"{name}#{seen[name]}"
+            out.append((key, f"{i}:{name}", c))
+        return out
+
     def state_dict(self) -> dict[str, Any]:
-        return {
-            f"{i}:{type(c).__name__}": c.state_dict()
-            for i, c in enumerate(self.callbacks)
-            if hasattr(c, "state_dict")
-        }
+        return {key: c.state_dict() for key, _, c in self._keyed() if hasattr(c, "state_dict")}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        for i, c in enumerate(self.callbacks):
-            key = f"{i}:{type(c).__name__}"
-            if key in state and hasattr(c, "load_state_dict"):
-                c.load_state_dict(state[key])
+        for key, old, c in self._keyed():
+            saved = state.get(key, state.get(old))
+            if saved is not None and hasattr(c, "load_state_dict"):
+                c.load_state_dict(saved)

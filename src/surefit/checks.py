@@ -25,6 +25,9 @@ from .state import RngState
 
 TARGET_KEYS = ("labels", "y", "target")  # the keys Task.split reads a dict batch's target from
 MAX_HASHED = 200_000  # in-memory samples per split hashed by the leakage check (bounded cost)
+# what an evaluation record holds beside the val set's metrics (health.epoch_record, the loop)
+TRAIN_RECORD = ("train_loss", "grad_norm", "grad_norm_p50", "grad_norm_p90", "grad_norm_p99",
+                "clip_fraction", "lr", "samples_per_s", "time_s")  # fmt: skip
 MAX_LOADED = 5_000  # Dataset samples per split loaded for it (each __getitem__ may decode)
 
 
@@ -57,22 +60,30 @@ def run_checks(
     loss_of: Callable[[Any], Any],
     custom_step: bool = False,
     metrics: Any = None,
+    outputs_of: Callable[[Any], Any] | None = None,
 ) -> list[Finding]:
     """Every enabled first-step check; errors come back as findings (``raise_first`` raises).
-    With a custom ``step`` function the checks that need the task's outputs are left out."""
+    With a custom ``step`` function the checks that need the task's outputs are left out.
+    ``outputs_of(batch)``: the predictions evaluation computes (None: the loss only)."""
     skip = set(cfg.health.skip_checks) if cfg.health.checks else set(CHECKS)
     findings: list[Finding] = []
     rng = RngState().state_dict()  # a user's loader may draw from the global RNG when iterated
     was_training = net.training
     try:
         first = {n: _first_batch(d, cfg, device) for n, d in splits.items() if d is not None}
-        if not custom_step:
-            for name, batch in first.items():
-                findings += _batch_checks(
-                    net, task, batch, splits[name], name, precision, skip, (cfg, metrics)
-                )
-        if "unused_parameters" not in skip and not any(f.level == "error" for f in findings):
-            findings.append(_unused_parameters(net, first["train"], loss_of))
+        name = "train"
+        try:
+            if not custom_step:
+                for name, batch in first.items():
+                    findings += _batch_checks(net, task, batch, splits[name], name, precision, skip)
+            if not any(f.level == "error" for f in findings):  # config checks: never skipped
+                name, monitor = "val", cfg.train.monitor
+                findings += _evaluation(net, task, first.get("val"), monitor, metrics, outputs_of)
+            if "unused_parameters" not in skip and not any(f.level == "error" for f in findings):
+                name = "train"
+                findings.append(_unused_parameters(net, first["train"], loss_of))
+        except (RuntimeError, IndexError, ValueError, TypeError) as exc:  # torch's, not ours
+            findings.append(_failed(exc, name, first[name], net))
         if "batchnorm_accumulation" not in skip:
             findings.append(_batchnorm_accumulation(net, cfg.train.accumulate))
         if "leakage" not in skip and "val" in first:
@@ -82,6 +93,57 @@ def run_checks(
         net.train(was_training)
         RngState().load_state_dict(rng)
     return findings
+
+
+def check_first_batch(
+    net: nn.Module, task: Any, data: Any, batch_size: int, device: torch.device, name: str
+) -> list[Finding]:
+    """The model's outputs and the targets of ``data``'s first batch, checked as ``fit`` checks
+    its splits (for ``evaluate``: labels out of range, shapes, a model that cannot take them)."""
+    batch = next(iter(data.batches(batch_size, shuffle=False, device=device)), None)
+    if batch is None:
+        return []  # evaluation says the set is empty
+    was_training = net.training
+    net.eval()
+    try:
+        with no_grad(net):
+            outputs, target = task.preview(net, batch)
+            if outputs is None:
+                return []
+            return [_targets(task, outputs, target, data, name)]
+    except (RuntimeError, IndexError, ValueError, TypeError) as exc:  # torch's, not ours
+        return [_failed(exc, name, batch, net)]
+    finally:
+        net.train(was_training)
+
+
+def _failed(exc: Exception, name: str, batch: Any, net: nn.Module) -> Finding:
+    """The model or the loss raised on a first batch: what the batch held, and the likely fix."""
+    tensors = batch.values() if isinstance(batch, dict) else batch
+    tensors = tensors if isinstance(tensors, (tuple, list)) else [tensors]
+    held = ", ".join(
+        f"{tuple(t.shape)} {str(t.dtype).replace('torch.', '')}"
+        for t in tensors
+        if isinstance(t, torch.Tensor)
+    )
+    message = (str(exc).strip().splitlines() or [""])[0][:300]
+    params = {p.dtype for p in net.parameters() if p.is_floating_point()}
+    floats = {t.dtype for t in tensors if isinstance(t, torch.Tensor) and t.is_floating_point()}
+    if floats and params and not floats <= params:
+        fix = "cast the inputs to the model's dtype (x.float()), or the model to theirs"
+    else:
+        fix = (
+            "make the model's input layer fit the batch (features, channels, length), and the "
+            "targets fit the task (docs/api.md: tasks)"
+        )
+    return Finding(
+        "data",
+        "error",
+        f"the model or the loss failed on the first {name} batch ({held}): "
+        f"{type(exc).__name__}: {message}",
+        fix,
+        f"{name} batch 0",
+    )
 
 
 def raise_first(findings: list[Finding]) -> None:
@@ -106,7 +168,6 @@ def _batch_checks(
     name: str,
     precision: Any,
     skip: set[str],
-    evaluation: tuple[RunConfig, Any],
 ) -> list[Finding]:
     net.eval()
     with torch.enable_grad(), precision.autocast():  # the graph tells which op made the outputs
@@ -125,21 +186,41 @@ def _batch_checks(
             found.append(_probabilities(task.name, outputs, last_op))
         if "initial_loss" not in skip and name == "train" and task.custom_loss is None:
             found.append(_initial_loss(task, outputs, target))
-        if name == "val":  # config checks: never skipped
-            found += _evaluation(task, outputs, evaluation[0].train.monitor, evaluation[1])
     return [f for f in found if f is not None]
 
 
-def _evaluation(task: Any, outputs: Any, monitor: str, metrics: Any) -> list[Finding]:
-    """The metrics evaluation will build, and ``train.monitor`` among them: known before the
-    first epoch instead of at its end."""
-    try:
-        built = task.metrics(outputs, metrics, torch.device("cpu")).metrics
-    except ConfigError as exc:
-        return [Finding("config", "error", exc.what, exc.fix, exc.where)]
-    names = ["loss", *built, *(["perplexity"] if task.name == "lm" else [])]
-    names = [f"val_{n}" for n in names]
-    if not monitor.startswith("val_") or monitor in names:
+def _evaluation(
+    net: nn.Module,
+    task: Any,
+    batch: Any,
+    monitor: str,
+    metrics: Any,
+    outputs_of: Callable[[Any], Any] | None,
+) -> list[Finding]:
+    """The metrics evaluation will report, and ``train.monitor`` among them: known before the
+    first step instead of at the first epoch's end."""
+    if monitor and not monitor.startswith("val_"):
+        if monitor in TRAIN_RECORD:
+            return []
+        what = f"monitor '{monitor}' is not a value the evaluation record holds"
+        fix = f"use 'val_{monitor}' (measured on the val set) or one of: {', '.join(TRAIN_RECORD)}"
+        return [Finding("config", "error", what, fix, "train.monitor")]
+    if batch is None or outputs_of is None:
+        return []  # no val set (the run says so where it needs one)
+    net.eval()
+    with no_grad(net):
+        outputs = outputs_of(batch)
+    built: list[str] = []
+    if outputs is not None:
+        try:
+            built = list(task.metrics(outputs, metrics, torch.device("cpu")).metrics)
+        except ConfigError as exc:
+            return [Finding("config", "error", exc.what, exc.fix, exc.where)]
+    elif metrics:
+        what = f"metrics {list(metrics)} need predictions, but step=fn returns only the loss"
+        return [Finding("config", "error", what, "return (loss, outputs) from step", "metrics")]
+    names = [f"val_{n}" for n in ("loss", *built, *(["perplexity"] if task.name == "lm" else []))]
+    if not monitor or monitor in names:
         return []
     what = f"monitor '{monitor}' is not among the evaluation metrics"
     return [Finding("config", "error", what, f"use one of: {', '.join(names)}", "train.monitor")]
@@ -260,6 +341,10 @@ def _unused_parameters(net: nn.Module, batch: Any, loss_of: Callable[[Any], Any]
     net.zero_grad(set_to_none=True)
     try:
         loss = loss_of(batch)
+        if isinstance(loss, torch.Tensor) and loss.dim() != 0:  # as the step would say
+            what = f"the loss must be a scalar tensor, got shape {tuple(loss.shape)}"
+            fix = "reduce it (loss.mean()), or return (loss, outputs) from step=fn"
+            return Finding("loss", "error", what, fix, "train batch 0")
         if not isinstance(loss, torch.Tensor) or not loss.requires_grad:
             return Finding("unused_parameters", "ok", "no trainable parameters reached the loss")
         loss.backward()

@@ -514,6 +514,10 @@ def validate(c: RunConfig) -> None:
     _require(0 < s.gamma <= 1, "schedule.gamma", s.gamma, "a factor in (0, 1]")
     _require(0 < s.plateau_factor < 1, "schedule.plateau_factor", s.plateau_factor, "(0, 1)")
     _require(s.restart_mult >= 1, "schedule.restart_mult", s.restart_mult, "an integer >= 1")
+    _require(s.restart_steps >= 0, "schedule.restart_steps", s.restart_steps, "0 (epoch) or >= 1")
+    _require(s.plateau_patience >= 0, "schedule.plateau_patience", s.plateau_patience, ">= 0")
+    ok = all(isinstance(m, int) and not isinstance(m, bool) and m >= 1 for m in s.milestones)
+    _require(ok, "schedule.milestones", s.milestones, "epochs >= 1, e.g. [30, 60]")
     t = c.train
     if t.compile and t.activation_checkpointing:
         raise ConfigError(
@@ -524,6 +528,7 @@ def validate(c: RunConfig) -> None:
             "forward, which torch.compile traces",
         )
     _require(t.epochs >= 0, "train.epochs", t.epochs, "an integer >= 1 (0 = default)")
+    _require(0 <= t.seed < 2**63, "train.seed", t.seed, "an integer in [0, 2**63)")
     _require(t.max_steps >= 0, "train.max_steps", t.max_steps, "0 (no limit) or more")
     _require(t.max_time_s >= 0, "train.max_time_s", t.max_time_s, "0 (no limit) or more")
     _require(t.accumulate >= 1, "train.accumulate", t.accumulate, "an integer >= 1")

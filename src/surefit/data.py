@@ -348,7 +348,9 @@ class DatasetData:
     ) -> tuple[DataLoader, EpochBatches]:
         key = (batch_size, seed, shuffle, drop_last)
         if key not in self._loaders:
-            keyed = shuffle and self.first_sample()[1]  # random transforms: seeded per sample
+            # random transforms: seeded per sample, in training and evaluation alike (so that
+            # neither depends on num_workers, nor draws from the process's RNGs)
+            keyed = self.first_sample()[1]
             sampler = EpochBatches(self.num_samples, batch_size, seed, shuffle, drop_last, keyed)
             workers = self.num_workers if self.num_workers >= 0 else _auto_workers(device)
             loader = DataLoader(

@@ -106,7 +106,8 @@ class Console:
         self.stream = stream or sys.stderr
         if progress == "auto":
             progress = "bar" if getattr(self.stream, "isatty", lambda: False)() else "epoch"
-        self.mode, self.epochs, self.bar = progress, epochs, None
+        self.mode, self.bar = progress, None
+        self.epochs: int | str = epochs if epochs < (1 << 30) else "?"  # max_steps alone: unknown
 
     def epoch_start(self, epoch: int, steps: int | None, done: int = 0) -> None:
         if self.mode != "bar":

@@ -29,6 +29,7 @@ from .evaluation import StepFn, compute_batch, evaluate_data
 from .forensics import examine_window
 from .health import Health, _Step
 from .log import NullConsole, RunLog, epoch_line
+from .optim import params_in_model_order
 from .perf import CpuUse, TimedBatches, note_busy_cores, report_wait, run_threads
 from .precision import Precision
 from .schedule import Schedule
@@ -68,7 +69,7 @@ class Trainer:
         self.model = parts.model  # what checkpoints read
         self.net = wrap(parts.model, cfg, parts.device)  # what runs: DDP, compiled, or the model
         self.optimizer = parts.optimizer
-        self.params = _params_in_model_order(parts.model, self.optimizer)
+        self.params = params_in_model_order(parts.model, self.optimizer)
         self.device = parts.device
         self.counters = Counters()
         self.best = Best(cfg.train.monitor or "val_loss", cfg.train.mode, cfg.train.min_delta)
@@ -150,6 +151,7 @@ class Trainer:
             "elapsed_s": self._elapsed(),
             "last_eval_step": self.last_eval_step,
             "stop_reason": self.stop_reason or "",
+            "health_stop": self.health_stop,
             "optimizer_class": type(self.optimizer).__name__,
             "train_samples": getattr(self.p.train, "num_samples", None) or -1,
             "threads": self.threads or torch.get_num_threads(),  # a CPU run's bits depend on it
@@ -167,6 +169,7 @@ class Trainer:
         self.elapsed_s = float(meta.get("elapsed_s", 0.0))
         self.last_eval_step = int(meta.get("last_eval_step", -1))
         self.resumed_threads = int(meta.get("threads", 0))
+        self.health_stop = str(meta.get("health_stop", ""))  # stays stopped (api: unless changed)
         self._saved_step = self.counters.optimizer_step  # this state is on disk already
 
     # -- events ------------------------------------------------------------------------------------
@@ -515,6 +518,8 @@ class Trainer:
                 self.threads = choice.threads  # what checkpoints record, the last one too
                 self._cpu_use = self._cpu_use if choice.threads > 1 else None
                 self._check_limits()  # a resumed run may have reached them already
+                if self.health_stop:  # resumed from the run the guards stopped
+                    self.request_stop(self.health_stop)
                 while self.counters.epoch < self.cfg.epochs and self.stop_reason is None:
                     self._train_epoch()
             if self.stop_reason is None:
@@ -554,6 +559,8 @@ class Trainer:
     def _train_epoch(self) -> None:
         c, cfg = self.counters, self.cfg
         self.emit("on_epoch_start")
+        if self.stop_reason is not None and not self._multi:  # stopped in on_epoch_start
+            return
         done = c.batch_in_epoch // cfg.train.accumulate
         self._console().epoch_start(c.epoch, self.steps_per_epoch, done)
         batches = self.p.train.batches(
@@ -577,8 +584,9 @@ class Trainer:
                 break
         self._console().epoch_end()
         report_wait(batches, self.p, c.epoch)
-        if self.stop_reason is not None:
-            return  # mid-epoch stop: the counters keep the position for a resume
+        whole = c.batch_in_epoch == self.batches_per_epoch  # a stop at the last step ends it
+        if self.stop_reason is not None and (self.preempted is not None or not whole):
+            return  # mid-epoch stop or a pause: the counters keep the position for a resume
         c.epoch += 1
         c.batch_in_epoch = 0
         self.p.schedule.after_epoch()
@@ -590,11 +598,3 @@ class Trainer:
 
     def _epochs_shown(self) -> int | str:
         return self.cfg.epochs if self.cfg.epochs < (1 << 30) else "?"
-
-
-def _params_in_model_order(model: nn.Module, optimizer: torch.optim.Optimizer) -> list[Any]:
-    """The optimizer's parameters in the model's order, so the global norm sums as users' do."""
-    in_opt = {id(p): p for g in optimizer.param_groups for p in g["params"]}
-    ordered = [p for p in model.parameters() if id(p) in in_opt]
-    seen = {id(p) for p in ordered}
-    return ordered + [p for i, p in in_opt.items() if i not in seen]

@@ -21,11 +21,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from .api import DEFAULT, Run, build_config
+from .api import Run
+from .checks import check_first_batch, raise_first
 from .config import RunConfig
 from .distributed import resolve_device
 from .errors import ConfigError
 from .evaluation import compute_batch
+from .keywords import DEFAULT, build_config
 from .optim import build_optimizer
 from .precision import Precision
 from .report import figure, finish_axes, save_png
@@ -129,6 +131,9 @@ class _Sweep:
         train, _, _ = run._data()  # the training split fit() would train on
         self.task = run._task(train).to(self.device)
         self.model = run.model.to(self.device)
+        if run.step is None:  # the targets and the model's outputs, as fit checks them
+            bs = cfg.data.batch_size
+            raise_first(check_first_batch(self.model, self.task, train, bs, self.device, "train"))
         self.batches = _endless(train.to(self.device), cfg, self.device)
         self.precision = Precision(cfg.train.precision, self.device)
         self.optimizer = optimizer or build_optimizer(self.model, cfg.optim)

@@ -167,3 +167,11 @@ def _no_fused(impl: dict[str, Any], name: str) -> dict[str, Any]:
             fix="use 'auto' or 'foreach'",
         )
     return impl
+
+
+def params_in_model_order(model: nn.Module, optimizer: torch.optim.Optimizer) -> list[Any]:
+    """The optimizer's parameters in the model's order, so the global norm sums as users' do."""
+    in_opt = {id(p): p for g in optimizer.param_groups for p in g["params"]}
+    ordered = [p for p in model.parameters() if id(p) in in_opt]
+    seen = {id(p) for p in ordered}
+    return ordered + [p for i, p in in_opt.items() if i not in seen]

@@ -24,6 +24,7 @@ import torch
 
 from .checkpoint import CheckpointStore
 from .config import RunConfig, to_toml
+from .state import RngState
 
 # wall-clock values, and events.jsonl's position (events record what happened: a resume is one)
 IGNORED = {"samples_per_s", "steps_per_s", "time_s", "elapsed_s", "time", "events"}
@@ -125,11 +126,14 @@ def _causes(check: ResumeCheck) -> list[str]:
 # -- in one process, on fresh copies of the user's objects (fit(check_resume=True)) ------------
 def check_in_process(run: Any, first_steps: int = 8) -> ResumeCheck:
     """Run ``first_steps`` + ``first_steps`` steps with a checkpoint between against an
-    uninterrupted run, each on fresh deep copies of ``run``'s model, optimizer and callbacks."""
+    uninterrupted run, each on fresh deep copies of ``run``'s model, optimizer and callbacks.
+    The random number generators are put back afterwards: the run that follows is the run it
+    would have been without the check."""
     from .callbacks import PauseAt
 
     k, n = first_steps, 2 * first_steps
     originals = (run.model, run.optimizer, run.schedule, run.callbacks, run.cfg)
+    rng = RngState().state_dict()
     with tempfile.TemporaryDirectory(prefix="surefit-check-") as tmp:
         segments = (
             ("full", None, "never"),
@@ -151,6 +155,7 @@ def check_in_process(run: Any, first_steps: int = 8) -> ResumeCheck:
                 run.execute()
             finally:
                 run.model, run.optimizer, run.schedule, run.callbacks, run.cfg = originals
+                RngState().load_state_dict(rng)
         result = compare(Path(tmp, "full"), Path(tmp, "split"), (k, n))
     return result
 

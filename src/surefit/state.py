@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import random
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from typing import Any, Protocol, runtime_checkable
 
@@ -60,6 +62,23 @@ def set_deterministic(on: bool) -> None:
     torch.use_deterministic_algorithms(on)
     torch.backends.cudnn.deterministic = on
     torch.backends.cudnn.benchmark = False if on else torch.backends.cudnn.benchmark
+
+
+@contextlib.contextmanager
+def settings_kept() -> Iterator[None]:
+    """Put back torch's deterministic-algorithms switch and cudnn's flags after the block (a
+    run with ``deterministic = true`` sets them for itself, not for the process after it)."""
+    kept = (
+        torch.are_deterministic_algorithms_enabled(),
+        torch.is_deterministic_algorithms_warn_only_enabled(),
+        torch.backends.cudnn.deterministic,
+        torch.backends.cudnn.benchmark,
+    )
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(kept[0], warn_only=kept[1])
+        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = kept[2:]
 
 
 class RngState:

@@ -207,6 +207,9 @@ class Multiclass(Task):
             )
 
     def metric_inputs(self, preds: Any, target: Any) -> tuple[Any, Any]:
+        """Class probabilities as targets (soft labels, mixup): scored against their top class."""
+        if target.is_floating_point() and target.shape == preds.shape:
+            target = target.argmax(1)
         return preds.detach(), target
 
     def build_metrics(self, outputs: Any, names: list[str] | None) -> dict[str, Any]:
@@ -274,6 +277,13 @@ class Binary(Task):
                 where=f"{where}, targets",
                 fix="map labels to 0/1, or use task='multiclass' for class ids or "
                 "'regression' for real values",
+            )
+        labels = outputs.shape[-1] if outputs.dim() > 1 else 1
+        if self.cfg.pos_weight and len(self.cfg.pos_weight) not in (1, labels):
+            raise ConfigError(
+                f"{len(self.cfg.pos_weight)} pos_weight values for {labels} label(s)",
+                where="task.pos_weight",
+                fix=f"give one weight, or one per label ({labels})",
             )
 
     def metric_inputs(self, preds: Any, target: Any) -> tuple[Any, Any]:
@@ -411,6 +421,15 @@ class Segmentation(Task):
         inter = (probs * onehot).sum(dims)
         dice = 1 - (2 * inter + 1) / (probs.sum(dims) + onehot.sum(dims) + 1)
         return (1 - w) * base + w * dice.mean()
+
+    def loss_weight(self, target: Any) -> torch.Tensor | None:
+        """The pixels the cross-entropy's mean divided by (those not ignored). With a Dice term
+        the loss is not a mean over pixels (the batch's soft Dice): weighted by samples then."""
+        if self.custom_loss is not None or self.cfg.dice_weight:
+            return None
+        if target.is_floating_point():  # BCE masks: every pixel
+            return torch.tensor(target.numel(), device=target.device)
+        return (target != self.cfg.ignore_index).sum()
 
     def check(self, outputs: Any, target: Any, where: str) -> None:
         if outputs.dim() < 3:

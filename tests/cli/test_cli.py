@@ -337,3 +337,15 @@ def test_help_and_recipes_do_not_import_torch(tmp_path, argv):
     r = python(tmp_path, code)
     assert r.returncode == 0, r.stderr
     assert r.stdout
+
+
+def test_a_recipes_task_metrics_are_built_and_checked(tmp_path):
+    (tmp_path / "mypkg").mkdir()
+    (tmp_path / "mypkg" / "__init__.py").write_text("")
+    (tmp_path / "mypkg" / "models.py").write_text(MODELS)
+    (tmp_path / "mine.toml").write_text(RECIPE.replace("epochs = 5", "epochs = 1"))
+    r = cli(tmp_path, "fit", "mine.toml", "--set", 'task.metrics=["nope"]', "--run-dir", "bad")
+    assert r.returncode == 2 and "nope" in r.stderr and "f1_macro" in r.stderr, r.stderr
+    r = cli(tmp_path, "fit", "mine.toml", "--set", 'task.metrics=["f1_macro"]', "--run-dir", "ok")
+    assert r.returncode == 0, r.stderr
+    assert "val_f1_macro" in _evals(tmp_path / "ok")[-1]

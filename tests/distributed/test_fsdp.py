@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from surefit import distributed
-from surefit.api import build_config
+from surefit.keywords import build_config
 from surefit.optim import build_optimizer
 
 from . import worker

@@ -177,6 +177,11 @@ def test_too_many_bad_batches_stop_the_run(tmp_path):
     from surefit.cli import EXIT_DIVERGED, _exit_code
 
     assert _exit_code(r) == EXIT_DIVERGED == 3
+    files = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file() and p.suffix != ".lock"}
+    again = _fit(mlp(), (x, y), tmp_path, epochs=3)  # resumed: the guards' stop holds
+    assert again.steps == r.steps and again.health_stop == r.health_stop
+    written = ("events.jsonl", "config.toml")  # the resume's own record
+    assert all(b == p.read_bytes() for p, b in files.items() if p.name not in written)
 
 
 def test_skipped_steps_do_not_move_the_schedule(tmp_path):

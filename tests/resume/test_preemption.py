@@ -74,7 +74,7 @@ class Net(nn.Module):
         self.calls, self.kill_at = 0, kill_at
 
     def forward(self, x):
-        self.calls += 1
+        self.calls += self.training  # training-mode passes (the checks run one)
         if self.training and self.calls == self.kill_at:
             os.kill(os.getpid(), signal.SIGTERM)
         return self.body(x)
@@ -434,6 +434,23 @@ class _Augmented(torch.utils.data.Dataset):
         return self.x[i] + jitter, self.y[i]
 
 
+def test_an_augmented_val_dataset_leaves_the_rng_alone_and_ignores_the_worker_count():
+    x, y = make_classification(96)
+    common = dict(batch_size=16, epochs=2, progress="off", device="cpu")
+    runs = []
+    for workers in (0, 1):
+        model = _dropout_net()
+        val = _Augmented(x[:32], y[:32])
+        r = sf.fit(model, (x, y), val=val, num_workers=workers, **common)
+        runs.append((model, [h["val_loss"] for h in r.history]))
+    (a, va), (b, vb) = runs
+    assert va == vb  # each val sample's augmentation is seeded by its index
+    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters(), strict=True))
+    plain = _dropout_net()  # the val set's draws did not move the dropout's RNG
+    sf.fit(plain, (x, y), val=(x[:32], y[:32]), **common)
+    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), plain.parameters(), strict=True))
+
+
 def test_random_transforms_of_a_dataset_resume_exactly_and_ignore_the_worker_count(tmp_path):
     x, y = make_classification(96)
 
@@ -639,3 +656,73 @@ def test_extending_max_steps_on_resume_stretches_the_schedule(tmp_path):
     # step 30 of a cosine that now ends at step 40, not at 20 (where it would be at its floor)
     assert lrs[2] == pytest.approx(0.01 * WarmupCosine(2, 40, 0.1)(30)) and lrs[2] > 0.002
     assert lrs[-1] == pytest.approx(0.001)
+
+
+def test_extending_max_steps_that_ended_at_an_epoch_end_resumes_exactly(tmp_path):
+    """The first part's last evaluation is its epoch end's: the longer run does not repeat it."""
+    x, y = make_classification(64)
+    xv, yv = make_classification(32, seed=1)
+    common = dict(val=(xv, yv), batch_size=16, progress="off", lr=0.01, epochs=9)
+    common["schedule"] = "constant"  # the same rates however far max_steps reaches
+    sf.fit(mlp(), (x, y), max_steps=8, run_dir=tmp_path / "r", **common)
+    sf.fit(mlp(), (x, y), max_steps=16, run_dir=tmp_path / "r", **common)
+    sf.fit(mlp(), (x, y), max_steps=16, run_dir=tmp_path / "w", **common)
+    evals = [
+        [(r["step"], r["val_loss"]) for r in map(json.loads, lines) if r.get("split") == "eval"]
+        for lines in ((tmp_path / d / "metrics.jsonl").read_text().splitlines() for d in "rw")
+    ]
+    assert evals[0] == evals[1] and [s for s, _ in evals[1]] == [4, 8, 12, 16]
+
+
+def _early_stopped(tmp_path, name, callbacks=()):
+    x, y = make_classification(96)
+    xv, yv = make_classification(32, seed=1)  # another rule: the val loss soon stops improving
+    return sf.fit(_dropout_net(), (x, y), val=(xv, yv), epochs=40, patience=2, lr=0.05,
+                  batch_size=16, progress="off", run_dir=tmp_path / name,
+                  callbacks=list(callbacks))  # fmt: skip
+
+
+def test_a_run_that_stopped_early_stays_stopped_when_resumed(tmp_path):
+    first = _early_stopped(tmp_path, "r")
+    assert first.stop_reason.startswith("early stopping") and first.steps < 40 * 6
+    files = {p: p.read_bytes() for p in (tmp_path / "r").rglob("*.pt")}
+    metrics = (tmp_path / "r" / "metrics.jsonl").read_text()
+    again = _early_stopped(tmp_path, "r")
+    assert again.steps == first.steps and again.stop_reason == first.stop_reason
+    assert files == {p: p.read_bytes() for p in (tmp_path / "r").rglob("*.pt")}
+    assert (tmp_path / "r" / "metrics.jsonl").read_text() == metrics
+
+
+def test_a_pause_for_one_session_leaves_early_stopping_exact(tmp_path):
+    """The pausing callback comes first in the list in one session only: the early-stopping
+    state is found by its name, not by its place in the list."""
+    whole = _early_stopped(tmp_path, "whole")
+    paused = _early_stopped(tmp_path, "p", callbacks=[_PauseAt(8)])
+    assert paused.preempted and paused.steps == 8
+    resumed = _early_stopped(tmp_path, "p")
+    assert resumed.steps == whole.steps and resumed.stop_reason == whole.stop_reason
+    pairs = zip(whole.model.parameters(), resumed.model.parameters(), strict=True)
+    assert all(torch.equal(a, b) for a, b in pairs)
+
+
+def test_a_run_that_started_fresh_does_not_overwrite_a_checkpoint_written_meanwhile(
+    tmp_path, monkeypatch
+):
+    """Another process took the run directory between this run's look at it and its lock."""
+    from surefit import api
+
+    x, y = make_classification(64)
+    common = dict(epochs=1, batch_size=16, progress="off", run_dir=tmp_path / "r")
+    real, written = api.Run.checks, []
+
+    def checks_while_another_run_finishes(self, trainer, parts):
+        monkeypatch.setattr(api.Run, "checks", real)
+        sf.fit(mlp(), (x, y), **common)  # the other process
+        written.extend(p.read_bytes() for p in sorted((tmp_path / "r").rglob("*.*")))
+        return real(self, trainer, parts)
+
+    monkeypatch.setattr(api.Run, "checks", checks_while_another_run_finishes)
+    with pytest.raises(sf.ConfigError, match="gained a checkpoint") as info:
+        sf.fit(mlp(), (x, y), **common)
+    assert "resume" in info.value.fix
+    assert written == [p.read_bytes() for p in sorted((tmp_path / "r").rglob("*.*"))]

@@ -7,13 +7,21 @@ import subprocess
 import sys
 import textwrap
 
+import torch
+from torch import nn
+
 import surefit as sf
 from tests.conftest import make_classification, mlp
 
 
+def dropout_mlp():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Dropout(0.3), nn.Linear(16, 3))
+
+
 def test_fit_check_resume_passes_on_an_exact_setup(tmp_path):
     x, y = make_classification(256)
-    model = mlp()
+    model = dropout_mlp()  # dropout: the check must leave the RNG as it found it
     before = {k: v.clone() for k, v in model.state_dict().items()}
     r = sf.fit(model, (x, y), val=(x[:64], y[:64]), epochs=2, batch_size=16, accumulate=2,
                progress="off", run_dir=str(tmp_path), check_resume=True)  # fmt: skip
@@ -21,9 +29,9 @@ def test_fit_check_resume_passes_on_an_exact_setup(tmp_path):
     events = [json.loads(line) for line in (tmp_path / "events.jsonl").read_text().splitlines()]
     (check,) = [e for e in events if e["event"] == "resume_check"]
     assert check["exact"] is True and check["steps"] == [8, 16]
-    # the real run started from the original weights: the check trained copies
-    same = sf.fit(mlp(), (x, y), val=(x[:64], y[:64]), epochs=2, batch_size=16, accumulate=2,
-                  progress="off")  # fmt: skip
+    # the real run is the run without the check: the check trained copies on the RNG it put back
+    same = sf.fit(dropout_mlp(), (x, y), val=(x[:64], y[:64]), epochs=2, batch_size=16,
+                  accumulate=2, progress="off")  # fmt: skip
     pairs = zip(model.parameters(), same.model.parameters(), strict=True)
     assert all((a == b).all() for a, b in pairs)
     assert any(not (before[k] == v).all() for k, v in model.state_dict().items())

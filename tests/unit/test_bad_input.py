@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 import surefit as sf
@@ -143,6 +144,36 @@ def test_a_monitor_evaluation_does_not_report(tmp_path, metrics):
                       metrics=metrics, patience=2)  # fmt: skip
     assert "val_acc" in err.what and err.where == "train.monitor"
     assert "val_accuracy" in err.fix and "val_loss" in err.fix
+
+
+def test_a_monitor_without_the_val_prefix(tmp_path):
+    x, y = inputs(), class_ids()
+    err = fails_early(sf.ConfigError, mlp(), (x, y), tmp_path, val=(x, y), monitor="accuracy")
+    assert "'accuracy'" in err.what and "'val_accuracy'" in err.fix and "train_loss" in err.fix
+
+
+def _ce_step(model, batch):
+    out = model(batch[0])
+    return F.cross_entropy(out, batch[1]), out
+
+
+@pytest.mark.parametrize(("options", "named"), [
+    (dict(step=_ce_step, task="multiclass", monitor="val_acc"), "val_acc"),
+    (dict(step=_ce_step, task="multiclass", metrics=["acc"]), "acc"),
+    (dict(step=lambda m, b: F.cross_entropy(m(b[0]), b[1]), metrics=["accuracy"]), "accuracy"),
+])  # fmt: skip
+def test_a_custom_step_gets_its_monitor_and_metrics_checked_before_training(
+    tmp_path, options, named
+):
+    x, y = inputs(), class_ids()
+    err = fails_early(sf.ConfigError, mlp(), (x, y), tmp_path, val=(x, y), **options)
+    assert named in err.what
+
+
+def test_a_step_that_returns_a_loss_per_sample(tmp_path):
+    step = lambda m, b: F.cross_entropy(m(b[0]), b[1], reduction="none")  # noqa: E731
+    err = fails_early(sf.DataError, mlp(), (inputs(), class_ids()), tmp_path, step=step)
+    assert "scalar" in err.what and "(16,)" in err.what and "loss.mean()" in err.fix
 
 
 def test_an_unknown_metric_lists_the_metrics_built_on_request_too(tmp_path):
@@ -315,3 +346,73 @@ def test_valid_input_passes_the_same_checks(tmp_path):
     )
     assert result.steps == 5
     assert (tmp_path / "run" / "metrics.jsonl").is_file()
+
+
+# -- arguments of the wrong kind, and data the model or the loss cannot take ----------------------
+@pytest.mark.parametrize(
+    ("options", "error", "named", "fix"),
+    [
+        (dict(optimizer=torch.optim.SGD), sf.ConfigError, "class SGD", "optimizer='sgd'"),
+        (dict(schedule="steplr-object"), sf.ConfigError, "torch scheduler", "onecycle"),
+        (dict(loss=3), sf.ConfigError, "loss", "outputs, target"),
+        (dict(val="0.1"), sf.ConfigError, "val is a str", "val=0.1"),
+        (dict(config=5), sf.ConfigError, "config", "recipe.toml"),
+        (dict(callbacks=[5]), sf.ConfigError, "callbacks[0] is int", "on_step_end"),
+        (dict(seed=2**64), sf.ConfigError, "train.seed", "2**63"),
+        (dict(schedule="cosine_restarts", restart_steps=-1), sf.ConfigError, "restart", ">= 1"),
+        (dict(milestones=["a"]), sf.ConfigError, "milestones", "[30, 60]"),
+        (dict(task="multilabel", pos_weight=[1.0, 2.0]), sf.ConfigError, "2 pos_weight", "3"),
+        (dict(data=(torch.randn(N, 5), "ids")), sf.DataError, "(16, 5) float32", "input layer"),
+        (dict(data=(torch.randn(N, 8).double(), "ids")), sf.DataError, "float64", "x.float()"),
+    ],
+)  # fmt: skip
+def test_arguments_of_the_wrong_kind(tmp_path, options, error, named, fix):
+    model = mlp()
+    data = options.pop("data", (inputs(), class_ids()))
+    if options.get("task") == "multilabel":
+        data = (inputs(), (torch.rand(N, 3) > 0.5).float())
+    if data[1] == "ids":
+        data = (data[0], class_ids())
+    if options.get("schedule") == "steplr-object":
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        options = dict(optimizer=opt, schedule=torch.optim.lr_scheduler.StepLR(opt, 1))
+    err = fails_early(error, model, data, tmp_path, **options)
+    assert named in str(err.what) + err.where and fix in err.fix, str(err)
+
+
+def test_one_callback_and_one_metric_name_are_taken_as_lists():
+    calls = []
+
+    class Count(sf.Callback):
+        def on_step_end(self, run):
+            calls.append(run.optimizer_step)
+
+    x, y = inputs(), class_ids()
+    r = sf.fit(mlp(), (x, y), val=(x, y), callbacks=Count(), metrics="accuracy", epochs=1,
+               batch_size=50, progress="off")  # fmt: skip
+    assert calls == [1, 2] and "val_accuracy" in r.history[-1]
+
+
+def test_evaluate_and_lr_find_check_their_data():
+    x, y = inputs(), class_ids()
+    with pytest.raises(sf.DataError, match=r"\[0, 4\]|range"):
+        sf.evaluate(mlp(), (x, y + 2))
+    with pytest.raises(sf.DataError, match="input layer|failed"):
+        sf.evaluate(mlp(), (torch.randn(N, 5), y))
+    with pytest.raises(sf.ConfigError, match="batch_size"):
+        sf.evaluate(mlp(), (x, y), batch_size=0)
+    with pytest.raises(sf.ConfigError, match="precision"):
+        sf.evaluate(mlp(), (x, y), precision="fp8")
+    with pytest.raises(sf.DataError, match="class ids"):
+        sf.lr_find(mlp(), (x, y.float()), task="multiclass", steps=10)
+
+
+def test_an_optimizer_object_brings_its_own_rates_and_the_models_parameters(tmp_path):
+    model = mlp()
+    foreign = torch.optim.SGD(mlp(seed=1).parameters(), lr=0.1)
+    err = fails_early(sf.ConfigError, model, (inputs(), class_ids()), tmp_path, optimizer=foreign)
+    assert "none of the model's parameters" in err.what
+    own = torch.optim.SGD(model.parameters(), lr=0.1)
+    err = fails_early(sf.ConfigError, model, (inputs(), class_ids()), tmp_path, optimizer=own,
+                      lr=1e-4)  # fmt: skip
+    assert "lr=0.0001" in err.what and err.where == "lr"

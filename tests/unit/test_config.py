@@ -12,9 +12,9 @@ import pytest
 import surefit as sf
 from surefit import config as cfgmod
 from surefit import recipes
-from surefit.api import KEYWORDS, _option_keys, build_config
 from surefit.config import RunConfig, apply_overrides, from_dict, to_toml
 from surefit.errors import ConfigError
+from surefit.keywords import KEYWORDS, _option_keys, build_config
 from tests.conftest import make_classification, mlp
 
 BUILTIN = recipes.HERE / "mnist1d-cnn.toml"

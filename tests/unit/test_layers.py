@@ -36,6 +36,7 @@ LAYERS: list[set[str]] = [
         "speed",
         "evaluation",
         "seeding",
+        "keywords",
     },
     {"state"},
     {"report", "compare"},  # read run directories only

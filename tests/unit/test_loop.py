@@ -135,6 +135,61 @@ def test_max_steps_stops_mid_epoch_and_max_steps_alone_runs_past_default_epochs(
     assert r.steps == 50  # 4 steps per epoch: past the 10-epoch default
 
 
+def test_max_steps_at_an_epoch_end_finishes_that_epoch():
+    """The epoch's end (evaluation, epoch-unit schedule, on_epoch_end) runs as with epochs."""
+    x, y = make_classification(64)
+    ends = []
+
+    class Ends(sf.Callback):
+        def on_epoch_end(self, run):
+            ends.append(run.epoch)
+
+    common = dict(batch_size=16, progress="off", schedule="step", step_size=1, gamma=0.5, lr=0.01)
+    a, b = mlp(), mlp()
+    by_steps = sf.fit(a, (x, y), epochs=5, max_steps=8, callbacks=[Ends()], **common)
+    by_epochs = sf.fit(b, (x, y), epochs=2, **common)
+    assert by_steps.steps == 8 and "max_steps" in by_steps.stop_reason and ends == [1, 2]
+    assert [h["epoch"] for h in by_steps.history] == [h["epoch"] for h in by_epochs.history]
+    assert by_steps.history[-1]["lr"] == by_epochs.history[-1]["lr"] == 0.0025
+    assert _same_weights(a, b)
+
+
+def test_deterministic_holds_for_the_run_only_and_a_val_fraction_is_recorded():
+    x, y = make_classification(64)
+    assert not torch.are_deterministic_algorithms_enabled()
+    seen = []
+
+    class Look(sf.Callback):
+        def on_step_end(self, run):
+            seen.append(torch.are_deterministic_algorithms_enabled())
+
+    r = sf.fit(mlp(), (x, y), val=0.25, deterministic=True, epochs=1, batch_size=16,
+               progress="off", callbacks=[Look()])  # fmt: skip
+    assert seen and all(seen) and not torch.are_deterministic_algorithms_enabled()
+    assert r.config.data.val_fraction == 0.25 and r.steps == 3  # 48 of 64 samples trained on
+
+
+def test_the_bar_of_a_run_bounded_by_max_steps_alone_shows_no_epoch_count():
+    import io
+
+    from surefit.log import Console
+
+    bar = Console("bar", 1 << 30, stream=io.StringIO())
+    bar.epoch_start(0, 10)
+    assert bar.bar.desc == "epoch 1/?"
+    bar.epoch_end()
+
+
+def test_a_stop_in_on_epoch_start_takes_no_step():
+    class StopFirst(sf.Callback):
+        def on_epoch_start(self, run):
+            run.request_stop("not today")
+
+    x, y = make_classification(64)
+    r = sf.fit(mlp(), (x, y), batch_size=16, progress="off", callbacks=[StopFirst()])
+    assert r.steps == 0 and r.stop_reason == "not today"
+
+
 def test_early_stopping_and_restore_best(tmp_path):
     x, y = make_classification(64)
     xv, yv = make_classification(64, seed=1)  # labels from another rule: val loss rises

@@ -12,9 +12,9 @@ from torch import nn
 
 import surefit as sf
 from surefit import distributed, speed
-from surefit.api import build_config
 from surefit.checkpoint import load_file
 from surefit.errors import ConfigError
+from surefit.keywords import build_config
 from surefit.recipes.chargpt import GPT
 from tests.conftest import make_classification, mlp
 

@@ -428,6 +428,18 @@ def test_multiclass_metrics_and_loss_match_direct_computation():
     assert close(many["test_loss"], expected)
 
 
+def test_multiclass_soft_labels_score_their_top_class():
+    g = gen(21)
+    logits, y = torch.randn(30, 4, generator=g), torch.randint(0, 4, (30,), generator=g)
+    soft = F.one_hot(y, 4).float() * 0.9 + 0.025  # label-smoothed probabilities
+    out = fixed_eval(logits, soft, "multiclass", batch_size=7)
+    assert close(out["test_loss"], F.cross_entropy(logits, soft))
+    assert close(out["test_accuracy"], (logits.argmax(1) == y).float().mean())
+    x = torch.randn(30, 8, generator=g)
+    r = sf.fit(mlp(out=4), (x, soft), val=0.25, task="multiclass", epochs=1, progress="off")
+    assert "val_accuracy" in r.history[-1]  # trains and evaluates end to end
+
+
 def test_multiclass_accuracy_skips_ignore_index():
     logits = torch.eye(4)[[0, 1, 2, 3, 0, 1]] * 5  # predicts 0, 1, 2, 3, 0, 1
     y = torch.tensor([0, 1, 0, -100, -100, 2])  # 2 hits of 4 scored
@@ -562,6 +574,17 @@ def test_segmentation_loss_ignores_ignore_index_pixels():
     task = task_obj("segmentation")  # default dice_weight mixes CE and soft Dice
     a, b = fixed_eval(logits, mask, task), fixed_eval(other, mask, task)
     assert close(a["test_loss"], b["test_loss"])
+
+
+def test_segmentation_ce_loss_over_the_set_weights_batches_by_their_pixels():
+    g = gen(30)
+    logits = torch.randn(9, 3, 4, 4, generator=g)
+    mask = torch.randint(0, 3, (9, 4, 4), generator=g)
+    mask[:4, :3] = -100  # the first images are mostly ignored
+    task = task_obj("segmentation", dice_weight=0.0)
+    whole = F.cross_entropy(logits, mask, ignore_index=-100)
+    for bs in (1, 4, 9):
+        assert close(fixed_eval(logits, mask, task, batch_size=bs)["test_loss"], whole)
 
 
 def test_ranking_metric_and_loss_match_direct_computation():
