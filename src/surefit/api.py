@@ -23,7 +23,7 @@ from .evaluation import compute_batch, evaluate_data
 from .keywords import DEFAULT, build_config, fit_objects
 from .log import Console, RunLog, summary
 from .loop import Parts, Trainer
-from .optim import build_optimizer
+from .optim import apply_changes, build_optimizer
 from .precision import Precision
 from .rundir import check_resume_fits, open_run_dir, restart_run_dir, run_lock
 from .schedule import Schedule, build_schedule
@@ -50,6 +50,21 @@ class FitResult:
     model: nn.Module = field(repr=False)
     resume_check: Any = None  # the verdict of check_resume=True (a selfcheck.ResumeCheck)
     health_stop: str = ""  # why the health guards stopped a diverging run ("" when they did not)
+
+
+def _restore_best(trainer: Trainer) -> bool:
+    """Load the best evaluated weights into the model; False when there are none."""
+    state = None
+    if trainer.saves is not None:  # verified; a damaged best.pt is reported and passed over
+        trainer.saves.drain()
+        state = trainer.p.store.load_best(on_skip=trainer._skipped_checkpoint)
+    if state is not None:
+        trainer.model.load_state_dict(state["model"])
+        return True
+    if trainer.best_state is not None:
+        trainer.model.load_state_dict(trainer.best_state)
+        return True
+    return False
 
 
 def _total_steps(cfg: RunConfig, trainer_steps_per_epoch: int | None) -> int:
@@ -394,6 +409,8 @@ class Run:
                 console.line("resumed with changed options: " + ", ".join(
                     f"{k} {old!r} -> {new!r}" for k, (old, new) in changes.items()))  # fmt: skip
             trainer.load_state_dict(state)
+            if self.optimizer is None:  # weight decay, betas... as configured now
+                apply_changes(trainer.optimizer, trainer.model, c.optim, list(changes))
             if changes:  # a run the guards stopped goes on with the options changed to save it
                 trainer.health_stop = ""
             saved_lr = state.get("meta", {}).get("config", {}).get("optim", {}).get("lr")
@@ -428,7 +445,7 @@ class Run:
                 )
             else:
                 if c.train.restore_best:
-                    trainer.restore_best_weights()
+                    _restore_best(trainer)
                 if test is not None:
                     test_metrics = trainer.evaluate(test, "test")
                     step_now = trainer.counters.optimizer_step

@@ -91,6 +91,8 @@ def _file_name(kind: str, step: int) -> str:
 class CheckpointStore:
     """``last-STEP.pt`` (rolling, ``keep_last`` kept) and ``best.pt`` under one folder."""
 
+    in_place = False  # load_latest returns the state; the live objects stay as they are
+
     def __init__(self, folder: Path, keep_last: int = 2) -> None:
         self.folder = folder
         self.keep_last = keep_last
@@ -106,6 +108,10 @@ class CheckpointStore:
             entries = manifest["checkpoints"]
             if not all({"file", "kind", "step", "sha256"} <= set(e) for e in entries):
                 raise ValueError("an entry lacks one of file, kind, step, sha256")
+            for e in entries:
+                kinds = (isinstance(e[k], str) for k in ("file", "kind", "sha256"))
+                if not all(kinds) or type(e["step"]) is not int or "/" in e["file"]:
+                    raise ValueError(f"an entry has a value of the wrong kind: {e}"[:200])
             return manifest
         except (OSError, ValueError, TypeError, KeyError) as exc:  # JSONDecodeError: ValueError
             raise CheckpointError(
@@ -229,6 +235,8 @@ class ShardedStore(CheckpointStore):
     of the run state (counters, RNG, schedule...) and records the folder in the manifest with a
     sha256 over its files. A save is written to a temporary folder and renamed into place.
     """
+
+    in_place = True  # load_latest loads the shards into the live model and optimizer
 
     def __init__(self, folder: Path, keep_last: int, model: Any, optimizer: Any) -> None:
         super().__init__(folder, keep_last)

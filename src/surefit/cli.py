@@ -388,7 +388,8 @@ def _exit_code(result: Any) -> int:
 def cmd_resume(args: argparse.Namespace) -> int:
     run_dir = Path(args.run_dir)
     config_path = recipes.config_of(run_dir)
-    cfg = _build(config_path.read_text(), run_dir.name, str(config_path), args)
+    _, text = recipes.source(str(config_path))  # a damaged config.toml is a ConfigError
+    cfg = _build(text, run_dir.name, str(config_path), args)
     cfg = cfg.replace(
         train={"run_dir": str(run_dir)},
         checkpoint={"resume": "must", "override": bool(args.override)},

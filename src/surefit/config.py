@@ -337,10 +337,14 @@ def load(path: str | Path) -> RunConfig:
     """Read a TOML recipe file."""
     path = Path(path)
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(
             f"cannot read recipe: {exc.strerror}", where=str(path), fix="check the path"
+        ) from None
+    except UnicodeDecodeError:
+        raise ConfigError(
+            "cannot read recipe: not UTF-8 text", where=str(path), fix="a recipe is TOML text"
         ) from None
     return from_dict(parse_toml(text, where=str(path)))
 
@@ -536,6 +540,7 @@ def validate(c: RunConfig) -> None:
     _require(t.clip_value >= 0, "train.clip_value", t.clip_value, "0 (off) or a value > 0")
     _require(t.eval_every_steps >= 0, "train.eval_every_steps", t.eval_every_steps, ">= 0")
     _require(t.patience >= 0, "train.patience", t.patience, "0 (off) or evaluations >= 1")
+    _require(t.min_delta >= 0, "train.min_delta", t.min_delta, ">= 0 (an improvement's size)")
     _require(c.checkpoint.keep_last >= 1, "checkpoint.keep_last", c.checkpoint.keep_last, ">= 1")
     _require(
         c.checkpoint.every_steps >= 0,

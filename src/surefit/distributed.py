@@ -79,6 +79,15 @@ def resolve_device(name: str) -> torch.device:
             where="train.device",
             fix="use device='auto' or 'cpu'",
         )
+    backend = getattr(torch, device.type, None) if device.type not in ("cpu", "cuda") else None
+    if device.type == "mps":
+        backend = getattr(torch.backends, "mps", None)
+    if device.type not in ("cpu", "cuda") and not (backend and backend.is_available()):
+        raise ConfigError(
+            f"device '{name}' is not available on this machine",
+            where="train.device",
+            fix="use device='auto' (CUDA, then MPS, then CPU) or 'cpu'",
+        )
     if device.type == "cuda" and device.index is None and world_size() > 1:
         return torch.device("cuda", local_rank())
     return device

@@ -127,6 +127,18 @@ def _median(ordered: list[float]) -> float:
     return ordered[n // 2] if n % 2 else (ordered[n // 2 - 1] + ordered[n // 2]) / 2
 
 
+def _no_actions() -> dict[str, Any]:
+    return {"rewind": 0, "rollback": "", "stop": ""}
+
+
+def _merged(first: dict[str, Any], then: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "rewind": first["rewind"] + then["rewind"],
+        "rollback": first["rollback"] or then["rollback"],
+        "stop": first["stop"] or then["stop"],
+    }
+
+
 def _finite(loss: float, norm: float) -> bool:
     return math.isfinite(loss) and math.isfinite(norm)
 
@@ -177,6 +189,7 @@ class Health:
         self.per_step = JsonlSink(folder / "steps.jsonl") if folder else None
         self.snapshot: dict[str, Any] | None = None
         self.snapshot_step = -(1 << 62)
+        self.deferred = _no_actions()  # a pause's decisions, for the next scheduled sync point
         self._flags: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
 
     # -- the hot path ------------------------------------------------------------------------------
@@ -240,7 +253,7 @@ class Health:
     ) -> dict[str, Any]:
         """Read the pending steps (one host read) and decide; returns what the loop must do:
         ``rewind`` schedule steps, ``rollback`` (a reason) and ``stop`` (a reason)."""
-        actions: dict[str, Any] = {"rewind": 0, "rollback": "", "stop": ""}
+        actions = _no_actions()
         if not self.pending:
             return actions
         pending, self.pending = self.pending, []
@@ -274,6 +287,17 @@ class Health:
                 self.per_step.write_many(lines)
         self._check_limits(actions)
         return actions
+
+    def defer(self, actions: dict[str, Any]) -> dict[str, Any]:
+        """Hold what a pause's sync decided (a schedule rewind, a rollback, a stop) for the next
+        scheduled sync point, where the run without the pause decides it; nothing to do now."""
+        self.deferred = _merged(self.deferred, actions)
+        return _no_actions()
+
+    def with_deferred(self, actions: dict[str, Any]) -> dict[str, Any]:
+        """``actions`` and what a pause before this sync point held back."""
+        held, self.deferred = self.deferred, _no_actions()
+        return _merged(held, actions)
 
     def _step_line(self, p: _Step, loss: float, norm: float, spike: bool) -> dict[str, Any]:
         """One line of steps.jsonl: what each optimizer step did (for plots and forensics)."""
@@ -485,6 +509,7 @@ class Health:
             "origin_reported": self.origin_reported,
             "high_norm_run": self.high_norm_run,
             "snapshot_step": self.snapshot_step,  # where the rollback copy was taken
+            "deferred": dict(self.deferred),
             "quarantine": self.quarantine.state_dict() if self.quarantine else {"lines": 0},
             "steps_file": self.per_step.state_dict() if self.per_step else {"lines": 0},
         }
@@ -500,6 +525,7 @@ class Health:
         self.origin_reported = bool(state["origin_reported"])
         self.high_norm_run = int(state.get("high_norm_run", 0))
         self.snapshot_step = int(state.get("snapshot_step", self.snapshot_step))
+        self.deferred = {**_no_actions(), **state.get("deferred", {})}
         if self.quarantine is not None:
             self.quarantine.load_state_dict(state["quarantine"])
         if self.per_step is not None:

@@ -152,10 +152,12 @@ class Console:
 
 
 def epoch_line(epoch: int, epochs: int, values: dict[str, Any]) -> str:
+    """One line of an epoch's values; the epoch count as "?" when only max_steps bounds the run."""
     keys = [k for k in ("train_loss", "val_loss") if k in values]
     keys += [k for k in values if k.startswith("val_") and k not in keys]
     keys += [k for k in ("lr", "grad_norm") if k in values]
-    parts = [f"epoch {epoch}/{epochs}"] + [f"{k} {_fmt(values[k])}" for k in keys]
+    shown = epochs if epochs < (1 << 30) else "?"
+    parts = [f"epoch {epoch}/{shown}"] + [f"{k} {_fmt(values[k])}" for k in keys]
     if "samples_per_s" in values:
         parts.append(f"{values['samples_per_s']:,.0f} samples/s")
     return "  ".join(parts)

@@ -96,6 +96,7 @@ class Trainer:
             else Saves(parts.store, ck.async_save, ck.max_overhead, self._record_save)
         )
         self._pace_noted = False  # the first epoch-end save the pace put off is an event
+        self._keep_copy, self._loaded_copy = False, None  # the rollback copy in a pause's save
         self.preempted: str | None = None  # the signal that stopped the run, if one did
         self.health_stop = ""  # why the health guards stopped the run, if they did
         self._best_due = False  # best.pt is written with the next save at this step
@@ -157,6 +158,8 @@ class Trainer:
             "threads": self.threads or torch.get_num_threads(),  # a CPU run's bits depend on it
             "healthy": not self.health.run_length,  # not amid spikes: a state to roll back to
         }
+        if self._keep_copy and self.health.snapshot is not None and not self.p.store.in_place:
+            state["rollback_copy"] = self.health.snapshot  # as the run without the pause holds
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -171,6 +174,7 @@ class Trainer:
         self.resumed_threads = int(meta.get("threads", 0))
         self.health_stop = str(meta.get("health_stop", ""))  # stays stopped (api: unless changed)
         self._saved_step = self.counters.optimizer_step  # this state is on disk already
+        self._loaded_copy = state.get("rollback_copy")
 
     # -- events ------------------------------------------------------------------------------------
     def emit(self, event: str, *args: Any) -> None:
@@ -312,10 +316,12 @@ class Trainer:
             self._console().postfix({"loss": record["train_loss"], "lr": record["lr"]})
         return record
 
-    def _sync(self, snapshot: bool | None = False) -> None:
+    def _sync(self, snapshot: bool | None = False, defer: bool = False) -> None:
         """Read the pending steps and act on what health decides (at log, eval and save);
-        ``snapshot``: force a rollback copy (True), or take none (None: a save off schedule)."""
+        ``snapshot``: force a rollback copy (True), or take none (None: a save off schedule);
+        ``defer``: a pause's sync, whose decisions wait for the next scheduled one."""
         actions = self.health.sync(self._examine)
+        actions = self.health.defer(actions) if defer else self.health.with_deferred(actions)
         self.p.schedule.rewind(actions["rewind"])
         if actions["rollback"]:
             saved = None
@@ -350,9 +356,12 @@ class Trainer:
         """The rollback copy a run starts with. A run resumed from a checkpoint written off the
         schedule (a signal, a pause) takes the copy the uninterrupted run holds: the checkpoint
         it was taken at, read back while still on disk; otherwise the state it starts from."""
+        if self._loaded_copy is not None:  # a pause's checkpoint held it
+            self.health.snapshot = self._loaded_copy
+            return
         step, at = self.counters.optimizer_step, self.health.snapshot_step
         behind = 0 <= at < step and self.health.snapshot_wanted()
-        if behind and self.p.store is not None:
+        if behind and self.p.store is not None and not self.p.store.in_place:  # not FSDP
             same = lambda st: st.get("counters", {}).get("optimizer_step") == at  # noqa: E731
             with contextlib.suppress(CheckpointError):
                 state = self.p.store.load_latest(accept=same)[0]
@@ -432,7 +441,9 @@ class Trainer:
             }
 
     # -- checkpoints -------------------------------------------------------------------------------
-    def save(self, kind: str = "last", snapshot: bool | None = True) -> Path | None:
+    def save(
+        self, kind: str = "last", snapshot: bool | None = True, defer: bool = False
+    ) -> Path | None:
         """Write a checkpoint ("last"), and best.pt when an evaluation at this step improved
         (``kind=""``: best.pt only, if due). A failed write (disk full, any OSError) leaves the
         previous checkpoints and the manifest as they were; the run records it, goes on, and tries
@@ -441,7 +452,7 @@ class Trainer:
         self._best_due = False
         if self.p.store is None or not kinds:
             return None
-        self._sync(snapshot=snapshot)  # the checkpoint holds host state only
+        self._sync(snapshot=snapshot, defer=defer)  # the checkpoint holds host state only
         step = self.counters.optimizer_step
         if "last" in kinds:
             self._saved_step, self._saved_at = step, time.perf_counter()
@@ -491,20 +502,6 @@ class Trainer:
         if self.p.log is not None:
             self.p.log.event("checkpoint_skipped", file=path.name, why=why)
 
-    def restore_best_weights(self) -> bool:
-        """Load the best evaluated weights into the model; False when there are none."""
-        state = None
-        if self.saves is not None:  # verified; a damaged best.pt is reported and passed over
-            self.saves.drain()
-            state = self.p.store.load_best(on_skip=self._skipped_checkpoint)
-        if state is not None:
-            self.model.load_state_dict(state["model"])
-            return True
-        if self.best_state is not None:
-            self.model.load_state_dict(self.best_state)
-            return True
-        return False
-
     # -- the run -----------------------------------------------------------------------------------
     def fit(self) -> None:
         """Train until epochs, max_steps, max_time_s or a callback stops the run."""
@@ -531,11 +528,12 @@ class Trainer:
                 if self.p.val is not None and self.last_eval_step != step:
                     changed = bool(self._evaluate_and_track())
                 changed = bool(self._flush_interval()) or changed
-            # the last checkpoint holds the run as it ended, the final records included: a
-            # resumed finished run then trains, evaluates and writes nothing
-            # off the checkpoint schedule: no rollback copy here, so a resumed run's copy is the
-            # one the uninterrupted run holds
-            self.save("last" if changed or self._saved_step != step else "", snapshot=None)
+            # the last checkpoint holds the run as it ended (a resumed finished run trains and
+            # writes nothing); off the schedule: no rollback copy, and a pause's decisions wait
+            # for the next scheduled sync point, as in the run without the pause
+            kind = "last" if changed or self._saved_step != step else ""
+            self._keep_copy = self.preempted is not None
+            self.save(kind, snapshot=None, defer=self._keep_copy)
         except BaseException as exc:
             self.emit("on_exception", exc)
             raise
@@ -592,9 +590,6 @@ class Trainer:
         self.p.schedule.after_epoch()
         if not cfg.train.eval_every_steps:
             record = self._evaluate_and_track()
-            self._console().line(epoch_line(c.epoch, self._epochs_shown(), record))
+            self._console().line(epoch_line(c.epoch, self.cfg.epochs, record))
         self._epoch_end_save()
         self.emit("on_epoch_end")
-
-    def _epochs_shown(self) -> int | str:
-        return self.cfg.epochs if self.cfg.epochs < (1 << 30) else "?"

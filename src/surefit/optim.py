@@ -175,3 +175,24 @@ def params_in_model_order(model: nn.Module, optimizer: torch.optim.Optimizer) ->
     ordered = [p for p in model.parameters() if id(p) in in_opt]
     seen = {id(p) for p in ordered}
     return ordered + [p for i, p in in_opt.items() if i not in seen]
+
+
+# recipe keys a resumed run may change: each sets the param-group entry of its name
+RESUMABLE = ("weight_decay", "momentum", "nesterov", "betas", "eps")
+
+
+def apply_changes(
+    optimizer: torch.optim.Optimizer, model: nn.Module, cfg: OptimConfig, changed: list[str]
+) -> None:
+    """Set the options a resumed run changed (``optim.KEY`` in ``changed``) in the param groups
+    the checkpoint loaded, which hold the old ones: each group takes the value a fresh build of
+    this config gives it (weight decay only where the group decays)."""
+    names = [k.partition(".")[2] for k in changed if k.startswith("optim.")]
+    names = [n for n in names if n in RESUMABLE]
+    if not names:
+        return
+    fresh = build_optimizer(model, cfg)
+    for group, built in zip(optimizer.param_groups, fresh.param_groups, strict=True):
+        for name in names:
+            if name in group and name in built:
+                group[name] = built[name]

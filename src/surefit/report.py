@@ -482,7 +482,9 @@ def _status(run: RunRecords) -> str:
     if kind == "end":
         return f"finished: {last.get('reason', '')}"
     if kind == "preempted":
-        return f"paused by {last.get('signal', 'a signal')} at step {last.get('step')}: resumable"
+        why = str(last.get("signal", "a signal"))
+        by = why if why.startswith("paused") else f"paused by {why} at step {last.get('step')}"
+        return f"{by}: resumable"
     return "running, or stopped without a final record"
 
 

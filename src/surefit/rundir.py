@@ -27,6 +27,8 @@ RESUME_FIXED = (
     "train.accumulate",
     "train.seed",
 )
+# what the saved optimizer and schedule states are built around: they cannot carry over
+RESUME_REFUSED = ("schedule.name", "optim.decay_all", "optim.lr_groups")
 RESUME_FREE = ("train.run_dir", "checkpoint.resume", "checkpoint.override")  # how it resumes
 
 
@@ -100,6 +102,12 @@ def check_resume_fits(
             f"optim.lr is {lr:g}, the run was started with {saved_lr:g} (to change it on "
             "purpose, resume with --override, or fit(override=True))"
         )
+    problems += [
+        f"{k} is {changes[k][1]!r}, the run was started with {changes[k][0]!r} (the saved "
+        "optimizer and schedule states are built around it)"
+        for k in RESUME_REFUSED
+        if k in changes
+    ]
     if fixed and not override:
         problems += [
             f"{k} is {changes[k][1]!r}, the run was started with {changes[k][0]!r} (it decides "
@@ -131,8 +139,16 @@ def run_lock(run_dir: Path | None) -> Iterator[None]:
     if run_dir is None or fcntl is None or not distributed.is_rank_zero():
         yield
         return
-    run_dir.mkdir(parents=True, exist_ok=True)
-    with open(run_dir / ".lock", "a+") as f:
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        handle = open(run_dir / ".lock", "a+")  # noqa: SIM115 - closed by the with below
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot create the run directory {run_dir}: {exc.strerror or exc}",
+            where="run_dir",
+            fix="choose a run_dir this process can write (a folder, not a file)",
+        ) from None
+    with handle as f:
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
@@ -181,6 +197,12 @@ def open_run_dir(cfg: RunConfig) -> tuple[Path | None, CheckpointStore | None, b
             )
         return None, None, False
     run_dir = Path(cfg.train.run_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ConfigError(
+            f"run_dir {run_dir} is a file, not a folder",
+            where="run_dir",
+            fix="choose a folder (new, or a run's to resume it)",
+        )
     store = CheckpointStore(run_dir / "checkpoints", cfg.checkpoint.keep_last)
     has = store.has_checkpoint()
     mode = cfg.checkpoint.resume
@@ -188,7 +210,8 @@ def open_run_dir(cfg: RunConfig) -> tuple[Path | None, CheckpointStore | None, b
         raise ConfigError(
             f"no checkpoint to resume from in {run_dir}",
             where="resume",
-            fix="check the run directory, or use resume='auto'",
+            fix="check the run directory; to start a run there: `surefit fit RECIPE --run-dir "
+            "DIR`, or fit(..., resume='auto')",
         )
     if mode == "never" and (has or (run_dir / "metrics.jsonl").exists()):
         raise ConfigError(

@@ -70,3 +70,24 @@ def test_sample_refuses_what_it_cannot_do(capsys, run_dir, tmp_path):
     assert "not a surefit run directory" in capsys.readouterr().err
     with pytest.raises(DataError, match="vocabulary"):
         recipes.sample(run_dir, "ROMEO: \u00e9", tokens=1)
+
+
+def test_a_model_module_in_the_working_folder_is_found(run_dir, tmp_path):
+    """As `surefit fit` finds a factory in the working folder, `surefit sample` finds it too."""
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    run = tmp_path / "run"
+    shutil.copytree(run_dir, run)
+    config = run / "config.toml"
+    config.write_text(config.read_text().replace("surefit.recipes.chargpt:gpt", "mylm:gpt"))
+    (tmp_path / "mylm.py").write_text("from surefit.recipes.chargpt import gpt, generate\n")
+    script = Path(sys.executable).with_name("surefit")  # not `python -m`, which adds the cwd
+    r = subprocess.run(
+        [str(script), "sample", "run", "--tokens", "5"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert len(r.stdout) > 1

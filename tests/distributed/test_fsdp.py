@@ -48,6 +48,13 @@ def test_resume_on_two_processes_is_exact(fsdp_out: Path) -> None:
         assert torch.equal(resumed[k], straight[k]), k
 
 
+def test_a_pause_between_checkpoints_resumes_exactly(fsdp_out: Path) -> None:
+    paused = torch.load(fsdp_out / "weights-6-paused.pt")
+    straight = torch.load(fsdp_out / "weights-6-straight.pt")
+    for k in straight:
+        assert torch.equal(paused[k], straight[k]), k
+
+
 def test_activation_checkpointing_under_fsdp_changes_nothing(fsdp_out: Path) -> None:
     checkpointed = torch.load(fsdp_out / "weights-6-checkpointed.pt")
     straight = torch.load(fsdp_out / "weights-6-straight.pt")

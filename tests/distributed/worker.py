@@ -148,13 +148,15 @@ class SaveFull:
 
 
 def fsdp_fit(
-    run_dir: Path, steps: int, save_to: Path | None = None, **options: object
+    run_dir: Path, steps: int, save_to: Path | None = None, pause_at: int = 0, **options: object
 ) -> nn.Module:
     """The FSDP scenario's fit: SGD, because Adam turns the reduction-order noise of gradients
     that are zero in exact arithmetic (attention key biases) into whole learning-rate steps."""
     import surefit as sf
+    from surefit.callbacks import PauseAt
 
     model = TinyTransformer()
+    callbacks = [SaveFull(save_to)] if save_to else []
     sf.fit(
         model,
         train=tokens(48),
@@ -164,7 +166,7 @@ def fsdp_fit(
         run_dir=run_dir,
         strategy="fsdp",
         clip_norm=0.05,  # below the gradient norm: every step clips, with the global norm
-        callbacks=[SaveFull(save_to)] if save_to else [],
+        callbacks=callbacks + ([PauseAt(pause_at)] if pause_at else []),
         **{**COMMON, "optimizer": "sgd", "lr": 0.1, **options},
     )
     return model
@@ -181,6 +183,8 @@ def fsdp(out: Path) -> None:
         shutil.copytree(out / "run", out / "run-at-4")
     fsdp_fit(out / "run", 6, out / "weights-6-resumed.pt")
     fsdp_fit(out / "straight", 6, out / "weights-6-straight.pt")
+    fsdp_fit(out / "paused", 6, pause_at=5)  # between checkpoints (every 2, epochs of 3)
+    fsdp_fit(out / "paused", 6, out / "weights-6-paused.pt")
     checkpointed = out / "weights-6-checkpointed.pt"
     fsdp_fit(out / "checkpointed", 6, checkpointed, activation_checkpointing=["Block"])
 

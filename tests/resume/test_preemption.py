@@ -373,10 +373,16 @@ def test_a_deleted_manifest_is_rebuilt_from_the_checkpoint_files(tmp_path):
                   schedule="constant")  # fmt: skip
     sf.fit(mlp(), (x, y), epochs=1, **common)
     manifest = tmp_path / "r" / "checkpoints" / "MANIFEST.json"
+    good = json.loads(manifest.read_text())
     manifest.write_text('{"checkpoints": [{"file": "last-000000004.pt"}]}')
     with pytest.raises(sf.CheckpointError, match="manifest is unreadable") as info:
         sf.fit(mlp(), (x, y), epochs=2, **common)
     assert "delete it to rebuild" in info.value.fix
+    for key, wrong in (("step", "4"), ("file", 7), ("file", "../elsewhere.pt")):
+        entry = {**good["checkpoints"][0], key: wrong}
+        manifest.write_text(json.dumps({**good, "checkpoints": [entry]}))
+        with pytest.raises(sf.CheckpointError, match="wrong kind"):
+            sf.fit(mlp(), (x, y), epochs=2, **common)
     manifest.unlink()
     straight = mlp()
     sf.fit(straight, (x, y), epochs=2, **{**common, "run_dir": tmp_path / "s"})
@@ -726,3 +732,45 @@ def test_a_run_that_started_fresh_does_not_overwrite_a_checkpoint_written_meanwh
         sf.fit(mlp(), (x, y), **common)
     assert "resume" in info.value.fix
     assert written == [p.read_bytes() for p in sorted((tmp_path / "r").rglob("*.*"))]
+
+
+def test_optimizer_options_changed_on_resume_apply_and_a_new_schedule_is_refused(tmp_path):
+    x, y = make_classification(64)
+    common = dict(batch_size=16, progress="off", run_dir=tmp_path / "r", lr=0.01)
+    sf.fit(mlp(), (x, y), epochs=1, **common)
+    config = (tmp_path / "r" / "config.toml").read_text()
+    with pytest.raises(sf.CheckpointError, match="schedule.name"):
+        sf.fit(mlp(), (x, y), epochs=2, schedule="onecycle", **common)
+    assert (tmp_path / "r" / "config.toml").read_text() == config
+    groups = []
+
+    class Look(sf.Callback):
+        def on_fit_start(self, run):
+            groups.extend(dict(g) for g in run._trainer.optimizer.param_groups)
+
+    sf.fit(mlp(), (x, y), epochs=2, weight_decay=0.5, betas=[0.8, 0.99], callbacks=[Look()],
+           **common)  # fmt: skip
+    assert sorted(g["weight_decay"] for g in groups) == [0.0, 0.5]  # biases still not decayed
+    assert all(tuple(g["betas"]) == (0.8, 0.99) for g in groups)
+
+
+def test_a_pause_right_after_a_skipped_step_resumes_exactly(tmp_path):
+    """The pause's checkpoint reads the steps since the last sync point: what it decides (the
+    schedule's rewind for the skipped step, a rollback) waits for the next scheduled sync point,
+    where the run without the pause decides it; and it holds the rollback copy that run holds."""
+    x, y = make_classification(256)
+    x[::37, 0] = float("nan")  # a few bad samples: their batches' steps are skipped
+    common = dict(epochs=2, batch_size=16, progress="off", log_every=7, lr=0.01, checks=False)
+    straight = sf.fit(mlp(), (x, y), run_dir=tmp_path / "a", **common)
+    lines = [json.loads(s) for s in (tmp_path / "a" / "steps.jsonl").read_text().splitlines()]
+    ats = [r["step"] for r in lines if r.get("skipped") and r["step"] % 7 not in (0, 6)]
+    assert straight.health_stop and straight.steps == 28  # after a rollback (steps 6-8 bad)
+    for at in (ats[0], ats[-1]):  # the first: its rollback copy (step 0) is on no disk
+        run = tmp_path / f"b{at}"
+        paused = sf.fit(mlp(), (x, y), run_dir=run, callbacks=[_PauseAt(at)], **common)
+        assert paused.preempted and paused.steps == at
+        resumed = sf.fit(mlp(), (x, y), run_dir=run, **common)
+        pairs = zip(straight.model.parameters(), resumed.model.parameters(), strict=True)
+        assert all(torch.equal(p, q) for p, q in pairs), at
+        got = [json.loads(s) for s in (run / "steps.jsonl").read_text().splitlines()]
+        assert [r["lr"] for r in got] == [r["lr"] for r in lines], at

@@ -364,6 +364,8 @@ def test_valid_input_passes_the_same_checks(tmp_path):
         (dict(task="multilabel", pos_weight=[1.0, 2.0]), sf.ConfigError, "2 pos_weight", "3"),
         (dict(data=(torch.randn(N, 5), "ids")), sf.DataError, "(16, 5) float32", "input layer"),
         (dict(data=(torch.randn(N, 8).double(), "ids")), sf.DataError, "float64", "x.float()"),
+        (dict(device="meta"), sf.ConfigError, "'meta' is not available", "'cpu'"),
+        (dict(device="bogus"), sf.ConfigError, "unknown device", "'cpu'"),
     ],
 )  # fmt: skip
 def test_arguments_of_the_wrong_kind(tmp_path, options, error, named, fix):
@@ -416,3 +418,11 @@ def test_an_optimizer_object_brings_its_own_rates_and_the_models_parameters(tmp_
     err = fails_early(sf.ConfigError, model, (inputs(), class_ids()), tmp_path, optimizer=own,
                       lr=1e-4)  # fmt: skip
     assert "lr=0.0001" in err.what and err.where == "lr"
+
+
+def test_a_run_dir_that_is_a_file_or_cannot_be_made(tmp_path):
+    (tmp_path / "afile").write_text("mine")
+    for where, says in ((tmp_path / "afile", "is a file"), (tmp_path / "afile" / "sub", "cannot")):
+        with pytest.raises(sf.ConfigError, match=says):
+            sf.fit(mlp(), (inputs(), class_ids()), run_dir=where, epochs=1, progress="off")
+    assert (tmp_path / "afile").read_text() == "mine"

@@ -207,6 +207,7 @@ def sample(
 
     run_dir = Path(run_dir)
     cfg = cfgmod.load(config_of(run_dir))
+    factory = resolve(cfg.model.name, "model.name")  # the working folder's packages too
     module_name = cfg.model.name.partition(":")[0]
     generate = getattr(importlib.import_module(module_name), "generate", None)
     if generate is None:
@@ -217,6 +218,6 @@ def sample(
         )
     if tokens < 0:
         raise ConfigError(f"--tokens {tokens} is negative", where="--tokens", fix="e.g. 500")
-    model = resolve(cfg.model.name, "model.name")(**cfg.model.args)
+    model = factory(**cfg.model.args)
     model.load_state_dict(_checkpoint_state(run_dir)["model"])
     return generate(model, prompt, tokens=tokens, temperature=temperature, top_k=top_k, seed=seed)
