@@ -402,11 +402,12 @@ PROFILE_NOTES = """## Where the time goes
   measures at the first log sync point 0.1 s into the run.
 - The fresh-process throughput tables on this machine vary by up to 2x between repeats of one
   loop (see the runs columns), by up to 30 % between epochs of one run, and by up to 20 % between
-  runs of the whole table: this table gave surefit 0.86 x (a+) on `tiny` by fresh-process medians,
-  and a run of the same code 35 minutes earlier 1.07 (with 0.97 on `small` both times). Paired in
-  one process, `tiny` gave 0.92 here and 0.90 in that run. The paired table's rounds now have the
-  throughput table's length (earlier: 5-epoch rounds, where a run's fixed costs, its set-up and
-  two saves, weigh four times as much).
+  runs of the whole table. By fresh-process medians surefit made 1.04 x (a+) on `tiny` in this
+  table (1.25 on `small`); two runs of the whole table the session before gave 0.86 and 1.07 on
+  `tiny` (0.97 on `small` both times). Paired in one process, `tiny` gave 0.96 here (0.92 and 0.90
+  in those runs): about 85 us a step over (a+), 3-4 % of a 2.2 ms step, of which the non-finite
+  guard (a device-side flag the fused AdamW reads, and the step-count correction it then makes)
+  is about a third. The paired table's rounds have the throughput table's length.
 - No CUDA machine was available: the GPU table (bf16, char-gpt tokens/s and MFU) is not measured.
 """
 

@@ -171,6 +171,12 @@ def fit_objects(
     elif not isinstance(callbacks, (list, tuple)):
         callbacks = [callbacks]
     for i, cb in enumerate(callbacks):
+        if isinstance(cb, type):
+            raise ConfigError(
+                f"callbacks[{i}] is the class {cb.__name__}, not a callback object",
+                where="callbacks",
+                fix=f"pass an instance: callbacks=[{cb.__name__}(...)]",
+            )
         if not any(n.startswith("on_") for n in dir(cb)):
             raise ConfigError(
                 f"callbacks[{i}] is {_kind(cb)}, with no event methods",

@@ -358,6 +358,7 @@ def test_valid_input_passes_the_same_checks(tmp_path):
         (dict(val="0.1"), sf.ConfigError, "val is a str", "val=0.1"),
         (dict(config=5), sf.ConfigError, "config", "recipe.toml"),
         (dict(callbacks=[5]), sf.ConfigError, "callbacks[0] is int", "on_step_end"),
+        (dict(callbacks=[sf.Callback]), sf.ConfigError, "the class Callback", "Callback(...)"),
         (dict(seed=2**64), sf.ConfigError, "train.seed", "2**63"),
         (dict(schedule="cosine_restarts", restart_steps=-1), sf.ConfigError, "restart", ">= 1"),
         (dict(milestones=["a"]), sf.ConfigError, "milestones", "[30, 60]"),
