@@ -172,8 +172,8 @@ def _batch_checks(
     net.eval()
     with torch.enable_grad(), precision.autocast():  # the graph tells which op made the outputs
         outputs, target = task.preview(net, batch)
-    if outputs is None:
-        return []
+    if outputs is None:  # a task without a preview checks its batch itself
+        return _batch_shape(task, batch, name) if "targets" not in skip else []
     last_op = _last_op(outputs)
     outputs = outputs.detach() if isinstance(outputs, torch.Tensor) else outputs
     with no_grad(net):
@@ -187,6 +187,14 @@ def _batch_checks(
         if "initial_loss" not in skip and name == "train" and task.custom_loss is None:
             found.append(_initial_loss(task, outputs, target))
     return [f for f in found if f is not None]
+
+
+def _batch_shape(task: Any, batch: Any, name: str) -> list[Finding]:
+    try:
+        task.check_batch(batch, f"{name} batch 0")
+    except SurefitError as exc:
+        return [Finding("targets", "error", exc.what, exc.fix, exc.where)]
+    return [Finding("targets", "ok", f"{name} batches fit task '{task.name}'")]
 
 
 def _evaluation(

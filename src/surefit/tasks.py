@@ -78,6 +78,9 @@ class Task:
         inputs, target = self.split(batch)
         return self.forward(net, inputs), target
 
+    def check_batch(self, batch: Any, where: str) -> None:
+        """The first batch's check for a task whose preview gives no outputs to check."""
+
     def loss(self, outputs: Any, target: Any) -> torch.Tensor:
         if self.custom_loss is not None:
             return self.custom_loss(outputs, target)
@@ -454,51 +457,6 @@ class Segmentation(Task):
         return {"dice": Overlap(classes, "dice", True), "iou": Overlap(classes, "iou", True)}
 
 
-class Ranking(Task):
-    """Batches (x1, x2, y) with y = +1 when x1 should rank higher: MarginRankingLoss on scores."""
-
-    name = "ranking"
-
-    def preview(self, net: nn.Module, batch: Any) -> tuple[Any, Any]:
-        return None, None
-
-    def compute(self, net: nn.Module, batch: Any) -> tuple[torch.Tensor, Any, Any]:
-        x1, x2, y = batch
-        s1, s2 = net(x1).reshape(-1), net(x2).reshape(-1)
-        diff = s1 - s2
-        return self.loss(diff, y), diff, y
-
-    def default_loss(self, diff: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        # MarginRankingLoss(s1, s2, y) == mean(relu(-y * (s1 - s2) + margin))
-        return F.margin_ranking_loss(
-            diff, torch.zeros_like(diff), _float_target(y, diff), margin=self.cfg.margin
-        )
-
-    def build_metrics(self, outputs: Any, names: list[str] | None) -> dict[str, Any]:
-        return {"ranking_accuracy": Fraction(lambda d, y: ((d * y) > 0, torch.ones_like(d)))}
-
-
-class Triplet(Task):
-    """Batches (anchor, positive, negative) of inputs: TripletMarginLoss on the embeddings."""
-
-    name = "triplet"
-
-    def preview(self, net: nn.Module, batch: Any) -> tuple[Any, Any]:
-        return None, None
-
-    def compute(self, net: nn.Module, batch: Any) -> tuple[torch.Tensor, Any, Any]:
-        a, p, n = (net(x) for x in batch)
-        if self.custom_loss is not None:
-            loss = self.custom_loss((a, p, n), None)
-        else:
-            loss = F.triplet_margin_loss(a, p, n, margin=self.cfg.margin)
-        d_ap, d_an = F.pairwise_distance(a, p), F.pairwise_distance(a, n)
-        return loss, d_an - d_ap, None
-
-    def build_metrics(self, outputs: Any, names: list[str] | None) -> dict[str, Any]:
-        return {"triplet_accuracy": Fraction(lambda gap, _: (gap > 0, torch.ones_like(gap)))}
-
-
 class Distillation(Multiclass):
     """KL to a frozen teacher's softened outputs (scaled by T^2), mixed with the label loss."""
 
@@ -553,8 +511,6 @@ TASK_CLASSES: dict[str, type[Task]] = {
         Regression,
         LanguageModel,
         Segmentation,
-        Ranking,
-        Triplet,
         Distillation,
     )
 }
@@ -610,7 +566,9 @@ def build_task(
     cfg: TaskConfig, loss: LossFn | None = None, teacher: nn.Module | None = None
 ) -> Task:
     check_loss_name(cfg.name, cfg.loss)
-    cls = TASK_CLASSES[cfg.name]
+    from .pairwise import Ranking, Triplet  # they build on Task: imported once it is defined
+
+    cls = {**TASK_CLASSES, "ranking": Ranking, "triplet": Triplet}[cfg.name]
     if cls is Distillation:
         return Distillation(cfg, loss, teacher=teacher)
     return cls(cfg, loss)

@@ -427,3 +427,12 @@ def test_a_run_dir_that_is_a_file_or_cannot_be_made(tmp_path):
         with pytest.raises(sf.ConfigError, match=says):
             sf.fit(mlp(), (inputs(), class_ids()), run_dir=where, epochs=1, progress="off")
     assert (tmp_path / "afile").read_text() == "mine"
+
+
+def test_ranking_targets_of_0_and_1(tmp_path):
+    a, b = inputs(), make_classification(N, seed=1)[0]
+    y01 = (a[:, 0] > b[:, 0]).float()
+    err = fails_early(sf.DataError, mlp(out=1), (a, b, y01), tmp_path, task="ranking")
+    assert "+1 and -1" in err.what and "2 * y - 1" in err.fix
+    r = sf.fit(mlp(out=1), (a, b, 2 * y01 - 1), task="ranking", epochs=1, progress="off")
+    assert r.steps == 2

@@ -37,6 +37,7 @@ LAYERS: list[set[str]] = [
         "evaluation",
         "seeding",
         "keywords",
+        "pairwise",
     },
     {"state"},
     {"report", "compare"},  # read run directories only
