@@ -405,9 +405,10 @@ PROFILE_NOTES = """## Where the time goes
   runs of the whole table. By fresh-process medians surefit made 1.04 x (a+) on `tiny` in this
   table (1.25 on `small`); two runs of the whole table the session before gave 0.86 and 1.07 on
   `tiny` (0.97 on `small` both times). Paired in one process, `tiny` gave 0.96 here (0.92 and 0.90
-  in those runs): about 85 us a step over (a+), 3-4 % of a 2.2 ms step, of which the non-finite
-  guard (a device-side flag the fused AdamW reads, and the step-count correction it then makes)
-  is about a third. The paired table's rounds have the throughput table's length.
+  in those runs): about 85 us a step over (a+), 3-4 % of a 2.2 ms step. The non-finite guard (a
+  device-side flag the fused AdamW reads, and the step-count correction it then makes) measured
+  about 38 us a step on a near-empty model. The paired table's rounds have the throughput
+  table's length.
 - No CUDA machine was available: the GPU table (bf16, char-gpt tokens/s and MFU) is not measured.
 """
 

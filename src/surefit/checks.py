@@ -173,7 +173,7 @@ def _batch_checks(
     with torch.enable_grad(), precision.autocast():  # the graph tells which op made the outputs
         outputs, target = task.preview(net, batch)
     if outputs is None:  # a task without a preview checks its batch itself
-        return _batch_shape(task, batch, name) if "targets" not in skip else []
+        return _task_batch_check(task, batch, name) if "targets" not in skip else []
     last_op = _last_op(outputs)
     outputs = outputs.detach() if isinstance(outputs, torch.Tensor) else outputs
     with no_grad(net):
@@ -189,7 +189,7 @@ def _batch_checks(
     return [f for f in found if f is not None]
 
 
-def _batch_shape(task: Any, batch: Any, name: str) -> list[Finding]:
+def _task_batch_check(task: Any, batch: Any, name: str) -> list[Finding]:
     try:
         task.check_batch(batch, f"{name} batch 0")
     except SurefitError as exc:

@@ -79,10 +79,9 @@ def resolve_device(name: str) -> torch.device:
             where="train.device",
             fix="use device='auto' or 'cpu'",
         )
-    backend = getattr(torch, device.type, None) if device.type not in ("cpu", "cuda") else None
-    if device.type == "mps":
-        backend = getattr(torch.backends, "mps", None)
-    if device.type not in ("cpu", "cuda") and not (backend and backend.is_available()):
+    other = device.type not in ("cpu", "cuda")
+    backend = torch.backends.mps if device.type == "mps" else getattr(torch, device.type, None)
+    if other and not (hasattr(backend, "is_available") and backend.is_available()):
         raise ConfigError(
             f"device '{name}' is not available on this machine",
             where="train.device",

@@ -126,7 +126,6 @@ def fit_objects(
     step: Any,
     teacher: Any,
     config: Any,
-    default: Any,
 ) -> tuple[Any, list[Any]]:
     """Raise on an argument of the wrong kind; returns (metrics, callbacks), each as a list
     where one item was given alone."""
@@ -148,10 +147,10 @@ def fit_objects(
             where="loss",
             fix="pass loss='ce' (see docs/api.md) or a function (outputs, target) -> scalar",
         )
-    _optimizer(optimizer, default)
+    _optimizer(optimizer)
     if isinstance(optimizer, torch.optim.Optimizer):
-        _given_optimizer(optimizer, model, lr, weight_decay, default)
-    _schedule(schedule, default)
+        _given_optimizer(optimizer, model, lr, weight_decay)
+    _schedule(schedule)
     if step is not None and not callable(step):
         raise ConfigError(
             f"step must be a function (model, batch) -> loss, got {_kind(step)}",
@@ -187,8 +186,8 @@ def fit_objects(
     return metrics, list(callbacks)
 
 
-def _optimizer(optimizer: Any, default: Any) -> None:
-    if optimizer is default or isinstance(optimizer, (str, torch.optim.Optimizer)):
+def _optimizer(optimizer: Any) -> None:
+    if optimizer is DEFAULT or isinstance(optimizer, (str, torch.optim.Optimizer)):
         return
     fix = "pass a name (optimizer='sgd') or an instance: torch.optim.SGD(model.parameters(), ...)"
     if isinstance(optimizer, type):
@@ -198,10 +197,10 @@ def _optimizer(optimizer: Any, default: Any) -> None:
     raise ConfigError(what, where="optimizer", fix=fix)
 
 
-def _given_optimizer(optimizer: Any, model: Any, lr: Any, weight_decay: Any, default: Any) -> None:
+def _given_optimizer(optimizer: Any, model: Any, lr: Any, weight_decay: Any) -> None:
     """An optimizer object brings its own rates, and must hold some of the model's parameters."""
     for name, value in (("lr", lr), ("weight_decay", weight_decay)):
-        if value is not default:
+        if value is not DEFAULT:
             raise ConfigError(
                 f"{name}={value} given with an optimizer object, which has its own",
                 where=name,
@@ -218,10 +217,10 @@ def _given_optimizer(optimizer: Any, model: Any, lr: Any, weight_decay: Any, def
             )
 
 
-def _schedule(schedule: Any, default: Any) -> None:
+def _schedule(schedule: Any) -> None:
     from .schedule import Schedule
 
-    if schedule is default or isinstance(schedule, (str, Schedule)):
+    if schedule is DEFAULT or isinstance(schedule, (str, Schedule)):
         return
     what = f"schedule must be a schedule name, got {_kind(schedule)}"
     if isinstance(schedule, torch.optim.lr_scheduler.LRScheduler) or hasattr(schedule, "step"):

@@ -107,7 +107,7 @@ class Console:
         if progress == "auto":
             progress = "bar" if getattr(self.stream, "isatty", lambda: False)() else "epoch"
         self.mode, self.bar = progress, None
-        self.epochs: int | str = epochs if epochs < (1 << 30) else "?"  # max_steps alone: unknown
+        self.epochs = _shown(epochs)
 
     def epoch_start(self, epoch: int, steps: int | None, done: int = 0) -> None:
         if self.mode != "bar":
@@ -151,13 +151,16 @@ class Console:
             print(f"note: {text}", file=sys.stderr, flush=True)
 
 
+def _shown(epochs: int) -> int | str:
+    """The epoch count a person reads: "?" when only max_steps bounds the run (config.epochs)."""
+    return epochs if epochs < (1 << 30) else "?"
+
+
 def epoch_line(epoch: int, epochs: int, values: dict[str, Any]) -> str:
-    """One line of an epoch's values; the epoch count as "?" when only max_steps bounds the run."""
     keys = [k for k in ("train_loss", "val_loss") if k in values]
     keys += [k for k in values if k.startswith("val_") and k not in keys]
     keys += [k for k in ("lr", "grad_norm") if k in values]
-    shown = epochs if epochs < (1 << 30) else "?"
-    parts = [f"epoch {epoch}/{shown}"] + [f"{k} {_fmt(values[k])}" for k in keys]
+    parts = [f"epoch {epoch}/{_shown(epochs)}"] + [f"{k} {_fmt(values[k])}" for k in keys]
     if "samples_per_s" in values:
         parts.append(f"{values['samples_per_s']:,.0f} samples/s")
     return "  ".join(parts)

@@ -97,6 +97,8 @@ class Trainer:
         )
         self._pace_noted = False  # the first epoch-end save the pace put off is an event
         self._keep_copy, self._loaded_copy = False, None  # the rollback copy in a pause's save
+        limit = cfg.train.max_time_s
+        self._time_up = f"reached max_time_s={limit:g}" if limit else ""  # the stop's reason
         self.preempted: str | None = None  # the signal that stopped the run, if one did
         self.health_stop = ""  # why the health guards stopped the run, if they did
         self._best_due = False  # best.pt is written with the next save at this step
@@ -283,11 +285,7 @@ class Trainer:
         if t.max_steps and self.counters.optimizer_step >= t.max_steps:
             self.request_stop(f"reached max_steps={t.max_steps}")
         if t.max_time_s and self._elapsed() >= t.max_time_s:
-            self.request_stop(self._time_up())
-
-    def _time_up(self) -> str:
-        limit = self.cfg.train.max_time_s
-        return f"reached max_time_s={limit:g}" if limit else ""
+            self.request_stop(self._time_up)
 
     # -- logging -----------------------------------------------------------------------------------
     def _console(self) -> Any:
@@ -353,9 +351,10 @@ class Trainer:
             self.health.take_snapshot(self._rollback_parts(), step, force=snapshot)
 
     def _first_snapshot(self) -> None:
-        """The rollback copy a run starts with. A run resumed from a checkpoint written off the
-        schedule (a signal, a pause) takes the copy the uninterrupted run holds: the checkpoint
-        it was taken at, read back while still on disk; otherwise the state it starts from."""
+        """The rollback copy a run starts with: the one the uninterrupted run holds. A checkpoint
+        written off the schedule (a signal, a pause) carries it; one from before that, which
+        recorded only the step of its copy, has that step's checkpoint read back while still on
+        disk (not under FSDP); otherwise the copy is the state the run starts from."""
         if self._loaded_copy is not None:  # a pause's checkpoint held it
             self.health.snapshot = self._loaded_copy
             return
@@ -576,7 +575,7 @@ class Trainer:
             self._after_step(self._optimizer_step(window))
             if self._multi:  # one small all-reduce per step, only with several processes
                 self.stop_reason, self.preempted = stop_together(
-                    self.stop_reason, self.preempted, self.device, self._time_up()
+                    self.stop_reason, self.preempted, self.device, self._time_up
                 )
             if self.stop_reason is not None:
                 break
