@@ -132,6 +132,16 @@ class PauseAt(Callback):
     def __init__(self, step: int) -> None:
         self.step = step
 
+    def on_fit_start(self, run: RunView) -> None:
+        if run.optimizer_step >= self.step:  # a resumed run already past it would never pause
+            raise ConfigError(
+                f"pause step {self.step} is not ahead of the run, which is at optimizer step "
+                f"{run.optimizer_step}",
+                where="--pause-at",
+                fix=f"pause at a later step (> {run.optimizer_step}), or continue it with "
+                "`surefit resume RUN_DIR`",
+            )
+
     def on_step_end(self, run: RunView) -> None:
         if run.optimizer_step == self.step:
             run.pause(f"paused at step {self.step}")

@@ -282,8 +282,10 @@ class Trainer:
 
     def _check_limits(self) -> None:
         t = self.cfg.train
-        if t.max_steps and self.counters.optimizer_step >= t.max_steps:
-            self.request_stop(f"reached max_steps={t.max_steps}")
+        step = self.counters.optimizer_step
+        if t.max_steps and step >= t.max_steps:  # past it: a resume asked for fewer steps
+            past = f" (already at step {step})" if step > t.max_steps else ""
+            self.request_stop(f"reached max_steps={t.max_steps}{past}")
         if t.max_time_s and self._elapsed() >= t.max_time_s:
             self.request_stop(self._time_up)
 
@@ -519,7 +521,9 @@ class Trainer:
                 while self.counters.epoch < self.cfg.epochs and self.stop_reason is None:
                     self._train_epoch()
             if self.stop_reason is None:
-                self.stop_reason = f"completed {self.counters.epoch} epochs"
+                done = self.counters.epoch
+                past = f", more than epochs={self.cfg.epochs}" if done > self.cfg.epochs else ""
+                self.stop_reason = f"completed {done} epochs{past}"
             # a preempted run stops as if paused: no extra evaluation or log line, so that its
             # resumed continuation equals the uninterrupted run
             step, changed = self.counters.optimizer_step, False

@@ -531,10 +531,13 @@ TASK_LOSSES = {  # the loss names (task.loss) each task can use
 def infer_task(target: Any, loss: str = "") -> str:
     """The task of targets ``(N, ...)`` and the loss named (``task.loss``): regression for a
     regression loss or real values, binary (one label) or multilabel for ``bce`` or bool
-    targets, multiclass for integer class ids."""
+    targets, multiclass for ``ce`` or integer class ids (``ce`` with float targets is
+    multiclass over class probabilities)."""
     if isinstance(target, torch.Tensor):
         if loss in REGRESSION_LOSSES:
             return "regression"
+        if loss == "ce":
+            return "multiclass"
         if loss == "bce" or target.dtype == torch.bool:
             return "multilabel" if target.dim() == 2 and target.shape[1] > 1 else "binary"
         return "regression" if target.is_floating_point() else "multiclass"

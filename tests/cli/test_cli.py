@@ -312,6 +312,16 @@ def test_fit_a_recipe_of_the_users_own_model_and_data_then_resume(tmp_path):
         tmp_path, "fit", "recipe.toml", "--run-dir", "p", "--pause-at", "2", "--progress", "off"
     )
     assert r.returncode == 75 and "continue with: surefit resume p" in r.stderr
+    # the same command again: the run is at the pause step, which would never come again
+    files = lambda: {  # noqa: E731
+        f: f.read_bytes() for f in (tmp_path / "p").rglob("*") if f.suffix in (".pt", ".json")
+    }
+    kept = files()
+    r = cli(
+        tmp_path, "fit", "recipe.toml", "--run-dir", "p", "--pause-at", "2", "--progress", "off"
+    )
+    assert r.returncode == 2 and "not ahead of the run" in r.stderr, r.stderr
+    assert files() == kept and kept
 
 
 # -- the command stays light -----------------------------------------------------------------------

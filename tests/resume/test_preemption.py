@@ -418,6 +418,15 @@ def test_resuming_a_finished_run_trains_and_writes_nothing(tmp_path, limit):
     again = sf.fit(mlp(), (x, y), **common)
     assert again.steps == first.steps and again.history == first.history
     assert files() == before and logs() == before_logs
+    fewer = {**common, limit: 1}  # asking for less than was trained: nothing more, and said so
+    model = mlp()
+    short = sf.fit(model, (x, y), **fewer)
+    assert short.steps == first.steps and files() == before and logs() == before_logs
+    assert ("already at step" if limit == "max_steps" else "more than epochs=1") in (
+        short.stop_reason
+    )
+    saved = torch.load(first.checkpoint, weights_only=False)["model"]
+    assert all(torch.equal(v, saved[k]) for k, v in model.state_dict().items())
 
 
 class _Augmented(torch.utils.data.Dataset):

@@ -152,7 +152,7 @@ def test_class_ids_of_any_integer_dtype_train_as_int64_would(dtype):
     ("target", "loss", "task"),
     [("bool", "", "binary"), ("bool2", "", "multilabel"), ("float", "bce", "binary"),
      ("float2", "bce", "multilabel"), ("long", "l1", "regression"), ("long", "", "multiclass"),
-     ("float", "", "regression")],
+     ("float", "", "regression"), ("float2", "ce", "multiclass")],
 )  # fmt: skip
 def test_the_task_inferred_from_the_targets_and_the_loss_named(target, loss, task):
     x, y = make_classification(64, classes=2)
