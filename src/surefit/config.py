@@ -383,15 +383,35 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
             value = _parse_value(raw.strip())
             data[key] = value if isinstance(value, str) else raw.strip()
             continue
-        if section not in SECTIONS or not name or "." in name:
+        name, deeper, inner = name.partition(".")  # model.args.hidden: one key of a table field
+        cls = SECTIONS.get(section)
+        tables = {f.name for f in dataclasses.fields(cls) if str(f.type) == "dict"} if cls else ()
+        if cls is None or not name or (deeper and (name not in tables or "" in inner.split("."))):
             raise ConfigError(
                 f"unknown key '{key}'", where="--set", fix=_did_you_mean(key, all_keys())
             )
         data.setdefault(section, {})
         if isinstance(data[section], str):
             data[section] = {"name": data[section]}
-        data[section][name] = _parse_value(raw.strip())
+        value = _parse_value(raw.strip())
+        if inner:
+            _set_in_table(data[section], name, inner, value)
+        else:
+            data[section][name] = value
     return data
+
+
+def _set_in_table(values: dict[str, Any], name: str, inner: str, value: Any) -> None:
+    """``--set model.args.hidden=64`` sets one key of the table ``model.args``, keeping the
+    others. A factory's ``args`` nest on dots (``model.args.block.width``); ``optim.lr_groups``
+    takes the rest whole, as its keys are parameter-name prefixes (``encoder.layer1``)."""
+    table = values[name] = dict(values.get(name) or {})
+    keys = [inner] if name == "lr_groups" else inner.split(".")
+    for k in keys[:-1]:
+        inside = table.get(k)
+        table[k] = dict(inside) if isinstance(inside, dict) else {}
+        table = table[k]
+    table[keys[-1]] = value
 
 
 def _require(ok: bool, key: str, value: Any, allowed: str) -> None:

@@ -143,6 +143,19 @@ def test_set_extends_a_shorthand_section():
     assert cfg.model == cfgmod.ModelConfig(name="pkg.mod:build", args={"width": 4})
 
 
+def test_set_one_key_of_a_table_keeps_the_others():
+    base = {"model": {"name": "m:f", "args": {"hidden": 256, "dropout": 0.5}},
+            "optim": {"lr_groups": {"head": 1e-3}}}  # fmt: skip
+    cfg = with_sets("model.args.hidden=32", "model.args.block.width=4", "data.args.n=5",
+                    "optim.lr_groups.encoder.layer1=1e-4", base=base)  # fmt: skip
+    assert cfg.model.args == {"hidden": 32, "dropout": 0.5, "block": {"width": 4}}
+    assert cfg.data.args == {"n": 5}
+    assert cfg.optim.lr_groups == {"head": 1e-3, "encoder.layer1": 1e-4}  # a prefix, whole
+    assert base["model"]["args"] == {"hidden": 256, "dropout": 0.5}  # the recipe not mutated
+    for bad in ("model.name.x=1", "model.args.=1", "model.args..x=1"):
+        assert "unknown key" in str(config_error(bad, base=base))
+
+
 def test_set_top_level_keys():
     cfg = with_sets("name=myrun", "description=two words")
     assert cfg.name == "myrun" and cfg.description == "two words"
