@@ -235,6 +235,14 @@ def _evaluation(
 
 
 def _targets(task: Any, outputs: Any, target: Any, data: Any, name: str) -> Finding:
+    if task.name != "custom" and not isinstance(outputs, torch.Tensor):
+        kind = f"a {type(outputs).__name__}" + (
+            f" of {len(outputs)}" if isinstance(outputs, (tuple, list, dict)) else ""
+        )
+        what = f"the model returns {kind}; task '{task.name}' reads one tensor of outputs"
+        fix = ("return the tensor alone (or a dict with 'logits'), or pass step=fn that returns "
+               "(loss, outputs)")  # fmt: skip
+        return Finding("targets", "error", what, fix, f"{name} batch 0, model outputs")
     try:
         task.check(outputs, target, f"{name} batch 0")
         tensors = getattr(data, "tensors", None)

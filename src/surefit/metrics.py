@@ -171,14 +171,15 @@ def perplexity(loss: float) -> float:
     return math.exp(min(loss, 50.0))
 
 
-class Flat:
-    """A torchmetrics metric fed flattened values: one number over every output of a sample."""
+class Mapped:
+    """A metric fed ``fn(preds)``: one task's metrics take hard labels, others scores (AUROC),
+    all from the same batch of outputs."""
 
-    def __init__(self, metric: Any) -> None:
-        self.metric = metric
+    def __init__(self, metric: Any, fn: Callable[[torch.Tensor], torch.Tensor]) -> None:
+        self.metric, self.fn = metric, fn
 
     def update(self, preds: torch.Tensor, target: torch.Tensor) -> None:
-        self.metric.update(preds.reshape(-1), target.reshape(-1))
+        self.metric.update(self.fn(preds), target)
 
     def compute(self) -> torch.Tensor:
         return self.metric.compute()
@@ -186,6 +187,16 @@ class Flat:
     def reset(self) -> None:
         self.metric.reset()
 
-    def to(self, device: torch.device) -> Flat:
+    def to(self, device: torch.device) -> Mapped:
         self.metric.to(device)
         return self
+
+
+class Flat(Mapped):
+    """A torchmetrics metric fed flattened values: one number over every output of a sample."""
+
+    def __init__(self, metric: Any) -> None:
+        super().__init__(metric, lambda t: t.reshape(-1))
+
+    def update(self, preds: torch.Tensor, target: torch.Tensor) -> None:
+        self.metric.update(self.fn(preds), self.fn(target))

@@ -7,7 +7,7 @@ optimizer step, and raise a ``DataError`` that names the fix.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
@@ -16,7 +16,7 @@ from torch import nn
 
 from .config import TaskConfig
 from .errors import ConfigError, DataError
-from .metrics import Flat, Fraction, Mean, MetricSet, Overlap, top_k_hits, torchmetric
+from .metrics import Flat, Fraction, Mapped, Mean, MetricSet, Overlap, top_k_hits, torchmetric
 
 LossFn = Callable[[Any, Any], torch.Tensor]
 
@@ -64,9 +64,13 @@ class Task:
         return tuple(batch[:-1]), batch[-1]
 
     def forward(self, net: nn.Module, inputs: tuple) -> Any:
-        if len(inputs) == 1 and isinstance(inputs[0], dict):
-            return net(**inputs[0])
-        return net(*inputs)
+        """The model's outputs; a built-in task takes the ``logits`` of a model that returns a
+        dict of them (Hugging Face's ``ModelOutput`` is one), as its loss and metrics read
+        a tensor."""
+        out = net(**inputs[0]) if len(inputs) == 1 and isinstance(inputs[0], dict) else net(*inputs)
+        if self.name != "custom" and isinstance(out, Mapping) and "logits" in out:
+            return out["logits"]
+        return out
 
     def compute(self, net: nn.Module, batch: Any) -> tuple[torch.Tensor, Any, Any]:
         inputs, target = self.split(batch)
@@ -136,7 +140,7 @@ class Multiclass(Task):
     """Class ids (B,) against logits (B, C): cross-entropy with smoothing and class weights."""
 
     name = "multiclass"
-    on_request = ("f1_macro",)
+    on_request = ("f1_macro", "auroc")
 
     def __init__(self, cfg: TaskConfig | None = None, loss: LossFn | None = None) -> None:
         super().__init__(cfg, loss)
@@ -221,13 +225,18 @@ class Multiclass(Task):
         top_k = self.cfg.top_k or (5 if classes >= 10 else 0)
         if 1 < top_k < classes:
             metrics[f"top{top_k}"] = Fraction(top_k_hits(top_k, ignore))
-        if names and "f1_macro" in names:  # on request only: not a default of this task
+        wanted = set(names or ())  # on request only: not defaults of this task
+        if "f1_macro" in wanted:
             metrics["f1_macro"] = torchmetric(
                 "MulticlassF1Score",
                 num_classes=classes,
                 average="macro",
                 ignore_index=self.cfg.ignore_index,
             )
+        if "auroc" in wanted:  # one-vs-rest, macro, exact over the set (every score kept)
+            auroc = torchmetric("MulticlassAUROC", num_classes=classes, average="macro",
+                                ignore_index=self.cfg.ignore_index)  # fmt: skip
+            metrics["auroc"] = Mapped(auroc, lambda p: p.float().softmax(1))
         return metrics
 
 
@@ -255,6 +264,8 @@ class Binary(Task):
     """0/1 targets against one logit per sample: BCE with logits and pos_weight."""
 
     name = "binary"
+    on_request = ("precision", "recall", "auroc")
+    _ON_REQUEST = {"precision": "BinaryPrecision", "recall": "BinaryRecall"}  # thresholded
 
     def default_loss(self, outputs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         target = _float_target(target, outputs)
@@ -290,11 +301,23 @@ class Binary(Task):
             )
 
     def metric_inputs(self, preds: Any, target: Any) -> tuple[Any, Any]:
-        hard = (torch.sigmoid(preds.detach().float()) > self.cfg.threshold).long()
-        return hard.reshape(target.shape) if hard.numel() == target.numel() else hard, target.long()
+        """Probabilities: AUROC ranks them; the other metrics threshold them (``_hard``)."""
+        probs = torch.sigmoid(preds.detach().float())
+        return probs.reshape(target.shape) if probs.numel() == target.numel() else probs, (
+            target.long()
+        )
+
+    def _hard(self, probs: torch.Tensor) -> torch.Tensor:
+        return (probs > self.cfg.threshold).long()
 
     def build_metrics(self, outputs: Any, names: list[str] | None) -> dict[str, Any]:
-        return {"accuracy": torchmetric("BinaryAccuracy"), "f1": torchmetric("BinaryF1Score")}
+        wanted = set(names or ())
+        metrics = {"accuracy": "BinaryAccuracy", "f1": "BinaryF1Score"}
+        metrics |= {n: c for n, c in self._ON_REQUEST.items() if n in wanted}
+        built = {n: Mapped(torchmetric(c), self._hard) for n, c in metrics.items()}
+        if "auroc" in wanted:  # exact over the set: every probability kept until compute
+            built["auroc"] = torchmetric("BinaryAUROC")
+        return built
 
 
 class Multilabel(Binary):
@@ -302,16 +325,27 @@ class Multilabel(Binary):
 
     name = "multilabel"
 
+    on_request = ("auroc",)
+
     def metric_inputs(self, preds: Any, target: Any) -> tuple[Any, Any]:
-        return (torch.sigmoid(preds.detach().float()) > self.cfg.threshold).long(), target.long()
+        return torch.sigmoid(preds.detach().float()), target.long()
 
     def build_metrics(self, outputs: Any, names: list[str] | None) -> dict[str, Any]:
         labels = outputs.shape[-1]
-        return {
-            "f1": torchmetric("MultilabelF1Score", num_labels=labels, average="micro"),
-            "f1_macro": torchmetric("MultilabelF1Score", num_labels=labels, average="macro"),
-            "accuracy": torchmetric("MultilabelAccuracy", num_labels=labels, average="micro"),
+        built = {
+            "f1": Mapped(
+                torchmetric("MultilabelF1Score", num_labels=labels, average="micro"), self._hard
+            ),
+            "f1_macro": Mapped(
+                torchmetric("MultilabelF1Score", num_labels=labels, average="macro"), self._hard
+            ),
+            "accuracy": Mapped(
+                torchmetric("MultilabelAccuracy", num_labels=labels, average="micro"), self._hard
+            ),
         }
+        if names and "auroc" in names:  # per label, macro
+            built["auroc"] = torchmetric("MultilabelAUROC", num_labels=labels, average="macro")
+        return built
 
 
 class Regression(Task):
@@ -457,50 +491,6 @@ class Segmentation(Task):
         return {"dice": Overlap(classes, "dice", True), "iou": Overlap(classes, "iou", True)}
 
 
-class Distillation(Multiclass):
-    """KL to a frozen teacher's softened outputs (scaled by T^2), mixed with the label loss."""
-
-    name = "distillation"
-
-    def __init__(
-        self,
-        cfg: TaskConfig | None = None,
-        loss: LossFn | None = None,
-        teacher: nn.Module | None = None,
-    ) -> None:
-        super().__init__(cfg, loss)
-        if teacher is None:
-            raise ConfigError(
-                "task='distillation' needs a teacher model",
-                where="fit(teacher=...)",
-                fix="pass teacher=trained_model (or task.teacher in a recipe)",
-            )
-        self.teacher = teacher.eval()  # run under no_grad: its parameters are left as they are
-
-    def to(self, device: torch.device) -> Distillation:
-        self.teacher.to(device)
-        return super().to(device)  # type: ignore[return-value]
-
-    def compute(self, net: nn.Module, batch: Any) -> tuple[torch.Tensor, Any, Any]:
-        inputs, target = self.split(batch)
-        outputs = self.forward(net, inputs)
-        self.teacher.eval()
-        with torch.no_grad():  # no_grad, not inference_mode: the soft targets enter autograd
-            teacher_out = self.forward(self.teacher, inputs)
-        t = self.cfg.temperature
-        soft = F.kl_div(
-            F.log_softmax(outputs / t, -1),
-            F.log_softmax(teacher_out / t, -1),
-            reduction="batchmean",
-            log_target=True,
-        ) * (t * t)
-        hard = self.loss(outputs, target)
-        return self.cfg.alpha * soft + (1 - self.cfg.alpha) * hard, outputs, target
-
-    def loss_weight(self, target: Any) -> torch.Tensor | None:
-        return None  # the soft term is a mean over samples: weigh the mix by samples
-
-
 TASK_CLASSES: dict[str, type[Task]] = {
     cls.name: cls
     for cls in (
@@ -511,7 +501,6 @@ TASK_CLASSES: dict[str, type[Task]] = {
         Regression,
         LanguageModel,
         Segmentation,
-        Distillation,
     )
 }
 
@@ -569,9 +558,11 @@ def build_task(
     cfg: TaskConfig, loss: LossFn | None = None, teacher: nn.Module | None = None
 ) -> Task:
     check_loss_name(cfg.name, cfg.loss)
-    from .pairwise import Ranking, Triplet  # they build on Task: imported once it is defined
+    from .distill import Distillation  # they build on Task: imported once it is defined
+    from .pairwise import Ranking, Triplet
 
-    cls = {**TASK_CLASSES, "ranking": Ranking, "triplet": Triplet}[cfg.name]
+    more = {"ranking": Ranking, "triplet": Triplet, "distillation": Distillation}
+    cls = {**TASK_CLASSES, **more}[cfg.name]
     if cls is Distillation:
         return Distillation(cfg, loss, teacher=teacher)
     return cls(cfg, loss)

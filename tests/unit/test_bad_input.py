@@ -120,16 +120,20 @@ def test_sequence_targets_with_class_logits_last_name_the_lm_task(tmp_path):
 @pytest.mark.parametrize(
     ("task", "loss", "fits"),
     [("multiclass", "l1", "regression"), ("regression", "ce", "multiclass"),
-     ("binary", "mse", "regression"), ("auto", "ce", "multiclass")],
+     ("binary", "mse", "regression")],
 )  # fmt: skip
 def test_a_loss_name_the_task_cannot_use(tmp_path, task, loss, fits):
-    y = torch.randn(N) if task in ("regression", "auto") else class_ids(classes=2)
+    y = torch.randn(N) if task == "regression" else class_ids(classes=2)
     err = fails_early(sf.ConfigError, mlp(out=1 if task != "multiclass" else 3), (inputs(), y),
                       tmp_path, task=task, loss=loss)  # fmt: skip
     assert f"task.loss='{loss}'" in err.what and err.where == "task.loss"
     assert f"'{fits}'" in err.fix
-    if task == "auto":
-        assert "inferred" in err.what
+
+
+def test_the_loss_ce_picks_multiclass_and_float_class_ids_name_the_fix(tmp_path):
+    y = class_ids(classes=3).float()  # ids stored as floats: the loss named says they are classes
+    err = fails_early(sf.DataError, mlp(out=3), (inputs(), y), tmp_path, loss="ce")
+    assert "task='multiclass'" in err.what and "y.long()" in err.fix
 
 
 def test_early_stopping_without_a_validation_set(tmp_path):

@@ -38,6 +38,7 @@ LAYERS: list[set[str]] = [
         "seeding",
         "keywords",
         "pairwise",
+        "distill",
     },
     {"state"},
     {"report", "compare"},  # read run directories only

@@ -176,6 +176,31 @@ def test_the_task_inferred_from_the_targets_and_the_loss_named(target, loss, tas
     assert close(r.history[-1]["val_loss"], want)
 
 
+class _Outputs(nn.Module):
+    """A linear classifier returning its logits in a ``kind`` of container."""
+
+    def __init__(self, kind: str) -> None:
+        super().__init__()
+        self.kind, self.linear = kind, nn.Linear(8, 2)
+
+    def forward(self, x):
+        logits = self.linear(x)
+        return {"logits": logits, "hidden": x} if self.kind == "dict" else (logits, x)
+
+
+def test_a_dict_of_logits_is_scored_and_a_tuple_is_refused_with_the_fix():
+    x, y = make_classification(64, classes=2)
+    torch.manual_seed(0)
+    model = _Outputs("dict")
+    r = sf.fit(model, (x, y), val=(x, y), epochs=2, batch_size=16, progress="off")
+    with torch.no_grad():
+        want = F.cross_entropy(model(x)["logits"], y)
+    assert close(r.history[-1]["val_loss"], want) and "val_accuracy" in r.history[-1]
+    with pytest.raises(sf.DataError) as info:
+        sf.fit(_Outputs("tuple"), (x, y), epochs=1, progress="off")
+    assert "returns a tuple of 2" in info.value.what and "step=fn" in info.value.fix
+
+
 def test_a_dataset_of_dict_samples_infers_its_task():
     x, y = make_classification(64)
 
@@ -464,6 +489,44 @@ def test_binary_metrics_and_loss_match_direct_computation():
     assert close(out["test_accuracy"], (pred == y).float().mean())
     assert close(out["test_f1"], f1)
     assert close(fixed_eval(logits, y, "binary", batch_size=6)["test_f1"], f1)
+
+
+def _auroc(scores: torch.Tensor, positive: torch.Tensor) -> float:
+    """P(a positive outscores a negative), ties counting half: the area under the ROC curve."""
+    pos, neg = scores[positive.bool()], scores[~positive.bool()]
+    diff = pos[:, None] - neg[None, :]
+    return float(((diff > 0).float() + 0.5 * (diff == 0).float()).mean())
+
+
+def test_on_request_ranking_and_threshold_metrics_match_direct_computation():
+    g = gen(23)
+    logits = torch.randn(40, 1, generator=g)
+    y = (torch.rand(40, generator=g) < 0.4).long()
+    y[:3] = 1  # positives scored high for sure
+    logits[:3] = 3.0
+    out = fixed_eval(logits, y, "binary", batch_size=6,
+                     metrics=["auroc", "precision", "recall", "accuracy"])  # fmt: skip
+    assert set(out) == {"test_loss", "test_auroc", "test_precision", "test_recall",
+                        "test_accuracy"}  # fmt: skip
+    pred = (logits[:, 0] > 0).long()
+    tp = ((pred == 1) & (y == 1)).sum()
+    assert close(out["test_auroc"], _auroc(logits[:, 0], y))
+    assert close(out["test_precision"], tp / pred.sum())
+    assert close(out["test_recall"], tp / y.sum())
+    assert close(out["test_accuracy"], (pred == y).float().mean())
+
+    classes = torch.randn(50, 4, generator=g)
+    ids = torch.randint(0, 4, (50,), generator=g)
+    many = fixed_eval(classes, ids, "multiclass", batch_size=7, metrics=["auroc", "accuracy"])
+    probs = classes.softmax(1)  # one class against the rest, averaged over the classes
+    assert close(many["test_auroc"], sum(_auroc(probs[:, c], ids == c) for c in range(4)) / 4)
+
+    labels = (torch.rand(50, 3, generator=g) < 0.5).long()
+    multi = fixed_eval(classes[:, :3], labels, "multilabel", batch_size=7, metrics=["auroc"])
+    want = sum(_auroc(classes[:, j], labels[:, j]) for j in range(3)) / 3
+    assert close(multi["test_auroc"], want)
+    with pytest.raises(sf.ConfigError, match="auroc"):  # the error lists what can be asked for
+        fixed_eval(classes, ids, "multiclass", metrics=["roc"])
 
 
 def test_multilabel_metrics_match_direct_computation():
