@@ -360,10 +360,18 @@ def run_state(run_dir: str | Path, which: str = "best", on_skip: Any = None) -> 
 def export_weights(
     run_dir: str | Path, to: str | Path, which: str = "best", on_skip: Any = None
 ) -> Path:
-    """Write a run's model weights (``best``, else the newest ``last``) as a safetensors file."""
+    """Write a run's model weights (``best``, else the newest ``last``) as a safetensors file;
+    it replaces an earlier export, never another kind of file."""
+    out = Path(to)
+    if out.is_dir() or (out.exists() and out.suffix != ".safetensors"):
+        raise ConfigError(  # a typo must not replace a run's config.toml or a checkpoint
+            f"{out} exists and is not a safetensors file: exporting would replace it",
+            where="--to",
+            fix="give a new file name, e.g. model.safetensors (an existing .safetensors file "
+            "is replaced)",
+        )
     state = run_state(run_dir, which, on_skip)
     tensors = {k: v.detach().contiguous() for k, v in state["model"].items()}
-    out = Path(to)
     try:
         atomic_write(out, lambda f: f.write(_safetensors_bytes(tensors)))
     except OSError as exc:

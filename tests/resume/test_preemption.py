@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import surefit as sf
-from surefit.checkpoint import CheckpointStore
+from surefit.checkpoint import CheckpointStore, export_weights
 from tests.conftest import make_classification, mlp
 
 
@@ -176,11 +176,17 @@ def test_export_to_safetensors_and_load_weights(tmp_path):
         text=True,
     )
     assert r.returncode == 2 and "Traceback" not in r.stderr
+    # a --to naming one of the run's own files is refused, and the file is left as it was
+    config = tmp_path / "run" / "config.toml"
+    kept = config.read_bytes()
+    with pytest.raises(sf.ConfigError, match="not a safetensors file"):
+        export_weights(tmp_path / "run", config)
+    assert config.read_bytes() == kept
+    export_weights(tmp_path / "run", tmp_path / "w.safetensors")  # an earlier export: replaced
+    assert sf.load_weights(mlp(seed=5), tmp_path / "w.safetensors") is not None
 
 
 def test_a_damaged_best_checkpoint_is_never_exported_or_restored(tmp_path, capsys):
-    from surefit.checkpoint import export_weights
-
     x, y = make_classification(64)
     common = dict(val=(x[:16], y[:16]), batch_size=16, epochs=2, progress="off", device="cpu",
                   schedule="constant", lr=1e-2)  # fmt: skip
@@ -202,8 +208,10 @@ def test_a_damaged_best_checkpoint_is_never_exported_or_restored(tmp_path, capsy
     assert all(torch.equal(weights[k], latest[k]) for k in latest)  # the newest good one instead
     with pytest.raises(sf.CheckpointError, match="no run directory"):
         export_weights(tmp_path / "nope", tmp_path / "x.safetensors")
-    with pytest.raises(sf.ConfigError, match="cannot write"):
+    with pytest.raises(sf.ConfigError, match="not a safetensors file"):
         export_weights(tmp_path / "r", tmp_path)  # a folder
+    with pytest.raises(sf.ConfigError, match="cannot write"):
+        export_weights(tmp_path / "r", best / "w.safetensors")  # under a file
     # restore_best passes over it too, and keeps the weights the run holds
     held = {k: v.clone() for k, v in model.state_dict().items()}
     r2 = sf.fit(model, (x, y), run_dir=tmp_path / "r", restore_best=True, **common)

@@ -104,9 +104,10 @@ def _split(data: Any) -> tuple[Any, Any, Any]:
     if isinstance(data, tuple) and len(data) in (2, 3) and isinstance(data[0], (tuple, list)):
         return (*data, None)[:3]  # type: ignore[return-value]
     raise ConfigError(
-        "a data factory must return a dict {'train', 'val', 'test'}",
+        f"a data factory must return a dict {{'train', 'val', 'test'}}, got {type(data).__name__}",
         where="data.name",
-        fix="see docs/recipes.md",
+        fix="return {'train': (x, y), 'val': ..., 'test': ...} (tensors, arrays or Datasets; "
+        "see docs/recipes.md)",
     )
 
 
