@@ -26,7 +26,7 @@ from typing import Any
 import torch
 
 from . import distributed
-from .errors import CheckpointError, ConfigError
+from .errors import CheckpointError, ConfigError, refuse_to_replace
 
 MANIFEST = "MANIFEST.json"
 
@@ -363,13 +363,7 @@ def export_weights(
     """Write a run's model weights (``best``, else the newest ``last``) as a safetensors file;
     it replaces an earlier export, never another kind of file."""
     out = Path(to)
-    if out.is_dir() or (out.exists() and out.suffix != ".safetensors"):
-        raise ConfigError(  # a typo must not replace a run's config.toml or a checkpoint
-            f"{out} exists and is not a safetensors file: exporting would replace it",
-            where="--to",
-            fix="give a new file name, e.g. model.safetensors (an existing .safetensors file "
-            "is replaced)",
-        )
+    refuse_to_replace(out, ".safetensors", "--to")
     state = run_state(run_dir, which, on_skip)
     tensors = {k: v.detach().contiguous() for k, v in state["model"].items()}
     try:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 
 class SurefitError(Exception):
     """Base of surefit's user errors; the CLI prints it without a traceback and exits 2."""
@@ -33,3 +35,15 @@ class DataError(SurefitError):
 
 class CheckpointError(SurefitError):
     """A checkpoint is missing, corrupt, unsafe or does not fit the run."""
+
+
+def refuse_to_replace(path: Path, suffix: str, where: str) -> None:
+    """A ConfigError when writing an output file (``--to``, ``--out``) would replace a folder or a
+    file of another kind: a typo must not overwrite a run's config.toml or a checkpoint. An
+    earlier output of the same kind (same suffix) is replaced."""
+    if path.is_dir() or (path.exists() and path.suffix.lower() != suffix):
+        raise ConfigError(
+            f"{path} exists and is not a {suffix} file: writing would replace it",
+            where=where,
+            fix=f"give a new file name ending in {suffix} (an existing {suffix} file is replaced)",
+        )

@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError
+from .errors import ConfigError, refuse_to_replace
 
 LOSS_KEYS = ("train_loss", "loss")  # interval lines carry train_loss; per-step lines may say loss
 CLIP_KEYS = ("clip_fraction", "clip_frac")
@@ -187,6 +187,7 @@ def figure(rows: int = 1, cols: int = 1, width: float = 8.0, height: float = 4.2
 
 
 def save_png(fig: Any, path: Path) -> Path:
+    refuse_to_replace(path, ".png", str(path))
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, format="png", metadata={"Software": None})
     return path

@@ -58,3 +58,9 @@ def test_compare_command(resumed_run, other_run, tmp_path, capsys):
     assert out.is_file()
     assert main(["compare", str(resumed_run[0])]) == 2
     assert "at least two run directories" in capsys.readouterr().err
+    # an --out naming one of a run's own files: refused, the file left as it was
+    config = resumed_run[0] / "config.toml"
+    kept = config.read_bytes()
+    assert main(["compare", str(resumed_run[0]), str(other_run[0]), "--out", str(config)]) == 2
+    assert "not a .png file" in capsys.readouterr().err and config.read_bytes() == kept
+    assert main(["compare", str(resumed_run[0]), str(other_run[0]), "--out", str(out)]) == 0

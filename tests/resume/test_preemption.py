@@ -179,7 +179,7 @@ def test_export_to_safetensors_and_load_weights(tmp_path):
     # a --to naming one of the run's own files is refused, and the file is left as it was
     config = tmp_path / "run" / "config.toml"
     kept = config.read_bytes()
-    with pytest.raises(sf.ConfigError, match="not a safetensors file"):
+    with pytest.raises(sf.ConfigError, match="not a .safetensors file"):
         export_weights(tmp_path / "run", config)
     assert config.read_bytes() == kept
     export_weights(tmp_path / "run", tmp_path / "w.safetensors")  # an earlier export: replaced
@@ -208,7 +208,7 @@ def test_a_damaged_best_checkpoint_is_never_exported_or_restored(tmp_path, capsy
     assert all(torch.equal(weights[k], latest[k]) for k in latest)  # the newest good one instead
     with pytest.raises(sf.CheckpointError, match="no run directory"):
         export_weights(tmp_path / "nope", tmp_path / "x.safetensors")
-    with pytest.raises(sf.ConfigError, match="not a safetensors file"):
+    with pytest.raises(sf.ConfigError, match="not a .safetensors file"):
         export_weights(tmp_path / "r", tmp_path)  # a folder
     with pytest.raises(sf.ConfigError, match="cannot write"):
         export_weights(tmp_path / "r", best / "w.safetensors")  # under a file
