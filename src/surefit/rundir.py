@@ -185,6 +185,28 @@ def restart_run_dir(run_dir: Path) -> list[str]:
     return cut
 
 
+def _refuse_foreign_files(run_dir: Path) -> None:
+    """A ConfigError when the folder holds files by a run's names (config.toml, metrics.jsonl...)
+    that no surefit run wrote: a run there would replace them. A run's folder always has
+    events.jsonl, whose first line is an event: written right after config.toml."""
+    present = [n for n in ("config.toml", *STEP_LOGS) if (run_dir / n).exists()]
+    if not present:
+        return
+    try:
+        with (run_dir / "events.jsonl").open(encoding="utf-8") as f:
+            first = json.loads(f.readline())
+        if isinstance(first, dict) and "event" in first:
+            return
+    except (OSError, ValueError):
+        pass
+    raise ConfigError(
+        f"{run_dir} holds {', '.join(present)}, which no surefit run wrote (it has no "
+        "events.jsonl of one): a run there would replace them",
+        where="run_dir",
+        fix="choose a new or empty folder as run_dir, e.g. runs/NAME",
+    )
+
+
 def open_run_dir(cfg: RunConfig) -> tuple[Path | None, CheckpointStore | None, bool]:
     """(run_dir, store, resuming) of a config, checked against what its folder holds
     (``checkpoint.resume``); nothing is written yet."""
@@ -213,6 +235,8 @@ def open_run_dir(cfg: RunConfig) -> tuple[Path | None, CheckpointStore | None, b
             fix="check the run directory; to start a run there: `surefit fit RECIPE --run-dir "
             "DIR`, or fit(..., resume='auto')",
         )
+    if not has:
+        _refuse_foreign_files(run_dir)
     if mode == "never" and (has or (run_dir / "metrics.jsonl").exists()):
         raise ConfigError(
             f"{run_dir} already holds a run; starting afresh would mix two runs",

@@ -313,6 +313,17 @@ def test_existing_run_dir_is_not_overwritten_by_a_fresh_run(tmp_path):
     assert (tmp_path / "r" / "metrics.jsonl").read_text() == before
 
 
+@pytest.mark.parametrize("files", [("config.toml",), ("metrics.jsonl", "events.jsonl")])
+def test_files_no_run_wrote_are_never_replaced_by_one(tmp_path, files):
+    x, y = make_classification(32)
+    for name in files:  # a project's own config.toml; logs of another tool
+        (tmp_path / name).write_text("[tool]\nkey = 1\n" if name.endswith("toml") else "{}\n")
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    with pytest.raises(sf.ConfigError, match="which no surefit run wrote"):
+        sf.fit(mlp(), (x, y), epochs=1, run_dir=tmp_path, progress="off")
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+
+
 def test_checkpoints_load_without_unpickling_code(tmp_path):
     import pickle
 
