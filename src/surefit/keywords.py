@@ -84,6 +84,18 @@ def _normalise(key: str, value: Any) -> Any:
     return value
 
 
+# keywords other loops have, with what takes their place here
+NOT_KEYWORDS = {
+    "shuffle": "the training order is reshuffled every epoch from the seed (so a resume finds "
+    "its place); for a fixed order, pass train=DataLoader(dataset, batch_size=..., "
+    "shuffle=False), which is iterated as given",
+    "num_epochs": "use epochs=N",
+    "learning_rate": "use lr=...",
+    "gradient_accumulation_steps": "use accumulate=N",
+    "max_grad_norm": "use clip_norm=...",
+}
+
+
 def build_config(base: RunConfig | dict | str | Path | None = None, **keywords: Any) -> RunConfig:
     """A RunConfig from a base (recipe path, dict or config) and fit()-style keywords."""
     if isinstance(base, (str, Path)):
@@ -97,7 +109,9 @@ def build_config(base: RunConfig | dict | str | Path | None = None, **keywords: 
         if key is None:
             known = sorted(set(KEYWORDS) | set(options))
             raise ConfigError(
-                f"unknown keyword '{name}'", where="fit()", fix=cfgmod._did_you_mean(name, known)
+                f"unknown keyword '{name}'",
+                where="fit()",
+                fix=NOT_KEYWORDS.get(name) or cfgmod._did_you_mean(name, known),
             )
         section, _, field_name = key.partition(".")
         data.setdefault(section, {})

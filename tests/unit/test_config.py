@@ -207,6 +207,18 @@ def test_unknown_recipe_key_suggests_the_nearest(recipe, bad, suggestion):
     assert f"did you mean '{suggestion}'?" in info.value.fix
 
 
+@pytest.mark.parametrize(
+    ("keyword", "fix"),
+    [("shuffle", "DataLoader(dataset, batch_size=..., shuffle=False)"),
+     ("learning_rate", "lr="), ("max_grad_norm", "clip_norm=")],
+)  # fmt: skip
+def test_another_loops_keyword_names_what_takes_its_place(keyword, fix):
+    x, y = make_classification(32)
+    with pytest.raises(ConfigError) as info:
+        sf.fit(mlp(), (x, y), progress="off", device="cpu", **{keyword: 1})
+    assert f"unknown keyword '{keyword}'" in info.value.what and fix in info.value.fix
+
+
 def test_a_section_must_be_a_table():
     with pytest.raises(ConfigError) as info:
         from_dict({"optim": 3})
