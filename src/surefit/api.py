@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from . import config as cfgmod
-from .callbacks import EarlyStopping, auto_mode, check_callback
+from .callbacks import EarlyStopping, check_callback
 from .checkpoint import CheckpointStore, atomic_write_text, for_strategy
 from .checks import Finding, check_first_batch, raise_first, run_checks
 from .config import RunConfig
@@ -23,6 +23,7 @@ from .evaluation import compute_batch, evaluate_data
 from .keywords import DEFAULT, build_config, fit_objects
 from .log import Console, RunLog, summary
 from .loop import Parts, Trainer
+from .monitor import auto_mode
 from .optim import apply_changes, build_optimizer
 from .precision import Precision
 from .rundir import check_resume_fits, open_run_dir, restart_run_dir, run_lock

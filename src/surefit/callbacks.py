@@ -7,6 +7,7 @@ import math
 from typing import TYPE_CHECKING, Any
 
 from .errors import ConfigError
+from .monitor import auto_mode
 
 if TYPE_CHECKING:
     from torch import nn
@@ -86,18 +87,6 @@ class RunView:
         self._trainer.pause(why)
 
 
-def auto_mode(monitor: str, mode: str) -> str:
-    """min for losses and errors, max for scores."""
-    if mode != "auto":
-        return mode
-    lowered = monitor.lower()
-    return (
-        "min"
-        if any(k in lowered for k in ("loss", "mae", "mse", "rmse", "error", "perplexity"))
-        else "max"
-    )
-
-
 class Best:
     """Tracks the best value of a monitored metric."""
 
@@ -172,7 +161,8 @@ class EarlyStopping(Callback):
     def _why(self) -> str:
         return (
             f"early stopping: {self.best.monitor} has not improved for {self.bad_evals} "
-            f"evaluations (best {self.best.value:.6g} at step {self.best.step})"
+            f"evaluations (best {self.best.value:.6g} at step {self.best.step}; "
+            f"{'lower' if self.best.mode == 'min' else 'higher'} is better)"
         )
 
     def on_eval_end(self, run: RunView, metrics: dict[str, float]) -> None:

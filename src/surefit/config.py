@@ -136,7 +136,7 @@ class TrainConfig:
     threads: int = 0  # torch intra-op CPU threads of the run; 0 = auto (by model size; loop.md)
     eval_every_steps: int = 0  # optimizer steps between evaluations; 0 = at each epoch's end
     monitor: str = ""  # metric that defines "best"; "" = val_loss
-    mode: str = "auto"  # one of MODES; auto = min for losses and errors, max otherwise
+    mode: str = "auto"  # one of MODES; auto = min for a loss or error (see monitor.py), else max
     patience: int = 0  # early stopping after this many evaluations without improvement; 0 = off
     min_delta: float = 0.0  # smallest change of the monitored metric that counts as improvement
     restore_best: bool = False  # load the best weights into the model when training ends

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError, refuse_to_replace
+from .monitor import auto_mode
 
 LOSS_KEYS = ("train_loss", "loss")  # interval lines carry train_loss; per-step lines may say loss
 CLIP_KEYS = ("clip_fraction", "clip_frac")
@@ -26,7 +27,6 @@ MARKS = {  # event -> (label, colour, line style) of the vertical line that mark
     "rollback": ("rollback", "tab:orange", "-."),
     "skip": ("skipped step", "tab:red", ":"),
 }
-_LOWER_IS_BETTER = ("loss", "mae", "mse", "rmse", "error", "perplexity")
 
 
 @dataclass
@@ -61,10 +61,7 @@ class RunRecords:
         name = train.get("monitor") or "val_loss"
         if name == "val_loss" and not _has(self.evals, name):
             name = "train_loss"  # no validation set: the best is the lowest training loss
-        mode = train.get("mode", "auto")
-        if mode == "auto":
-            mode = "min" if any(k in name.lower() for k in _LOWER_IS_BETTER) else "max"
-        return name, mode
+        return name, auto_mode(name, train.get("mode", "auto"))
 
     def best_eval(self) -> dict[str, Any]:
         """The evaluation record where the monitored metric was best ({} without evaluations):

@@ -214,6 +214,26 @@ def test_early_stopping_and_restore_best(tmp_path):
     assert now["val_loss"] == pytest.approx(best, rel=1e-6)  # the best weights were put back
 
 
+@pytest.mark.parametrize(
+    ("name", "mode"),
+    [("val_loss", "min"), ("val_err", "min"), ("val_top1_error", "min"), ("val_wer", "min"),
+     ("val_ppl", "min"), ("val_accuracy", "max"), ("val_auroc", "max"), ("val_r2", "max"),
+     ("val_interrater", "max")],
+)  # fmt: skip
+def test_a_custom_metrics_direction_is_read_from_its_name_by_the_run_and_the_report(
+    tmp_path, name, mode
+):
+    from surefit.report import read_run
+
+    x, y = make_classification(64)
+    rate = lambda out, t: (out.argmax(1) != t).float().mean()  # noqa: E731
+    r = sf.fit(mlp(), (x, y), val=(x, y), metrics={name[4:]: rate}, monitor=name, epochs=4,
+               lr=5e-2, batch_size=16, progress="off", run_dir=tmp_path, device="cpu")  # fmt: skip
+    values = [h[name] for h in r.history]
+    assert r.best_metrics[name] == (min if mode == "min" else max)(values)
+    assert read_run(tmp_path).monitor() == (name, mode)
+
+
 def test_no_host_sync_per_step(monkeypatch):
     """Reads of device values are bounded by logs and evaluations, not by steps."""
     x, y = make_classification(512)
