@@ -9,9 +9,10 @@ which runs in train mode and puts the buffers back), so checking changes nothing
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,7 +20,7 @@ import torch
 from torch import nn
 
 from .config import CHECKS, RunConfig
-from .distributed import no_grad
+from .distributed import no_grad, shard_coords
 from .errors import ConfigError, DataError, SurefitError
 from .state import RngState
 
@@ -86,6 +87,8 @@ def run_checks(
             findings.append(_failed(exc, name, first[name], net))
         if "batchnorm_accumulation" not in skip:
             findings.append(_batchnorm_accumulation(net, cfg.train.accumulate))
+        if "batchnorm_batch" not in skip and not any(f.level == "error" for f in findings):
+            findings.append(_one_sample_batch(net, splits["train"], first["train"], cfg, loss_of))
         if "leakage" not in skip and "val" in first:
             findings.append(_leakage(splits["train"], splits["val"]))
     finally:
@@ -347,29 +350,76 @@ def _batchnorm_accumulation(net: nn.Module, accumulate: int) -> Finding:
     return Finding("batchnorm_accumulation", "ok")
 
 
+@contextlib.contextmanager
+def buffers_kept(net: nn.Module) -> Iterator[None]:
+    """Train mode, as the step runs, with the buffers it moves (batch-norm statistics) put back
+    afterwards: a check's forward leaves the model as it found it."""
+    net.train()
+    buffers = [(b, b.clone()) for b in net.buffers()]
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for b, saved in buffers:
+                b.copy_(saved)
+
+
+def _one_sample_batch(
+    net: nn.Module, data: Any, batch: Any, cfg: RunConfig, loss_of: Callable[[Any], Any]
+) -> Finding:
+    """BatchNorm cannot train on one value per channel: a last batch of one sample (n % batch
+    == 1) would end the run at the first epoch's end. Tried on one sample of the first batch,
+    in train mode, with the buffers put back."""
+    n = getattr(data, "num_samples", None)
+    bn = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in net.modules())
+    if not bn or not isinstance(n, int) or cfg.data.drop_last:
+        return Finding("batchnorm_batch", "ok")
+    _, world = shard_coords()
+    per_rank, size = (n - n % world) // world, cfg.data.batch_size // world
+    if per_rank % size != 1:
+        return Finding("batchnorm_batch", "ok")
+    one = lambda v: v[:1] if isinstance(v, torch.Tensor) and v.dim() else v  # noqa: E731
+    single = (
+        {k: one(v) for k, v in batch.items()}
+        if isinstance(batch, dict)
+        else type(batch)(one(v) for v in batch)
+    )
+    try:
+        with buffers_kept(net), torch.no_grad():
+            loss_of(single)
+    except ValueError as exc:
+        if "Expected more than 1 value per channel" not in str(exc):
+            raise
+        what = (
+            f"the last training batch of each epoch holds one sample ({n} samples, batch "
+            f"{cfg.data.batch_size}{f' over {world} processes' if world > 1 else ''}), and "
+            "BatchNorm cannot train on one value per channel: the run would fail there"
+        )
+        fix = "set drop_last=True (data.drop_last), or a batch size that leaves no single sample"
+        return Finding("batchnorm_batch", "error", what, fix, "data.batch_size")
+    return Finding("batchnorm_batch", "ok", "a one-sample last batch trains")
+
+
 def _unused_parameters(net: nn.Module, batch: Any, loss_of: Callable[[Any], Any]) -> Finding:
     """Parameters that get no gradient from a backward pass (unused layers, frozen by mistake).
 
     In train mode, as the step runs (a head used only in training, an auxiliary classifier, is
     used), with the buffers it moves (batch-norm statistics) put back afterwards."""
-    net.train()
-    buffers = [(b, b.clone()) for b in net.buffers()]
     net.zero_grad(set_to_none=True)
     try:
-        loss = loss_of(batch)
-        if isinstance(loss, torch.Tensor) and loss.dim() != 0:  # as the step would say
-            what = f"the loss must be a scalar tensor, got shape {tuple(loss.shape)}"
-            fix = "reduce it (loss.mean()), or return (loss, outputs) from step=fn"
-            return Finding("loss", "error", what, fix, "train batch 0")
-        if not isinstance(loss, torch.Tensor) or not loss.requires_grad:
-            return Finding("unused_parameters", "ok", "no trainable parameters reached the loss")
-        loss.backward()
-        unused = [n for n, p in net.named_parameters() if p.requires_grad and p.grad is None]
+        with buffers_kept(net):  # put back after the backward, which reads them
+            loss = loss_of(batch)
+            if isinstance(loss, torch.Tensor) and loss.dim() != 0:  # as the step would say
+                what = f"the loss must be a scalar tensor, got shape {tuple(loss.shape)}"
+                fix = "reduce it (loss.mean()), or return (loss, outputs) from step=fn"
+                return Finding("loss", "error", what, fix, "train batch 0")
+            if not isinstance(loss, torch.Tensor) or not loss.requires_grad:
+                what = "no trainable parameters reached the loss"
+                return Finding("unused_parameters", "ok", what)
+            loss.backward()
+            unused = [n for n, p in net.named_parameters() if p.requires_grad and p.grad is None]
     finally:
         net.zero_grad(set_to_none=True)
-        with torch.no_grad():
-            for b, saved in buffers:
-                b.copy_(saved)
     if unused:
         shown = ", ".join(unused[:5]) + (f" and {len(unused) - 5} more" if len(unused) > 5 else "")
         return Finding(

@@ -171,6 +171,7 @@ CHECKS = (
     "probabilities",
     "initial_loss",
     "batchnorm_accumulation",
+    "batchnorm_batch",
     "leakage",
     "unused_parameters",
     "lr_too_high",

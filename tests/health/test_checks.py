@@ -105,6 +105,26 @@ def test_batchnorm_with_accumulation_warns(tmp_path):
     assert _warnings(tmp_path / "ok", "batchnorm_accumulation") == []
 
 
+def test_a_one_sample_last_batch_that_batchnorm_cannot_train_on_is_an_error_first(tmp_path):
+    x, y = make_classification(65)  # 4 batches of 16 and one of 1
+    with pytest.raises(sf.DataError) as info:
+        _fit(_bn_model(), tmp_path / "r", data=(x, y), batch_size=16)
+    assert "one sample (65 samples, batch 16)" in info.value.what
+    assert "drop_last=True" in info.value.fix and not (tmp_path / "r").exists()
+    assert _fit(_bn_model(), tmp_path / "d", data=(x, y), batch_size=16, drop_last=True).steps == 4
+    # BatchNorm2d normalises over the pixels too: one image trains, and the run goes through
+    images = (torch.randn(65, 1, 6, 6, generator=torch.Generator().manual_seed(0)), y % 2)
+    convs = []
+    for checks in (True, False):  # the probe leaves the batch-norm statistics as they were
+        torch.manual_seed(0)
+        convs.append(nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.Flatten(),
+                                   nn.Linear(64, 2)))  # fmt: skip
+        r = _fit(convs[-1], tmp_path / f"c{checks}", data=images, batch_size=16, checks=checks)
+        assert r.steps == 5
+    a, b = (c.state_dict() for c in convs)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_train_val_leakage_warns_with_count(tmp_path):
     x, y = make_classification(256)
     sf.fit(
