@@ -393,6 +393,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
     cfg = cfg.replace(
         train={"run_dir": str(run_dir)},
         checkpoint={"resume": "must", "override": bool(args.override)},
+        log={"progress": args.progress or "auto"},  # a display, chosen per session
     )
     if args.nproc > 1:
         return _launch(args.nproc, args.argv, str(run_dir))

@@ -29,7 +29,8 @@ RESUME_FIXED = (
 )
 # what the saved optimizer and schedule states are built around: they cannot carry over
 RESUME_REFUSED = ("schedule.name", "optim.decay_all", "optim.lr_groups")
-RESUME_FREE = ("train.run_dir", "checkpoint.resume", "checkpoint.override")  # how it resumes
+# how it resumes, and how this session shows it: not changes of the run
+RESUME_FREE = ("train.run_dir", "checkpoint.resume", "checkpoint.override", "log.progress")
 
 
 def config_changes(saved: dict[str, Any], now: dict[str, Any]) -> dict[str, tuple[Any, Any]]:

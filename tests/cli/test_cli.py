@@ -322,6 +322,11 @@ def test_fit_a_recipe_of_the_users_own_model_and_data_then_resume(tmp_path):
     )
     assert r.returncode == 2 and "not ahead of the run" in r.stderr, r.stderr
     assert files() == kept and kept
+    # the display is chosen per session: `--progress off` of the first is not the resume's
+    r = cli(tmp_path, "resume", "p")
+    assert r.returncode == 0 and "done:" in r.stdout, r.stdout + r.stderr
+    events = [e["event"] for e in _jsonl(tmp_path / "p" / "events.jsonl")]
+    assert "config_changed" not in events
 
 
 # -- the command stays light -----------------------------------------------------------------------
