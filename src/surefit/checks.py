@@ -364,20 +364,36 @@ def buffers_kept(net: nn.Module) -> Iterator[None]:
                 b.copy_(saved)
 
 
+def _last_batch_size(data: Any, cfg: RunConfig) -> int | None:
+    """Samples in this process's last training batch of an epoch (None: unknown, or dropped).
+    A user's DataLoader batches by its own batch size and sampler, not by data.batch_size."""
+    loader = getattr(data, "loader", None)
+    if loader is not None:
+        size = getattr(loader, "batch_size", None)  # None: a batch_sampler of its own
+        if not size or getattr(loader, "drop_last", False):
+            return None
+        try:
+            return len(loader.sampler) % size
+        except (TypeError, AttributeError):  # an iterable dataset: no length
+            return None
+    n = getattr(data, "num_samples", None)
+    if not isinstance(n, int) or cfg.data.drop_last:
+        return None
+    world = shard_coords()[1]
+    return ((n - n % world) // world) % (cfg.data.batch_size // world)
+
+
 def _one_sample_batch(
     net: nn.Module, data: Any, batch: Any, cfg: RunConfig, loss_of: Callable[[Any], Any]
 ) -> Finding:
     """BatchNorm cannot train on one value per channel: a last batch of one sample (n % batch
     == 1) would end the run at the first epoch's end. Tried on one sample of the first batch,
     in train mode, with the buffers put back."""
-    n = getattr(data, "num_samples", None)
     bn = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in net.modules())
-    if not bn or not isinstance(n, int) or cfg.data.drop_last:
+    if not bn or _last_batch_size(data, cfg) != 1:
         return Finding("batchnorm_batch", "ok")
-    _, world = shard_coords()
-    per_rank, size = (n - n % world) // world, cfg.data.batch_size // world
-    if per_rank % size != 1:
-        return Finding("batchnorm_batch", "ok")
+    n, world = data.num_samples, shard_coords()[1]
+    batch_size = getattr(getattr(data, "loader", None), "batch_size", cfg.data.batch_size)
     one = lambda v: v[:1] if isinstance(v, torch.Tensor) and v.dim() else v  # noqa: E731
     single = (
         {k: one(v) for k, v in batch.items()}
@@ -392,10 +408,14 @@ def _one_sample_batch(
             raise
         what = (
             f"the last training batch of each epoch holds one sample ({n} samples, batch "
-            f"{cfg.data.batch_size}{f' over {world} processes' if world > 1 else ''}), and "
+            f"{batch_size}{f' over {world} processes' if world > 1 else ''}), and "
             "BatchNorm cannot train on one value per channel: the run would fail there"
         )
-        fix = "set drop_last=True (data.drop_last), or a batch size that leaves no single sample"
+        fix = (
+            "pass DataLoader(..., drop_last=True)"
+            if hasattr(data, "loader")
+            else "set drop_last=True (data.drop_last)"
+        ) + ", or a batch size that leaves no single sample"
         return Finding("batchnorm_batch", "error", what, fix, "data.batch_size")
     return Finding("batchnorm_batch", "ok", "a one-sample last batch trains")
 

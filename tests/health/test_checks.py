@@ -112,6 +112,15 @@ def test_a_one_sample_last_batch_that_batchnorm_cannot_train_on_is_an_error_firs
     assert "one sample (65 samples, batch 16)" in info.value.what
     assert "drop_last=True" in info.value.fix and not (tmp_path / "r").exists()
     assert _fit(_bn_model(), tmp_path / "d", data=(x, y), batch_size=16, drop_last=True).steps == 4
+    # a DataLoader of the user's batches by its own size: 65 = 6 x 10 + 5 trains, 4 x 16 + 1 not
+    loader = lambda size, **kw: torch.utils.data.DataLoader(  # noqa: E731
+        torch.utils.data.TensorDataset(x, y), batch_size=size, **kw
+    )
+    assert sf.fit(_bn_model(), loader(10), epochs=1, batch_size=64, progress="off").steps == 7
+    with pytest.raises(sf.DataError, match="one sample") as info:
+        sf.fit(_bn_model(), loader(16), epochs=1, progress="off")
+    assert "DataLoader(..., drop_last=True)" in info.value.fix
+    assert sf.fit(_bn_model(), loader(16, drop_last=True), epochs=1, progress="off").steps == 4
     # BatchNorm2d normalises over the pixels too: one image trains, and the run goes through
     images = (torch.randn(65, 1, 6, 6, generator=torch.Generator().manual_seed(0)), y % 2)
     convs = []
