@@ -505,6 +505,7 @@ def validate(c: RunConfig) -> None:
     _require(c.task.huber_delta > 0, "task.huber_delta", c.task.huber_delta, "a value > 0")
     _require(c.task.temperature > 0, "task.temperature", c.task.temperature, "a value > 0")
     _require(0 <= c.task.alpha <= 1, "task.alpha", c.task.alpha, "a value in [0, 1]")
+    _require(c.task.margin >= 0, "task.margin", c.task.margin, "a value >= 0")
     _require(0 <= c.task.dice_weight <= 1, "task.dice_weight", c.task.dice_weight, "[0, 1]")
     _require(c.task.top_k >= 0, "task.top_k", c.task.top_k, "0 (auto) or k >= 1")
     _require(

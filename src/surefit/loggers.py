@@ -100,6 +100,8 @@ class TrackerSink:
     def finish(self, status: str, best: Path | None) -> None: ...
 
     def close(self, status: str, best: Path | None) -> None:
+        if not self.opened and self.resumed and status == "FAILED":
+            self.ensure_open()  # a resumed run that failed before its first record: say so
         if self.opened:
             self.opened = False
             self.finish(status, best)

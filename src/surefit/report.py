@@ -1,6 +1,7 @@
 """Plots and a one-page HTML report of a run directory.
 
-Reads only what a run writes (config.toml, metrics.jsonl, events.jsonl, checkpoints/MANIFEST.json),
+Reads only what a run writes (config.toml, metrics.jsonl, steps.jsonl, events.jsonl,
+checkpoints/MANIFEST.json),
 so it works on a finished, stopped or still running run and imports no torch. matplotlib is
 imported when a plot is drawn and renders through its Agg canvas: no display, no global backend.
 """

@@ -308,6 +308,7 @@ def test_infinite_or_nan_numbers_are_refused(item):
         ("task.threshold=2", "task.threshold", "(0, 1)"),
         ("task.top_k=-1", "task.top_k", ">= 1"),
         ("task.class_weights=[-1, 1]", "task.class_weights", ">= 0"),
+        ("task.margin=-1", "task.margin", ">= 0"),
         ("data.num_workers=-5", "data.num_workers", "-1 (auto)"),
     ],
 )

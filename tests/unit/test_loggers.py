@@ -282,3 +282,18 @@ def test_an_unknown_logger_gets_a_did_you_mean(tmp_path):
     with pytest.raises(sf.ConfigError, match="did you mean 'tensorboard'"):
         _fit(tmp_path / "r", ["tensorbord"])
     assert not (tmp_path / "r").exists()
+
+
+class _FailAtStart(sf.Callback):
+    def on_fit_start(self, run):
+        raise RuntimeError("broken before the first record")
+
+
+def test_a_resumed_run_that_fails_before_its_first_record_ends_failed(run_dir):
+    from tests.resume.test_preemption import SendSignal
+
+    _fit(run_dir, ["mlflow"], callbacks=[SendSignal(3, signal.SIGTERM)])
+    assert _mlflow(run_dir)[1].info.status == "KILLED"
+    with pytest.raises(RuntimeError, match="broken"):
+        _fit(run_dir, ["mlflow"], callbacks=[_FailAtStart()])
+    assert _mlflow(run_dir)[1].info.status == "FAILED"  # the same run, not left KILLED
