@@ -456,12 +456,13 @@ def _unused_parameters(net: nn.Module, batch: Any, loss_of: Callable[[Any], Any]
 def _sample_hashes(data: Any) -> dict[bytes, int] | None:
     """First index of each distinct input sample, by a hash of its bytes (one copy to host)."""
     tensors = getattr(data, "tensors", None)
-    if tensors is not None:
-        rows: Any = tensors[0][:MAX_HASHED].numpy(force=True)
+    if tensors is not None:  # every input of a sample (all but the target), not just the first
+        inputs = [t[:MAX_HASHED].numpy(force=True) for t in tensors[: max(1, len(tensors) - 1)]]
+        rows: Any = inputs[0] if len(inputs) == 1 else zip(*inputs, strict=True)
     elif getattr(data, "dataset", None) is not None:
         ds = data.dataset
         rows = (ds[i] for i in range(min(len(ds), MAX_LOADED)))
-        rows = (r[0] if isinstance(r, (tuple, list)) else r for r in rows)
+        rows = (r[:-1] if isinstance(r, (tuple, list)) and len(r) > 1 else r for r in rows)
     else:
         return None
     out: dict[bytes, int] = {}
@@ -476,6 +477,9 @@ def _input_bytes(row: Any) -> bytes | None:
     """The bytes of a sample's inputs: an array, or a dict's values other than its target."""
     if isinstance(row, dict):
         parts = [_input_bytes(v) for k, v in sorted(row.items()) if k not in TARGET_KEYS]
+        return b"".join(parts) if parts and None not in parts else None  # type: ignore[arg-type]
+    if isinstance(row, (tuple, list)):  # several inputs
+        parts = [_input_bytes(v) for v in row]
         return b"".join(parts) if parts and None not in parts else None  # type: ignore[arg-type]
     if isinstance(row, torch.Tensor):
         row = row.numpy(force=True)

@@ -28,6 +28,7 @@ ONE_THREAD_FLOPS = 30e6
 BUSY_NOTE = 0.5  # cores busy elsewhere above which a run on every core gets the note
 SAMPLE_S = 0.1  # the shortest window over which the CPU use of other processes is measured
 WAIT_WARNING_SHARE = 0.2  # the input-bound warning fires above this share of an epoch's time
+WAIT_WARNING_MIN_S = 0.1  # ...and above this wait: a short epoch's share is the scheduler's noise
 
 
 @dataclass(frozen=True)
@@ -280,9 +281,10 @@ class TimedBatches:
 
 
 def input_bound_advice(summary: dict[str, float], data_kind: str, device: torch.device) -> str:
-    """The warning's text when the wait share is above ``WAIT_WARNING_SHARE``; '' otherwise."""
+    """The warning's text when the wait share is above ``WAIT_WARNING_SHARE`` and the wait above
+    ``WAIT_WARNING_MIN_S``; '' otherwise."""
     share = summary.get("data_wait_share", 0.0)
-    if share <= WAIT_WARNING_SHARE:
+    if share <= WAIT_WARNING_SHARE or summary.get("data_wait_s", 0.0) < WAIT_WARNING_MIN_S:
         return ""
     fixes = {
         "TensorData": "the in-memory path is already used: the transform or batch building is "

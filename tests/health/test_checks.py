@@ -134,6 +134,28 @@ def test_a_one_sample_last_batch_that_batchnorm_cannot_train_on_is_an_error_firs
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+class _TwoInputs(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = nn.Linear(9, 3)
+
+    def forward(self, group, features):
+        return self.linear(torch.cat([group, features], 1))
+
+
+def test_leakage_compares_every_input_of_a_sample(tmp_path):
+    x, y = make_classification(120)
+    group = torch.zeros(120, 1)  # one column alike in every sample: the samples still differ
+    data = (group[:100], x[:100], y[:100])
+    sf.fit(_TwoInputs(), data, val=(group[100:], x[100:], y[100:]), epochs=1, progress="off",
+           run_dir=str(tmp_path / "a"))  # fmt: skip
+    assert _warnings(tmp_path / "a", "leakage") == []
+    sf.fit(_TwoInputs(), data, val=(group[:5], x[:5], y[:5]), epochs=1, progress="off",
+           run_dir=str(tmp_path / "b"))  # fmt: skip
+    (w,) = _warnings(tmp_path / "b", "leakage")
+    assert w["what"].startswith("5 validation sample(s)")
+
+
 def test_train_val_leakage_warns_with_count(tmp_path):
     x, y = make_classification(256)
     sf.fit(

@@ -142,6 +142,8 @@ def test_wait_time_is_the_time_spent_fetching(monkeypatch):
     assert "75%" in advice and "num_workers" in advice
     quick = {**s, "data_wait_share": 0.05}
     assert perf.input_bound_advice(quick, "DatasetData", torch.device("cpu")) == ""
+    tiny = {"epoch_s": 0.02, "data_wait_s": 0.0044, "data_wait_share": 0.22}  # a jitter's share
+    assert perf.input_bound_advice(tiny, "TensorData", torch.device("cpu")) == ""
 
 
 def _recipe(cache):
