@@ -107,20 +107,32 @@ def accelerate(model: nn.Module, x: Any, y: Any, epochs: int, bs: int) -> int:
 
 
 def surefit(
-    model: nn.Module, x: Any, y: Any, epochs: int, bs: int, threads: int = 2, folder: bool = False
+    model: nn.Module,
+    x: Any,
+    y: Any,
+    epochs: int,
+    bs: int,
+    threads: int = 2,
+    folder: bool = False,
+    data: str = "tensors",
 ) -> int:
     """surefit's ``fit()`` with its defaults (logging, bar setting, guards, optimizer choice),
     the schedule constant and no validation split, as in the other variants. ``folder``: with a
     run directory, as ``surefit fit`` always has (config, metrics and event logs, checkpoints at
-    their defaults); ``fit()`` without one writes nothing."""
+    their defaults); ``fit()`` without one writes nothing. ``data``: the tensors (the in-memory
+    path), a TensorDataset (surefit's DataLoader path: its seeded sampler, per-sample
+    ``__getitem__`` and collate), or the textbook's own DataLoader, iterated as given."""
+    from torch.utils.data import TensorDataset
+
     import surefit as sf
 
     opts: dict[str, Any] = {"threads": threads} if _has_threads_option() else {}
     if folder:
         opts["run_dir"] = _scratch() / "run"
+    train = {"tensors": (x, y), "dataset": TensorDataset(x, y), "loader": _loader(x, y, bs)}
     r = sf.fit(
         model,
-        (x, y),
+        train[data],
         epochs=epochs,
         batch_size=bs,
         lr=LR,
@@ -169,6 +181,14 @@ VARIANTS = {
     "surefit-dir": (
         "surefit fit(), the bench's threads, a run directory",
         lambda *a: surefit(*a, threads=_threads(), folder=True),
+    ),
+    "surefit-dataset": (
+        "surefit fit() over a TensorDataset (its DataLoader path)",
+        lambda *a: surefit(*a, threads=_threads(), data="dataset"),
+    ),
+    "surefit-loader": (
+        "surefit fit() over the textbook's DataLoader",
+        lambda *a: surefit(*a, threads=_threads(), data="loader"),
     ),
 }
 PEER_MODULES = {"c": "lightning", "d": "accelerate"}

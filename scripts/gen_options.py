@@ -77,6 +77,11 @@ def render() -> str:
         "- per epoch: `step`, `multistep`, `exponential`;",
         "- per evaluation, with the monitored metric: `plateau` (needs a validation set).",
         "",
+        "`warmup_cosine` and `warmup_linear` rise linearly over the `warmup` steps (the first",
+        "update at peak / warmup, the last warmup update at the peak), then fall at every step",
+        "to `min_lr_ratio` x the peak at the last update; `cosine` falls from the peak at the",
+        "first update.",
+        "",
     ]
     return "\n".join(out)
 

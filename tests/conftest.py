@@ -53,6 +53,20 @@ def make_classification(n: int = 256, features: int = 8, classes: int = 3, seed:
     return x, y
 
 
+class Samples(torch.utils.data.Dataset):
+    """A map-style Dataset over tensors that is not a plain TensorDataset, so that it takes
+    surefit's DataLoader path (a TensorDataset takes the in-memory one)."""
+
+    def __init__(self, *columns: torch.Tensor) -> None:
+        self.columns = columns
+
+    def __len__(self) -> int:
+        return len(self.columns[0])
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, ...]:
+        return tuple(c[i] for c in self.columns)
+
+
 def mlp(features: int = 8, out: int = 3, hidden: int = 16, seed: int = 0) -> torch.nn.Module:
     torch.manual_seed(seed)
     return torch.nn.Sequential(

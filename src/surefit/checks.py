@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import inspect
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -122,17 +123,25 @@ def check_first_batch(
 
 def _failed(exc: Exception, name: str, batch: Any, net: nn.Module) -> Finding:
     """The model or the loss raised on a first batch: what the batch held, and the likely fix."""
-    tensors = batch.values() if isinstance(batch, dict) else batch
-    tensors = tensors if isinstance(tensors, (tuple, list)) else [tensors]
+    items = batch.items() if isinstance(batch, dict) else enumerate(
+        batch if isinstance(batch, (tuple, list)) else [batch])  # fmt: skip
+    tensors = {k: t for k, t in items if isinstance(t, torch.Tensor)}
     held = ", ".join(
-        f"{tuple(t.shape)} {str(t.dtype).replace('torch.', '')}"
-        for t in tensors
-        if isinstance(t, torch.Tensor)
+        (f"{k} " if isinstance(batch, dict) else "")
+        + f"{tuple(t.shape)} {str(t.dtype).replace('torch.', '')}"
+        for k, t in tensors.items()
     )
     message = (str(exc).strip().splitlines() or [""])[0][:300]
     params = {p.dtype for p in net.parameters() if p.is_floating_point()}
-    floats = {t.dtype for t in tensors if isinstance(t, torch.Tensor) and t.is_floating_point()}
-    if floats and params and not floats <= params:
+    floats = {t.dtype for t in tensors.values() if t.is_floating_point()}
+    if isinstance(batch, dict) and "keyword argument" in message:
+        inputs = [k for k in batch if k not in TARGET_KEYS]
+        fix = (
+            f"the keys of a dict batch other than {', '.join(TARGET_KEYS)} go to forward by name "
+            f"(forward({', '.join(f'{k}=...' for k in inputs)})): name them as forward's "
+            f"parameters{_forward_params(net)}, yield (x, y) tuples, or pass step=fn"
+        )
+    elif floats and params and not floats <= params:
         fix = "cast the inputs to the model's dtype (x.float()), or the model to theirs"
     else:
         fix = (
@@ -147,6 +156,16 @@ def _failed(exc: Exception, name: str, batch: Any, net: nn.Module) -> Finding:
         fix,
         f"{name} batch 0",
     )
+
+
+def _forward_params(net: nn.Module) -> str:
+    """`` (forward takes a, b)``: the names of a module's forward parameters, where known."""
+    module = getattr(net, "module", net)  # DDP's own forward takes *args
+    try:
+        names = list(inspect.signature(module.forward).parameters)
+    except (TypeError, ValueError):
+        return ""
+    return f" ({type(module).__name__}.forward takes {', '.join(names)})" if names else ""
 
 
 def raise_first(findings: list[Finding]) -> None:

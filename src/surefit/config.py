@@ -176,6 +176,7 @@ CHECKS = (
     "unused_parameters",
     "lr_too_high",
     "data_wait",
+    "eval_not_finite",
 )
 ROLLBACK_FROM = ("memory", "checkpoint")
 

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, TensorDataset
 
 from .distributed import shard_coords
 from .errors import ConfigError, DataError
@@ -397,6 +397,13 @@ class DatasetData:
         return _window(self, batch_size, epoch, seed, batch0, batches, drop_last)
 
 
+def loader_workers(data: Any) -> int:
+    """The worker processes ``data``'s DataLoader loads with (0: the main process, or none)."""
+    if isinstance(data, DatasetData):
+        return max((loader.num_workers for loader, _ in data._loaders.values()), default=0)
+    return int(getattr(getattr(data, "loader", None), "num_workers", 0) or 0)
+
+
 class LoaderData:
     """A user's DataLoader (or any re-iterable of batches), iterated exactly as given."""
 
@@ -491,6 +498,9 @@ def as_data(obj: Any, where: str) -> TensorData | DatasetData | LoaderData:
         and not hasattr(obj, "__getitem__")
     ):
         return LoaderData(obj, where)
+    if isinstance(obj, TensorDataset) and type(obj).__getitem__ is TensorDataset.__getitem__:
+        # the same samples gathered by index, one call a batch instead of one a sample
+        return TensorData(obj.tensors, where)
     if isinstance(obj, Dataset) or hasattr(obj, "__getitem__"):
         return DatasetData(obj, where)
     raise DataError(

@@ -26,6 +26,23 @@ def _nonfinite(obj: Any) -> bool:
     return False
 
 
+def nonfinite_rows(data: Any, shown: int = 5) -> tuple[int, list[int]]:
+    """How many samples of in-memory ``data`` hold NaN or Inf in any tensor, and the first
+    ``shown`` of them by their index in the data the user gave; (0, []) for other data paths."""
+    tensors = getattr(data, "tensors", None)
+    if not tensors:
+        return 0, []
+    n = len(tensors[0])
+    bad = torch.zeros(n, dtype=torch.bool, device=tensors[0].device)
+    for t in tensors:
+        if t.is_floating_point():
+            bad |= ~torch.isfinite(t.reshape(n, -1)).all(dim=1)
+    rows = bad.nonzero().flatten()
+    given = getattr(data, "origin", None)
+    first = [int(given[i]) if given is not None else int(i) for i in rows[:shown].tolist()]
+    return int(rows.numel()), first
+
+
 def examine_window(
     net: nn.Module,
     data: Any,

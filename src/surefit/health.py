@@ -29,6 +29,7 @@ import torch
 from .checkpoint import cpu_copy
 from .config import HealthConfig
 from .distributed import sum_over_ranks
+from .forensics import nonfinite_rows
 from .log import JsonlSink
 
 SPIKE_WINDOW = 64  # accepted step losses the spike detector's median and MAD look back over
@@ -191,6 +192,7 @@ class Health:
         self.snapshot_step = -(1 << 62)
         self.deferred = _no_actions()  # a pause's decisions, for the next scheduled sync point
         self._flags: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._eval_warned = False  # the non-finite evaluation warning is given once a session
 
     # -- the hot path ------------------------------------------------------------------------------
     def step(
@@ -334,10 +336,37 @@ class Health:
                 f"the pre-clip gradient norm was above {LR_HIGH_FACTOR:g} x clip_norm "
                 f"({self.clip_norm:g}) for {LR_HIGH_STEPS} steps in a row (now {norm:.3g})"
             )
-            fix = "lower optim.lr (clipping hides a learning rate that is too high)"
+            fix = (
+                "lower optim.lr (clipping hides a learning rate that is too high), or raise "
+                f"train.clip_norm if {self.clip_norm:g} is below the norm of healthy steps"
+            )
             self._event("warning", check="lr_too_high", step=step, what=what, fix=fix)
             if self.log is not None:
                 self.log.console.line(f"warning: {what}\n  fix: {fix}")
+
+    def check_eval(self, monitor: str, value: Any, step: int, data: Any) -> None:
+        """Warn once when the monitored evaluation value is NaN or Inf: best.pt, restore_best,
+        early stopping and the plateau schedule pass over such an evaluation, so a run whose
+        every evaluation is NaN would otherwise end with no best and no word of why."""
+        skip = not self.cfg.checks or "eval_not_finite" in self.cfg.skip_checks
+        if skip or self._eval_warned or not isinstance(value, float) or math.isfinite(value):
+            return
+        self._eval_warned = True
+        what = (
+            f"{monitor} is {value} at step {step}: best.pt, restore_best, early stopping and "
+            "the plateau schedule pass over evaluations whose monitored value is not finite"
+        )
+        count, first = nonfinite_rows(data)
+        if count:
+            shown = ", ".join(map(str, first)) + (", ..." if count > len(first) else "")
+            what += f"; {count} validation sample(s) hold NaN or Inf (index {shown})"
+            fix = "drop or repair those samples (torch.isfinite(x).all(dim=1) finds them)"
+        else:
+            fix = ("check the validation data for NaN/Inf (torch.isfinite(x).all()) and the "
+                   "model's outputs on it (an overflow, a log of 0)")  # fmt: skip
+        self._event("warning", check="eval_not_finite", step=step, what=what, fix=fix)
+        if self.log is not None:
+            self.log.console.line(f"warning: {what}\n  fix: {fix}")
 
     def _is_spike(self, loss: float) -> bool:
         """``loss`` above the median by ``spike_threshold`` robust deviations (1.4826 x MAD,

@@ -299,11 +299,11 @@ def summary(result: Any) -> str:
     lines = [f"done: {result.stop_reason} ({result.steps} optimizer steps)"]
     best = {k: v for k, v in result.best_metrics.items() if k.startswith("val_")}
     if best:
-        lines.append(
-            "best:  "
-            + "  ".join(f"{k} {_fmt(v)}" for k, v in best.items())
-            + f"  (step {result.best_step})"
-        )
+        values = "  ".join(f"{k} {_fmt(v)}" for k, v in best.items())
+        if result.best_step >= 0:
+            lines.append(f"best:  {values}  (step {result.best_step})")
+        else:  # every evaluation's monitored value was NaN or Inf (a warning said so)
+            lines.append(f"best:  none, no evaluation was finite; last:  {values}")
     if result.test_metrics:
         lines.append(
             "test:  " + "  ".join(f"{k} {_fmt(v)}" for k, v in result.test_metrics.items())

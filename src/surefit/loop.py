@@ -427,6 +427,7 @@ class Trainer:
                 where="train.monitor",
                 fix=f"use one of: {', '.join(sorted(record))}",
             )
+        self.health.check_eval(self.best.monitor, monitored, c.optimizer_step, self.p.val)
         self.p.schedule.after_eval(monitored)
         if self.best.update(monitored, c.optimizer_step):
             self._on_best()
@@ -463,6 +464,10 @@ class Trainer:
         """The epoch-end checkpoint, unless the pace puts it off (``Saves.put_off``): then the
         training state goes on as if it were written (the same sync and rollback copy), so a run
         computes the same numbers however fast its disk is."""
+        final = self.counters.epoch >= self.cfg.epochs or self.stop_reason is not None
+        if final and self.saves is not None:  # the run's last save, after its last log line,
+            self._sync(snapshot=True)  # writes this step (and best.pt, if due) once
+            return
         if not self.cfg.checkpoint.at_epoch_end or self.saves is None:
             self.save("")  # best.pt, if due
             return

@@ -21,6 +21,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from .data import loader_workers
+
 # Forward FLOPs per batch under which a run counts as small: bench/'s tiny MLP (20 MFLOP per
 # batch) ran 7-40x slower on two threads than on one on a loaded 2-core machine, and 1.3x faster
 # on an idle one; the default recipe's CNN is 39 MFLOP.
@@ -280,18 +282,28 @@ class TimedBatches:
         return out
 
 
-def input_bound_advice(summary: dict[str, float], data_kind: str, device: torch.device) -> str:
+def input_bound_advice(
+    summary: dict[str, float], data_kind: str, device: torch.device, workers: int = 0
+) -> str:
     """The warning's text when the wait share is above ``WAIT_WARNING_SHARE`` and the wait above
-    ``WAIT_WARNING_MIN_S``; '' otherwise."""
+    ``WAIT_WARNING_MIN_S``; '' otherwise. ``workers``: the loader processes already in use."""
     share = summary.get("data_wait_share", 0.0)
     if share <= WAIT_WARNING_SHARE or summary.get("data_wait_s", 0.0) < WAIT_WARNING_MIN_S:
         return ""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    more = (
+        f"raise data.num_workers above {workers} (this process may use {cores} cores)"
+        if workers
+        else "set data.num_workers > 0"
+    )
+    loader_more = f"raise the DataLoader's num_workers above {workers}" if workers else (
+        "give the DataLoader num_workers > 0")  # fmt: skip
     fixes = {
         "TensorData": "the in-memory path is already used: the transform or batch building is "
         "the cost; precompute it",
-        "DatasetData": "pass in-memory tensors (x, y) if the data fits in memory, or set "
-        "data.num_workers > 0 and keep __getitem__ light (precompute transforms)",
-        "LoaderData": "raise the DataLoader's num_workers, set persistent_workers=True"
+        "DatasetData": "pass in-memory tensors (x, y) if the data fits in memory, or "
+        f"{more} and keep __getitem__ light (precompute transforms)",
+        "LoaderData": f"{loader_more}, set persistent_workers=True"
         + (", pin_memory=True" if device.type == "cuda" else "")
         + ", or pass in-memory tensors / the Dataset so surefit batches it",
     }
@@ -307,7 +319,11 @@ def report_wait(timed: TimedBatches, parts: Any, epoch: int) -> dict[str, float]
     summary = timed.summary()
     if parts.log is not None:
         parts.log.event("data_wait", epoch=epoch, **{k: round(v, 4) for k, v in summary.items()})
-        advice = input_bound_advice(summary, type(parts.train).__name__, parts.device)
+        health = parts.config.health
+        quiet = not health.checks or "data_wait" in health.skip_checks
+        advice = "" if quiet else input_bound_advice(
+            summary, type(parts.train).__name__, parts.device, loader_workers(parts.train)
+        )  # fmt: skip
         if advice:
             parts.log.event("input_bound", epoch=epoch, message=advice)
             parts.log.console.line(f"warning: {advice}")

@@ -58,7 +58,13 @@ def profile_run(cfg: RunConfig, steps: int = 50, top_ops: int = 0) -> ProfileRep
 
     with tempfile.TemporaryDirectory() as tmp:
         run_cfg = cfg.replace(
-            train={"max_steps": steps, "run_dir": str(Path(tmp) / "run"), "eval_every_steps": 0},
+            # epochs 0: as many as the steps take (a recipe of few short epochs ran fewer)
+            train={
+                "max_steps": steps,
+                "epochs": 0,
+                "run_dir": str(Path(tmp) / "run"),
+                "eval_every_steps": 0,
+            },
             log={"progress": "off"},
         )
         table = ""
@@ -109,11 +115,14 @@ class BatchReport:
     bytes_per_sample: float  # activation memory one sample adds (CPU estimate; CUDA measured)
     fixed_bytes: int  # parameters, gradients and optimizer state
     tried: dict[int, bool] = field(default_factory=dict)  # CUDA: batch size -> fitted
+    limit: int = 0  # the largest batch the search tries (0: no limit)
 
     def lines(self) -> list[str]:
         mib = 2**20
+        capped = " (the search's limit: a larger batch may fit)" if (
+            self.limit and self.max_batch >= self.limit) else ""  # fmt: skip
         out = [
-            f"largest power-of-two batch on {self.device}: {self.max_batch}",
+            f"largest power-of-two batch on {self.device}: {self.max_batch}{capped}",
             f"memory: {self.fixed_bytes / mib:.1f} MiB fixed (weights, gradients, optimizer "
             f"state) + {self.bytes_per_sample / mib:.3f} MiB per sample",
         ]
@@ -138,7 +147,7 @@ def max_batch(cfg: RunConfig, limit: int = 1 << 16) -> BatchReport:
         free = _available_bytes()
         fits = int((free - fixed) // max(per_sample, 1)) if free > fixed else 0
         best = 1 << (fits.bit_length() - 1) if fits >= 1 else 0
-        return BatchReport(device.type, min(best, limit), per_sample, fixed)
+        return BatchReport(device.type, min(best, limit), per_sample, fixed, limit=limit)
     tried: dict[int, bool] = {}
     b = 1
     while b <= limit:
@@ -147,7 +156,7 @@ def max_batch(cfg: RunConfig, limit: int = 1 << 16) -> BatchReport:
             break
         b *= 2
     ok = [k for k, v in tried.items() if v]
-    return BatchReport(str(device), max(ok) if ok else 0, per_sample, fixed, tried)
+    return BatchReport(str(device), max(ok) if ok else 0, per_sample, fixed, tried, limit)
 
 
 def _build(cfg: RunConfig) -> tuple[torch.nn.Module, Any, Any]:

@@ -479,6 +479,9 @@ def _status(run: RunRecords) -> str:
     last = ends[-1] if ends else {}
     kind = last.get("event")
     if kind == "end":
+        why = {e.get("why") for e in run.events if e.get("event") == "health_stop"}
+        if last.get("reason") in why:
+            return f"stopped by the health guards: {last.get('reason', '')}"
         return f"finished: {last.get('reason', '')}"
     if kind == "preempted":
         why = str(last.get("signal", "a signal"))

@@ -26,6 +26,13 @@ class Constant:
         return 1.0
 
 
+def _decay_progress(step: int, warmup: int, total: int) -> float:
+    """0 at the peak step, 1 at the last of ``total`` steps: the decay starts from the last
+    warmup step (which runs at the peak), so the peak is one step, not two."""
+    peak = max(warmup - 1, 0)
+    return min(1.0, (step - peak) / max(1, total - 1 - peak))
+
+
 @dataclass
 class WarmupCosine:
     """Linear warmup to the peak over ``warmup`` steps, then cosine to ``min_ratio``."""
@@ -37,7 +44,7 @@ class WarmupCosine:
     def __call__(self, step: int) -> float:
         if step < self.warmup:
             return (step + 1) / self.warmup
-        progress = min(1.0, (step - self.warmup) / max(1, self.total - self.warmup - 1))
+        progress = _decay_progress(step, self.warmup, self.total)
         return self.min_ratio + (1 - self.min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
@@ -52,7 +59,7 @@ class WarmupLinear:
     def __call__(self, step: int) -> float:
         if step < self.warmup:
             return (step + 1) / self.warmup
-        progress = min(1.0, (step - self.warmup) / max(1, self.total - self.warmup - 1))
+        progress = _decay_progress(step, self.warmup, self.total)
         return 1 - (1 - self.min_ratio) * progress
 
 

@@ -25,6 +25,11 @@ def _float_target(target: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return target if target.dtype == like.dtype else target.to(like.dtype)
 
 
+def _whole(values: torch.Tensor) -> bool:
+    """Whether every value is a non-negative whole number (a host read: checks only)."""
+    return bool(((values >= 0) & (values == values.round())).all())
+
+
 def _class_ids(target: torch.Tensor) -> torch.Tensor:
     """int64 class ids, as cross_entropy needs them, from any integer or bool dtype."""
     if target.dtype == torch.long or target.is_floating_point():
@@ -371,9 +376,16 @@ class Regression(Task):
                 fix = "return output.squeeze(-1) from the model, or pass y.unsqueeze(1) as targets"
             elif target.dim() == outputs.dim() + 1 and target.shape[-1] == 1:
                 fix = "pass y.squeeze(-1) as targets, or make the model return (batch, 1)"
+            elif target.dim() == 1 and outputs.dim() == 2 and _whole(target):
+                fix = (  # class ids held as floats: task auto read them as regression targets
+                    "the targets look like class ids stored as floats: pass y.long() (task "
+                    "'auto' then picks multiclass) or task='multiclass'; regression targets "
+                    f"would be shaped {tuple(outputs.shape)} like the outputs"
+                )
             raise DataError(
                 f"model outputs {tuple(outputs.shape)} and targets {tuple(target.shape)} differ in "
-                "shape; the loss would broadcast them silently into a wrong value",
+                "shape; the loss would broadcast them silently into a wrong value (task "
+                "'regression')",
                 where=where,
                 fix=fix,
             )

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 import surefit as sf
+from tests.conftest import Samples
 
 from . import worker
 from .conftest import run_scenario
@@ -54,7 +55,7 @@ def test_uneven_validation_split_gives_the_exact_global_metrics(ddp_out: Path) -
     result = sf.fit(
         model,
         train=worker.data(),
-        val=torch.utils.data.TensorDataset(xv, yv),
+        val=Samples(xv, yv),  # a Dataset's evaluation shards
         test=(xt, yt),
         batch_size=32,
         eval_batch_size=4,

@@ -14,6 +14,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from tests.conftest import Samples
+
 torch.set_num_threads(1)
 
 
@@ -124,7 +126,7 @@ def uneven_eval(out: Path) -> None:
     result = sf.fit(
         mlp(),
         train=data(),
-        val=torch.utils.data.TensorDataset(xv, yv),
+        val=Samples(xv, yv),  # a Dataset's evaluation shards
         test=(xt, yt),
         batch_size=32,
         eval_batch_size=4,

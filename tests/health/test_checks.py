@@ -297,3 +297,22 @@ def test_doctor_reports_every_check(tmp_path, softmax):
         assert "ok      unused_parameters" in out and "0 error(s)" in out
         assert "steps/s" in out and "data wait" in out and "largest power-of-two batch" in out
     assert not (tmp_path / "runs").exists()  # doctor writes nothing
+
+
+def test_a_validation_set_that_evaluates_to_nan_is_named_once(tmp_path, capsys):
+    x, y = make_classification(256)
+    xv, yv = make_classification(64, seed=1)
+    xv[[3, 40]] = float("nan")
+    r = _fit(mlp(), tmp_path / "nan", data=(x, y), val=(xv, yv), epochs=3, restore_best=True,
+             progress="epoch")  # fmt: skip
+    (warned,) = _warnings(tmp_path / "nan", "eval_not_finite")  # once, not per evaluation
+    assert "val_loss is nan" in warned["what"] and "2 validation sample(s)" in warned["what"]
+    assert "index 3, 40" in warned["what"] and warned["step"] == 8
+    assert r.best_step == -1 and not (tmp_path / "nan" / "checkpoints" / "best.pt").exists()
+    out = capsys.readouterr().out
+    assert "warning: val_loss is nan" in out and "best:  none, no evaluation was finite" in out
+    ok = _fit(mlp(), tmp_path / "ok", data=(x[8:], y[8:]), val=(xv[4:40], yv[4:40]), epochs=2)
+    assert ok.best_step > 0 and not _warnings(tmp_path / "ok", "eval_not_finite")
+    off = _fit(mlp(), tmp_path / "off", data=(x[8:], y[8:]), val=(xv, yv),
+               skip_checks=["eval_not_finite"])  # fmt: skip
+    assert off.best_step == -1 and not _warnings(tmp_path / "off", "eval_not_finite")

@@ -13,7 +13,7 @@ from torch import nn
 
 import surefit as sf
 from surefit.selfcheck import _equal
-from tests.conftest import Mul, SpikeAt, make_classification, mlp
+from tests.conftest import Mul, Samples, SpikeAt, make_classification, mlp
 
 
 def _lines(path):
@@ -139,7 +139,7 @@ def test_nan_origin_names_the_layer(tmp_path):
 def test_the_quarantine_names_samples_by_their_index_in_the_data_given(tmp_path, as_dataset):
     x, y = make_classification(320)
     x[250, 3] = float("nan")
-    data = torch.utils.data.TensorDataset(x, y) if as_dataset else (x, y)
+    data = Samples(x, y) if as_dataset else (x, y)
     _fit(mlp(), data, tmp_path, val=0.2, epochs=1, checks=False)  # the split moves positions
     (record,) = _lines(tmp_path / "quarantine.jsonl")
     assert record["bad_samples"] == [250] and 250 in record["indices"]
@@ -182,6 +182,10 @@ def test_too_many_bad_batches_stop_the_run(tmp_path):
     assert again.steps == r.steps and again.health_stop == r.health_stop
     written = ("events.jsonl", "config.toml")  # the resume's own record
     assert all(b == p.read_bytes() for p, b in files.items() if p.name not in written)
+    from surefit import report
+
+    status = report._status(report.read_run(tmp_path))  # the page's first fact
+    assert status == f"stopped by the health guards: {r.stop_reason}"
 
 
 def test_skipped_steps_do_not_move_the_schedule(tmp_path):

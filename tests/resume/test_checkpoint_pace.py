@@ -35,12 +35,13 @@ def slow_disk(monkeypatch):
     monkeypatch.setattr(ck, "time", types.SimpleNamespace(perf_counter=lambda: float(next(clock))))
 
 
-def _run(run_dir, callbacks=(), **kw):
+def _run(run_dir, callbacks=(), spikes=(45, 46, 47), **kw):
     x, y = make_classification(320)  # 20 steps an epoch
     model = _model()
-    spikes = SpikeAt(model[3], {45, 46, 47})  # a rollback in epoch 3, read at step 50
+    spikes = SpikeAt(model[3], set(spikes))  # a rollback in epoch 3, read at step 50
     options = dict(epochs=4, batch_size=16, lr=3e-3, log_every=10, checks=False, progress="off",
-                   seed=0, run_dir=str(run_dir), keep_last=10, **kw)  # fmt: skip
+                   seed=0, run_dir=str(run_dir), keep_last=10)  # fmt: skip
+    options.update(kw)
     sf.fit(model, (x, y), callbacks=[spikes, *callbacks], **options)
     return model
 
@@ -143,3 +144,31 @@ def test_max_overhead_out_of_range_is_a_config_error(tmp_path, value):
     x, y = make_classification(64)
     with pytest.raises(sf.ConfigError, match="max_overhead"):
         sf.fit(nn.Linear(8, 3), (x, y), epochs=1, max_overhead=value, progress="off")
+
+
+class _Saved(sf.Callback):
+    def __init__(self) -> None:
+        self.paths: list[str] = []
+
+    def on_checkpoint(self, run, path):
+        self.paths.append(path.name)
+
+
+def test_the_last_epoch_end_is_saved_once_and_a_longer_resume_stays_exact(tmp_path):
+    """The run's last epoch end is written by its final save alone (with best.pt when that
+    epoch improved, after the last log line); a resume for more epochs then equals the longer
+    run, a rollback included (spikes at 45-47, past the first part's 40 steps)."""
+    saved = _Saved()
+    # the same rates however far epochs reaches; 16 steps an epoch
+    more = dict(val=0.2, schedule="constant", spikes=(42, 43, 44, 45))
+    _run(tmp_path / "r", callbacks=[saved], epochs=2, **more)
+    writes = [(e["kind"], e["step"]) for e in _events(tmp_path / "r", "checkpoint")]
+    assert len(writes) == len(set(writes)) and len(saved.paths) == len(set(saved.paths))
+    last = max(s for _, s in writes)
+    assert ("last", last) in writes and saved.paths[-1] == f"last-{last:09d}.pt"
+    resumed = _run(tmp_path / "r", epochs=4, **more)
+    whole = _run(tmp_path / "w", epochs=4, **more)
+    rollbacks = [[e["to_step"] for e in _events(tmp_path / d, "rollback")] for d in "rw"]
+    assert rollbacks[0] == rollbacks[1] == [last] and _same(resumed, whole)
+    evals = [[r for r in _records(tmp_path / d) if r.get("split") == "eval"] for d in "rw"]
+    assert evals[0] == evals[1] and len(evals[0]) == 4

@@ -14,7 +14,7 @@ import torch
 
 import surefit as sf
 from surefit.checkpoint import CheckpointStore, export_weights
-from tests.conftest import make_classification, mlp
+from tests.conftest import Samples, make_classification, mlp
 
 
 class SendSignal(sf.Callback):
@@ -316,10 +316,8 @@ def _dropout_net():
 def test_resume_over_a_dataset_is_exact_with_a_model_that_draws_random_numbers(tmp_path):
     """The DataLoader over a Dataset seeds its iterators from its own generator: a resumed run
     continues the global RNG stream (the model's dropout) exactly where the paused run left it."""
-    from torch.utils.data import TensorDataset
-
     x, y = make_classification(96)
-    data = TensorDataset(x, y)
+    data = Samples(x, y)
 
     common = dict(val=(x[:32], y[:32]), batch_size=16, epochs=3, progress="off", device="cpu")
     straight = _dropout_net()

@@ -440,3 +440,39 @@ def test_ranking_targets_of_0_and_1(tmp_path):
     assert "+1 and -1" in err.what and "2 * y - 1" in err.fix
     r = sf.fit(mlp(out=1), (a, b, 2 * y01 - 1), task="ranking", epochs=1, progress="off")
     assert r.steps == 2
+
+
+def test_float_class_ids_with_task_auto_name_the_regression_it_chose(tmp_path):
+    err = fails_early(sf.DataError, mlp(), (inputs(), class_ids().float()), tmp_path)
+    assert "task 'regression'" in err.what and "(16, 3)" in err.what
+    assert "y.long()" in err.fix and "task='multiclass'" in err.fix
+    real = fails_early(sf.DataError, mlp(), (inputs(), torch.rand(N)), tmp_path)  # not ids
+    assert "y.long()" not in real.fix
+
+
+class DictSamples(torch.utils.data.Dataset):
+    def __init__(self, keys: tuple[str, str] = ("x", "y")) -> None:
+        self.x, self.y, self.keys = inputs(), class_ids(), keys
+
+    def __len__(self) -> int:
+        return N
+
+    def __getitem__(self, i):
+        return {self.keys[0]: self.x[i], self.keys[1]: self.y[i]}
+
+
+def test_a_dict_batch_whose_keys_forward_does_not_take(tmp_path):
+    err = fails_early(sf.DataError, mlp(), DictSamples(), tmp_path, task="multiclass")
+    assert "x (16, 8) float32, y (16,) int64" in err.what, err.what  # every tensor, by key
+    assert "forward(x=...)" in err.fix and "forward takes input" in err.fix, err.fix
+
+    class Named(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = mlp()
+
+        def forward(self, x):
+            return self.net(x)
+
+    r = sf.fit(Named(), DictSamples(), task="multiclass", epochs=1, batch_size=50, progress="off")
+    assert r.steps == 2

@@ -11,7 +11,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 import surefit as sf
-from tests.conftest import make_classification, mlp
+from tests.conftest import Samples, make_classification, mlp
 
 
 class DropoutNet(nn.Module):
@@ -115,12 +115,24 @@ def _same_weights(a, b):
 def test_tensors_numpy_dataset_and_dataloader_paths():
     x, y = make_classification(96)
     common = dict(optimizer="sgd", lr=0.1, epochs=2, batch_size=16, progress="off", seed=1)
-    a, b, c = mlp(seed=6), mlp(seed=6), mlp(seed=6)
+    a, b, c, t = mlp(seed=6), mlp(seed=6), mlp(seed=6), mlp(seed=6)
     sf.fit(a, (x, y), **common)
     sf.fit(b, (x.numpy(), y.numpy()), **common)
-    sf.fit(c, TensorDataset(x, y), **common)
+    sf.fit(c, Samples(x, y), **common)
+    sf.fit(t, TensorDataset(x, y), **common)
     assert _same_weights(a, b)  # numpy float32 goes the same way as the tensors
     assert _same_weights(a, c)  # a Dataset follows the same seeded order as the fast path
+    assert _same_weights(a, t)  # a TensorDataset takes the fast path itself
+    from surefit.data import DatasetData, TensorData, as_data
+
+    assert isinstance(as_data(TensorDataset(x, y), "train"), TensorData)
+    assert isinstance(as_data(Samples(x, y), "train"), DatasetData)
+
+    class Augmented(TensorDataset):  # its own __getitem__: loaded sample by sample
+        def __getitem__(self, i):
+            return self.tensors[0][i] * 2, self.tensors[1][i]
+
+    assert isinstance(as_data(Augmented(x, y), "train"), DatasetData)
     d = mlp(seed=6)
     loader = DataLoader(TensorDataset(x, y), batch_size=16, shuffle=False)
     r = sf.fit(d, loader, val=loader, **common)

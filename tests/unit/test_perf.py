@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 import torch
@@ -139,7 +140,11 @@ def test_wait_time_is_the_time_spent_fetching(monkeypatch):
     s = timed.summary()
     assert s["data_wait_s"] == 12.0 and s["epoch_s"] == 16.0 and s["data_wait_share"] == 0.75
     advice = perf.input_bound_advice(s, "DatasetData", torch.device("cpu"))
-    assert "75%" in advice and "num_workers" in advice
+    assert "75%" in advice and "num_workers > 0" in advice
+    busy = perf.input_bound_advice(s, "DatasetData", torch.device("cpu"), workers=2)
+    assert "raise data.num_workers above 2" in busy and "> 0" not in busy
+    loader = perf.input_bound_advice(s, "LoaderData", torch.device("cpu"), workers=3)
+    assert "num_workers above 3" in loader
     quick = {**s, "data_wait_share": 0.05}
     assert perf.input_bound_advice(quick, "DatasetData", torch.device("cpu")) == ""
     tiny = {"epoch_s": 0.02, "data_wait_s": 0.0044, "data_wait_share": 0.22}  # a jitter's share
@@ -169,6 +174,7 @@ def test_max_batch_on_cpu_is_a_power_of_two(mnist1d_cache):
     r = max_batch(_recipe(mnist1d_cache), limit=256)
     assert r.device == "cpu" and r.bytes_per_sample > 0 and r.fixed_bytes > 0
     assert r.max_batch == 256  # 8 channels on 40 points: far below the memory of any machine
+    assert "256 (the search's limit" in r.lines()[0]
 
 
 @pytest.mark.parametrize("deterministic", [False, True])
@@ -303,3 +309,29 @@ def test_the_busy_note_goes_to_stderr_and_an_event_without_delaying_the_start(
     assert "train.threads = 1" in note["note"]
     names = [e["event"] for e in events]
     assert names.index("busy_cores") < names.index("checkpoint")  # at step 2's sync, mid-epoch
+
+
+class SlowSamples(torch.utils.data.Dataset):
+    """A Dataset whose every sample takes 4 ms to load: an input-bound epoch on any machine."""
+
+    def __init__(self) -> None:
+        self.x, self.y = make_classification(64)
+
+    def __len__(self) -> int:
+        return 64
+
+    def __getitem__(self, i):
+        time.sleep(0.004)
+        return self.x[i], self.y[i]
+
+
+@pytest.mark.parametrize("skip", [[], ["data_wait"]])
+def test_the_input_bound_warning_names_the_fix_unless_skipped(tmp_path, skip):
+    sf.fit(mlp(), SlowSamples(), epochs=1, batch_size=16, progress="off", run_dir=tmp_path / "r",
+           skip_checks=skip)  # fmt: skip
+    events = [json.loads(s) for s in (tmp_path / "r" / "events.jsonl").read_text().splitlines()]
+    (wait,) = [e for e in events if e["event"] == "data_wait"]  # measured either way
+    assert wait["data_wait_share"] > 0.2 and wait["data_wait_s"] >= 0.25
+    bound = [e["message"] for e in events if e["event"] == "input_bound"]
+    assert bound == ([] if skip else bound[:1]) and len(bound) == (0 if skip else 1)
+    assert skip or "num_workers > 0" in bound[0]

@@ -160,7 +160,7 @@ def test_onecycle_with_a_one_step_warmup_trains():
 def closed_form_warmup_cosine(step, warmup, total, floor):
     if step < warmup:
         return (step + 1) / warmup
-    progress = min(1.0, (step - warmup) / max(1, total - warmup - 1))
+    progress = min(1.0, (step - warmup + 1) / max(1, total - warmup))  # from the peak step
     return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
@@ -171,6 +171,19 @@ def test_warmup_cosine_steps_per_batch_warms_up_then_decays_to_the_floor():
     assert got.index(max(got)) == 2  # after 3 updates the 4th step runs at the peak
     assert got[-1] == pytest.approx(0.1 * LR)
     assert len(set(got)) > STEPS_PER_EPOCH  # changes within epochs: per batch, not per epoch
+
+
+@pytest.mark.parametrize("name", ["warmup_cosine", "warmup_linear", "cosine"])
+@pytest.mark.parametrize("warmup", [0, 1, 4])
+def test_the_updates_run_at_the_peak_once_then_fall_to_the_floor(name, warmup):
+    got, _ = traced(name, warmup=warmup, min_lr_ratio=0.1)
+    warmup = 0 if name == "cosine" else warmup  # cosine has no warmup
+    first = LR / warmup if warmup else LR  # the first update's rate; run.lr is the next one's
+    used = [first, *got[:-1]]  # the rate of each of the TOTAL updates
+    peak = used.index(max(used))
+    assert peak == max(warmup - 1, 0) and used.count(max(used)) == 1, used
+    assert all(a > b for a, b in zip(used[peak:-1], used[peak + 1 :], strict=True)), used
+    assert used[-1] == pytest.approx(0.1 * LR) and used[peak] == pytest.approx(LR)
 
 
 def test_warmup_given_as_a_fraction_or_as_steps_agree():
