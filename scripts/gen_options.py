@@ -80,7 +80,10 @@ def render() -> str:
         "`warmup_cosine` and `warmup_linear` rise linearly over the `warmup` steps (the first",
         "update at peak / warmup, the last warmup update at the peak), then fall at every step",
         "to `min_lr_ratio` x the peak at the last update; `cosine` falls from the peak at the",
-        "first update.",
+        "first update. `onecycle` rises over the `warmup` steps (at least two; torch's 30 % of",
+        "the run when `warmup` is 0), then anneals to far below the peak. `cosine_restarts`",
+        "falls from each group's rate to `min_lr_ratio` x that rate over `restart_steps` (an",
+        "epoch when 0), then starts again, each cycle `restart_mult` times longer.",
         "",
     ]
     return "\n".join(out)

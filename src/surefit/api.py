@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,7 @@ from .callbacks import EarlyStopping, check_callback
 from .checkpoint import CheckpointStore, atomic_write_text, for_strategy
 from .checks import Finding, check_first_batch, raise_first, run_checks
 from .config import RunConfig
-from .data import DatasetData, as_data, peek_target, split_validation
+from .data import DatasetData, as_data, close_loaders, peek_target, split_validation
 from .distributed import is_rank_zero, process_group, resolve_device, shard, strategy
 from .errors import ConfigError
 from .evaluation import compute_batch, evaluate_data
@@ -53,12 +54,22 @@ class FitResult:
     health_stop: str = ""  # why the health guards stopped a diverging run ("" when they did not)
 
 
+def _skipped(log: RunLog) -> Callable[[Path, str], None]:
+    """What an unreadable checkpoint passed over leaves: a console line and an event."""
+
+    def on_skip(path: Path, why: str) -> None:
+        log.console.line(f"skipping unreadable checkpoint {path.name}: {why}")
+        log.event("checkpoint_skipped", file=path.name, why=why)
+
+    return on_skip
+
+
 def _restore_best(trainer: Trainer) -> bool:
     """Load the best evaluated weights into the model; False when there are none."""
     state = None
     if trainer.saves is not None:  # verified; a damaged best.pt is reported and passed over
         trainer.saves.drain()
-        state = trainer.p.store.load_best(on_skip=trainer._skipped_checkpoint)
+        state = trainer.p.store.load_best(on_skip=_skipped(trainer.p.log))
     if state is not None:
         trainer.model.load_state_dict(state["model"])
         return True
@@ -326,6 +337,10 @@ class Run:
                 where="schedule.name",
                 fix="pass val=..., or val_fraction=0.1",
             )
+        d = optimizer.defaults  # the implementation changes a run's last bits: recorded
+        how = "fused" if d.get("fused") else {True: "foreach", False: "for-loop"}.get(
+            d.get("foreach"), "torch's default")  # fmt: skip
+        notes.append(Note("optimizer", {"class": type(optimizer).__name__, "implementation": how}))
         return trainer, parts, run_dir, store, resuming, notes
 
     def checks(self, trainer: Trainer, parts: Parts) -> list[Finding]:
@@ -371,6 +386,7 @@ class Run:
 
     def _execute(self, held: contextlib.ExitStack) -> FitResult:
         trainer, parts, run_dir, store, resuming, notes = self._build()
+        held.callback(close_loaders, parts.train, parts.val, parts.test)  # their workers
         c = self.cfg  # as built: the task auto chose
         findings = self.checks(trainer, parts)
         raise_first(findings)  # before anything is written
@@ -389,12 +405,7 @@ class Run:
         log, console = parts.log, parts.log.console  # type: ignore[union-attr]
         test = parts.test
         if resuming and store is not None:
-            state, path = store.load_latest(
-                on_skip=lambda p, why: (
-                    console.line(f"skipping unreadable checkpoint {p.name}: {why}"),
-                    log.event("checkpoint_skipped", file=p.name, why=why),
-                )
-            )
+            state, path = store.load_latest(on_skip=_skipped(log))
             changes = check_resume_fits(
                 state,
                 trainer.model,

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from .config import CHECKS, RunConfig
+from .data import loader_orders, order_kept, restore_orders
 from .distributed import no_grad, shard_coords
 from .errors import ConfigError, DataError, SurefitError
 from .state import RngState
@@ -70,6 +71,7 @@ def run_checks(
     skip = set(cfg.health.skip_checks) if cfg.health.checks else set(CHECKS)
     findings: list[Finding] = []
     rng = RngState().state_dict()  # a user's loader may draw from the global RNG when iterated
+    orders = loader_orders(*splits.values())  # ...and from its own generators
     was_training = net.training
     try:
         first = {n: _first_batch(d, cfg, device) for n, d in splits.items() if d is not None}
@@ -96,6 +98,7 @@ def run_checks(
         net.zero_grad(set_to_none=True)
         net.train(was_training)
         RngState().load_state_dict(rng)
+        restore_orders(orders)
     return findings
 
 
@@ -104,7 +107,8 @@ def check_first_batch(
 ) -> list[Finding]:
     """The model's outputs and the targets of ``data``'s first batch, checked as ``fit`` checks
     its splits (for ``evaluate``: labels out of range, shapes, a model that cannot take them)."""
-    batch = next(iter(data.batches(batch_size, shuffle=False, device=device)), None)
+    with order_kept(data):
+        batch = next(iter(data.batches(batch_size, shuffle=False, device=device)), None)
     if batch is None:
         return []  # evaluation says the set is empty
     was_training = net.training

@@ -94,7 +94,7 @@ class TaskConfig:
 class OptimConfig:
     name: str = "adamw"  # one of OPTIMIZERS
     lr: float = 1e-3  # peak learning rate
-    weight_decay: float = 0.01  # decoupled for adamw, L2 for the others
+    weight_decay: float = 0.01  # decoupled for adamw and radam, L2 for the others
     momentum: float = 0.9  # sgd and rmsprop momentum
     nesterov: bool = False  # sgd Nesterov momentum
     betas: list = field(default_factory=lambda: [0.9, 0.999])  # adam-family betas

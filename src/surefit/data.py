@@ -13,6 +13,7 @@ batch k skips k batches of *indices* and loads nothing it does not use.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 from collections.abc import Iterable, Iterator, Sequence
@@ -300,7 +301,8 @@ def _auto_workers(device: torch.device) -> int:
     # on a CPU-only run, workers compete with the compute threads for the same cores
     if device.type == "cpu":
         return 0
-    return max(0, min(4, (os.cpu_count() or 1) - 1))
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(0, min(4, (cores or 1) - 1))  # the cores this process may use, one for the step
 
 
 class DatasetData:
@@ -384,6 +386,18 @@ class DatasetData:
         for batch in keeping_rng(loader) if in_here else loader:
             yield _as_batch(to_device(batch, device, non_blocking=device.type == "cuda"))
 
+    def close(self) -> None:
+        """Stop the worker processes of the loaders made so far, which persist between epochs
+        (torch ends them only when the loader is collected, and a reference cycle keeps it:
+        they piled up over fits in one process). Its own ``_shutdown_workers`` is how torch's
+        loader iterator ends them."""
+        for loader, _ in self._loaders.values():
+            shutdown = getattr(getattr(loader, "_iterator", None), "_shutdown_workers", None)
+            if shutdown is not None:
+                shutdown()
+                loader._iterator = None
+        self._loaders.clear()
+
     def sample(self, indices: torch.Tensor, device: torch.device) -> Batch:
         """The samples at ``indices`` as one batch (to re-examine a skipped window)."""
         from torch.utils.data import default_collate
@@ -395,6 +409,13 @@ class DatasetData:
         self, batch_size: int, epoch: int, seed: int, batch0: int, batches: int, drop_last: bool
     ) -> torch.Tensor:
         return _window(self, batch_size, epoch, seed, batch0, batches, drop_last)
+
+
+def close_loaders(*splits: Any) -> None:
+    """Stop the worker processes that Dataset splits keep for their next epoch."""
+    for d in splits:
+        if isinstance(d, DatasetData):
+            d.close()
 
 
 def loader_workers(data: Any) -> int:
@@ -417,6 +438,15 @@ class LoaderData:
 
     def to(self, device: torch.device, on_device: str = "auto") -> LoaderData:
         return self  # batches are moved as they are made (non-blocking on CUDA)
+
+    def generators(self) -> list[torch.Generator]:
+        """The generators the loader draws its order and worker seeds from (its own, its
+        sampler's), each once."""
+        loader = self.loader
+        sampler = getattr(loader, "sampler", None)
+        inner = getattr(getattr(loader, "batch_sampler", None), "sampler", None)
+        found = (getattr(o, "generator", None) for o in (loader, sampler, inner))
+        return list({id(g): g for g in found if isinstance(g, torch.Generator)}.values())
 
     def num_batches(self, batch_size: int = 0, drop_last: bool = False) -> int | None:
         try:
@@ -568,6 +598,29 @@ def _stratified(targets: torch.Tensor, n_val: int, gen: torch.Generator) -> torc
     return torch.cat(picks)
 
 
+def loader_orders(*splits: Any) -> list[tuple[torch.Generator, torch.Tensor]]:
+    """The states of the generators users' DataLoaders draw their order and worker seeds from:
+    a look at a first batch draws from them, and would start the run on the loader's second
+    order instead of its first unless they are put back (``restore_orders``)."""
+    gens = [g for d in splits if isinstance(d, LoaderData) for g in d.generators()]
+    return [(g, g.get_state()) for g in gens]
+
+
+def restore_orders(saved: list[tuple[torch.Generator, torch.Tensor]]) -> None:
+    for g, state in saved:
+        g.set_state(state)
+
+
+@contextlib.contextmanager
+def order_kept(*splits: Any) -> Iterator[None]:
+    """Users' DataLoaders draw their next order as if what runs inside had not iterated them."""
+    saved = loader_orders(*splits)
+    try:
+        yield
+    finally:
+        restore_orders(saved)
+
+
 def peek_target(data: Any) -> Any:
     """The targets of a first sample or batch, to infer the task; restores the RNGs it may use."""
     if isinstance(data, TensorData):
@@ -578,7 +631,8 @@ def peek_target(data: Any) -> Any:
         if from_dataset:
             item = data.first_sample()[0]
         else:
-            item = next(iter(data.batches(1)))
+            with order_kept(data):
+                item = next(iter(data.batches(1)))
     finally:
         RngState().load_state_dict(rng)
     if isinstance(item, dict):  # the keys Task.split reads

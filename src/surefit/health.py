@@ -6,9 +6,10 @@ The skip decision stays on the device where torch lets it: a fused optimizer tak
 untouched when it is set, so the normal path has no per-step host read. Other optimizers cannot
 skip on the device; for them the guard reads one flag per optimizer step (on CPU this is a plain
 memory read, about a microsecond; on CUDA it is a sync, the one GradScaler's fp16 path makes too).
-Everything else — which step was bad, the quarantine, spikes, rollbacks, the learning-rate
-schedule rewound over device-skipped steps — is decided on the host at the next sync point (log
-interval, evaluation, checkpoint), from the per-step values kept on the device until then.
+Everything else — which step was bad, the quarantine, spikes, rollbacks — is decided on the
+host at the next sync point (log interval, evaluation, checkpoint), from the per-step values kept
+on the device until then. The learning-rate schedule counts the steps attempted, applied or
+skipped, so nothing the run computes depends on when the host reads the flags.
 """
 
 from __future__ import annotations
@@ -49,7 +50,6 @@ class _Step:
     samples: int
     loss: torch.Tensor  # the micro-batch mean losses as computed (0-d for one), on the device
     norm: torch.Tensor  # pre-clip global gradient norm, on the device
-    host_skipped: bool  # the step was skipped by a host read (the schedule did not move)
     lr: float = float("nan")  # the first group's learning rate this step used
     counts: tuple[int, ...] = ()  # samples of each micro-batch (this rank's)
 
@@ -129,12 +129,11 @@ def _median(ordered: list[float]) -> float:
 
 
 def _no_actions() -> dict[str, Any]:
-    return {"rewind": 0, "rollback": "", "stop": ""}
+    return {"rollback": "", "stop": ""}
 
 
 def _merged(first: dict[str, Any], then: dict[str, Any]) -> dict[str, Any]:
     return {
-        "rewind": first["rewind"] + then["rewind"],
         "rollback": first["rollback"] or then["rollback"],
         "stop": first["stop"] or then["stop"],
     }
@@ -200,8 +199,8 @@ class Health:
     ) -> bool:
         """The optimizer step unless the loss or the grad norm is non-finite.
 
-        Returns False only when the host skipped the step (the schedule must not move); a step
-        skipped on the device returns True and the schedule is rewound at the next sync point.
+        Returns False only when the host skipped the step without calling ``optimizer.step``;
+        a step skipped on the device (or by GradScaler) returns True.
         """
         if not self.cfg.skip_nonfinite or precision.scaler is not None:
             scaler = precision.scaler
@@ -212,8 +211,13 @@ class Health:
             return True
         # before the first update the fused step makes the state itself (SGD's momentum as
         # torch.empty_like, for the kernel to fill): a step skipped then would leave it garbage,
-        # so until the state exists the check is read on the host
-        if optimizer.state and all(g.get("fused") for g in optimizer.param_groups):
+        # so until the state exists the check is read on the host (SGD without momentum makes
+        # none: its kernel only reads the gradients and the flag)
+        groups = optimizer.param_groups
+        ready = optimizer.state or (
+            isinstance(optimizer, torch.optim.SGD) and not any(g.get("momentum") for g in groups)
+        )
+        if ready and all(g.get("fused") for g in groups):
             optimizer.grad_scale, optimizer.found_inf = None, self._found(loss, norm)
             try:  # GradScaler's protocol: the fused kernel does nothing when found_inf is 1
                 optimizer.step()
@@ -254,7 +258,7 @@ class Health:
         self, examine: Callable[[_Step, bool], dict[str, Any]] | None = None
     ) -> dict[str, Any]:
         """Read the pending steps (one host read) and decide; returns what the loop must do:
-        ``rewind`` schedule steps, ``rollback`` (a reason) and ``stop`` (a reason)."""
+        ``rollback`` (a reason) and ``stop`` (a reason)."""
         actions = _no_actions()
         if not self.pending:
             return actions
@@ -291,7 +295,7 @@ class Health:
         return actions
 
     def defer(self, actions: dict[str, Any]) -> dict[str, Any]:
-        """Hold what a pause's sync decided (a schedule rewind, a rollback, a stop) for the next
+        """Hold what a pause's sync decided (a rollback, a stop) for the next
         scheduled sync point, where the run without the pause decides it; nothing to do now."""
         self.deferred = _merged(self.deferred, actions)
         return _no_actions()
@@ -387,7 +391,6 @@ class Health:
         which = "+".join(n for n, v in (("loss", loss), ("grad", norm)) if not math.isfinite(v))
         if self.scaler and which == "grad":  # an fp16 overflow: GradScaler skipped and rescales
             self.scaler_skips += 1
-            actions["rewind"] += 1
             return
         self.run_length += 1
         if not (self.cfg.skip_nonfinite or self.scaler):
@@ -396,8 +399,6 @@ class Health:
         for sums in (self.interval, self.epoch):
             sums.skipped += 1
         self.skipped += 1
-        if not p.host_skipped:
-            actions["rewind"] += 1
         record: dict[str, Any] = {
             "epoch": p.epoch,
             "step": p.step,

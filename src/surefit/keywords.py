@@ -79,7 +79,8 @@ def _normalise(key: str, value: Any) -> Any:
         return "" if value is None else str(value)
     if key == "train.epochs" and value is None:
         return 0
-    if key == "log.loggers" and isinstance(value, str):
+    lists = ("log.loggers", "train.activation_checkpointing", "health.skip_checks")
+    if key in lists and isinstance(value, str):  # one name is enough
         return [value]
     return value
 

@@ -105,6 +105,7 @@ class Trainer:
         self._config_dict = cfg.to_dict()  # the resolved config, as every checkpoint holds it
         self.resumed_threads = 0  # the thread count a resumed run's checkpoint was written with
         self.threads = 0  # the thread count this run trains with, once it has started
+        self.last_lr: float | None = None  # the first group's rate at the last update
         auto_cpu = cfg.train.threads == 0 and parts.device.type == "cpu"
         self._cpu_use = CpuUse() if auto_cpu else None  # other processes' CPU use from here on
         bs, acc = cfg.data.batch_size, cfg.train.accumulate
@@ -159,6 +160,7 @@ class Trainer:
             "train_samples": getattr(self.p.train, "num_samples", None) or -1,
             "threads": self.threads or torch.get_num_threads(),  # a CPU run's bits depend on it
             "healthy": not self.health.run_length,  # not amid spikes: a state to roll back to
+            "last_lr": self.last_lr,  # what a record made before this session's first update says
         }
         if self._keep_copy and self.health.snapshot is not None and not self.p.store.in_place:
             state["rollback_copy"] = self.health.snapshot  # as the run without the pause holds
@@ -175,6 +177,7 @@ class Trainer:
         self.last_eval_step = int(meta.get("last_eval_step", -1))
         self.resumed_threads = int(meta.get("threads", 0))
         self.health_stop = str(meta.get("health_stop", ""))  # stays stopped (api: unless changed)
+        self.last_lr = meta.get("last_lr")
         self._saved_step = self.counters.optimizer_step  # this state is on disk already
         self._loaded_copy = state.get("rollback_copy")
 
@@ -243,9 +246,12 @@ class Trainer:
             self.optimizer, self.params, t.clip_norm, t.clip_value
         )
         lr = self.optimizer.param_groups[0]["lr"]  # the rate this update used (a host float)
+        self.last_lr = lr  # what the next record reports
         stepped = self.health.step(self.p.precision, self.optimizer, loss, norm)  # 6
-        if stepped:
-            self.p.schedule.after_optimizer_step()  # 7
+        # 7: the schedule counts steps attempted, so a skipped step's rate goes unused (as its
+        # batch does), the schedule ends where planned, and which step was skipped (known on the
+        # host at the next sync point only) cannot move the rates of the steps after it
+        self.p.schedule.after_optimizer_step(optimizer_stepped=stepped)
         return _Step(
             step=c.optimizer_step + 1,
             epoch=c.epoch,
@@ -254,7 +260,6 @@ class Trainer:
             samples=sum(counts),
             loss=losses,
             norm=norm,
-            host_skipped=not stepped,
             lr=lr,
             counts=counts,
         )
@@ -298,6 +303,10 @@ class Trainer:
             time.perf_counter() - self._t_start if hasattr(self, "_t_start") else 0.0
         )
 
+    def _record_lr(self) -> float:
+        """A record's ``lr``: the last update's (the group holds the next one's by then)."""
+        return self.optimizer.param_groups[0]["lr"] if self.last_lr is None else self.last_lr
+
     def _flush_interval(self) -> dict[str, float]:
         """Write the log interval's record: the log interval's one intended sync."""
         self._sync()
@@ -309,7 +318,7 @@ class Trainer:
             "step": self.counters.optimizer_step,
             "epoch": self.counters.epoch,
             **self.health.interval_record(),
-            "lr": self.optimizer.param_groups[0]["lr"],
+            "lr": self._record_lr(),
         }
         if self.p.log is not None:
             self.p.log.metric(record)
@@ -322,7 +331,6 @@ class Trainer:
         ``defer``: a pause's sync, whose decisions wait for the next scheduled one."""
         actions = self.health.sync(self._examine)
         actions = self.health.defer(actions) if defer else self.health.with_deferred(actions)
-        self.p.schedule.rewind(actions["rewind"])
         if actions["rollback"]:
             saved = None
             if self.cfg.health.rollback_from == "checkpoint" and self.p.store is not None:
@@ -412,7 +420,7 @@ class Trainer:
         record.update(self.health.epoch_record())
         if self.p.val is not None:
             record.update(self.evaluate(self.p.val, "val"))
-        record["lr"] = self.optimizer.param_groups[0]["lr"]
+        record["lr"] = self._record_lr()
         record["time_s"] = round(self._elapsed(), 3)
         self.last_eval_step = c.optimizer_step
         self.history.append(record)
@@ -502,11 +510,6 @@ class Trainer:
             self._console().line(f"warning: checkpoint at step {step} not written: {exc}")
         elif path is not None:
             self.emit("on_checkpoint", path)
-
-    def _skipped_checkpoint(self, path: Path, why: str) -> None:
-        self._console().line(f"skipping unreadable checkpoint {why}")
-        if self.p.log is not None:
-            self.p.log.event("checkpoint_skipped", file=path.name, why=why)
 
     # -- the run -----------------------------------------------------------------------------------
     def fit(self) -> None:

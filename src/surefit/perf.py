@@ -21,7 +21,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from .data import loader_workers
+from .data import loader_workers, order_kept
+from .state import RngState
 
 # Forward FLOPs per batch under which a run counts as small: bench/'s tiny MLP (20 MFLOP per
 # batch) ran 7-40x slower on two threads than on one on a loaded 2-core machine, and 1.3x faster
@@ -99,13 +100,26 @@ def forward_flops(model: nn.Module, forward: Callable[[], Any]) -> int | None:
 
 
 def batch_flops(parts: Any) -> int | None:
-    """Forward FLOPs of one training batch of ``parts`` (a loop's Parts): counted on the first
-    in-memory batch, else estimated as 2 x parameters x batch size (low for conv nets)."""
+    """Forward FLOPs of one training batch of ``parts`` (a loop's Parts), counted on its first
+    batch whatever the data path (a Dataset's or a user's DataLoader's is loaded with the RNGs
+    and the loader's order put back); estimated as 2 x parameters x batch size (low for conv
+    nets) with a custom step (calling it would run the user's code once more) or where the
+    forward cannot be counted."""
     cfg, model = parts.config, parts.model
-    if hasattr(parts.train, "tensors") and parts.step is None:
-        batch = next(iter(parts.train.batches(cfg.data.batch_size, device=parts.device)))
+    batch, rng = None, RngState().state_dict()
+    try:
+        if parts.step is None:
+            with order_kept(parts.train):
+                batch = next(iter(parts.train.batches(cfg.data.batch_size, device=parts.device)))
+    except Exception:  # a loader that cannot be peeked at: the estimate
+        batch = None
+    finally:
+        RngState().load_state_dict(rng)
+    if batch is not None:
         inputs, _ = parts.task.split(batch)
-        return forward_flops(model, lambda: parts.task.forward(model, inputs))
+        counted = forward_flops(model, lambda: parts.task.forward(model, inputs))
+        if counted:
+            return counted
     params = sum(p.numel() for p in model.parameters())
     return 2 * params * cfg.data.batch_size
 
@@ -164,8 +178,8 @@ def choose_threads(
         return ThreadChoice(resumed, previous, "the count the resumed run was started with")
     cores = cores or usable_cores()
     if flops is not None and flops < ONE_THREAD_FLOPS:
-        return ThreadChoice(1, previous, f"small model: {flops / 1e6:.0f} MFLOP per forward batch")
-    size = f", {flops / 1e6:.0f} MFLOP per forward batch" if flops is not None else ""
+        return ThreadChoice(1, previous, f"small model: {flops / 1e6:.3g} MFLOP per forward batch")
+    size = f", {flops / 1e6:.3g} MFLOP per forward batch" if flops is not None else ""
     return ThreadChoice(max(1, min(previous, cores)), previous, f"{cores} cores{size}")
 
 
@@ -290,7 +304,7 @@ def input_bound_advice(
     share = summary.get("data_wait_share", 0.0)
     if share <= WAIT_WARNING_SHARE or summary.get("data_wait_s", 0.0) < WAIT_WARNING_MIN_S:
         return ""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    cores = usable_cores()
     more = (
         f"raise data.num_workers above {workers} (this process may use {cores} cores)"
         if workers
@@ -299,8 +313,9 @@ def input_bound_advice(
     loader_more = f"raise the DataLoader's num_workers above {workers}" if workers else (
         "give the DataLoader num_workers > 0")  # fmt: skip
     fixes = {
-        "TensorData": "the in-memory path is already used: the transform or batch building is "
-        "the cost; precompute it",
+        "TensorData": "the in-memory path is already used: gathering the batches (on CUDA, "
+        "copying them to the device) is the cost; keep the tensors on the device "
+        '(data.on_device = "on"), or use larger batches',
         "DatasetData": "pass in-memory tensors (x, y) if the data fits in memory, or "
         f"{more} and keep __getitem__ light (precompute transforms)",
         "LoaderData": f"{loader_more}, set persistent_workers=True"

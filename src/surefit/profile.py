@@ -10,7 +10,6 @@ CUDA by trying forward + backward + optimizer step; on CPU from the memory one s
 from __future__ import annotations
 
 import json
-import os
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,34 +50,47 @@ class ProfileReport:
 
 
 def profile_run(cfg: RunConfig, steps: int = 50, top_ops: int = 0) -> ProfileReport:
-    """Train the recipe ``cfg`` for ``steps`` optimizer steps (no evaluation, progress off, a
-    scratch run directory) and report the data-wait / step split and the throughput; with
-    ``top_ops`` > 0, also the torch profiler's top operators by self time."""
+    """Train the recipe ``cfg`` for ``steps`` optimizer steps (no evaluation or checkpoint
+    before the last step, progress off, a scratch run directory) and report the data-wait /
+    step split and the throughput; with ``top_ops`` > 0, also the torch profiler's top operators
+    by self time over those steps alone (not the set-up, the checks or the final evaluation)."""
     from . import recipes
+    from .callbacks import Callback
 
     with tempfile.TemporaryDirectory() as tmp:
         run_cfg = cfg.replace(
-            # epochs 0: as many as the steps take (a recipe of few short epochs ran fewer)
+            # epochs 0: as many as the steps take (a recipe of few short epochs ran fewer);
+            # evaluations every steps + 1: none at the steps or the epoch ends in between
             train={
                 "max_steps": steps,
                 "epochs": 0,
                 "run_dir": str(Path(tmp) / "run"),
-                "eval_every_steps": 0,
+                "eval_every_steps": steps + 1,
             },
+            checkpoint={"at_epoch_end": False, "save_best": False},
             log={"progress": "off"},
         )
-        table = ""
+        table, callbacks = "", []
         if top_ops > 0:
             from torch.profiler import ProfilerActivity, profile
 
             acts = [ProfilerActivity.CPU] + (
                 [ProfilerActivity.CUDA] if torch.cuda.is_available() else []
             )
-            with profile(activities=acts) as prof:
-                result = recipes.run(run_cfg)
+            prof = profile(activities=acts)
+
+            class Window(Callback):  # the profiler runs from the first step to the last
+                def on_fit_start(self, run: Any) -> None:
+                    prof.start()
+
+                def on_step_end(self, run: Any) -> None:
+                    if run.optimizer_step == steps:
+                        prof.stop()
+
+            callbacks.append(Window())
+        result = recipes.run(run_cfg, callbacks=callbacks)
+        if top_ops > 0:
             table = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=top_ops)
-        else:
-            result = recipes.run(run_cfg)
         events = _events(Path(tmp) / "run" / "events.jsonl")
     return _report(events, result.steps, cfg.data.batch_size, table)
 
@@ -137,24 +149,29 @@ def max_batch(cfg: RunConfig, limit: int = 1 << 16) -> BatchReport:
     running forward, backward and an optimizer step at doubling sizes until one runs out of
     memory; on CPU from the activation bytes per sample and the memory available."""
     from .distributed import resolve_device
+    from .precision import Precision
+    from .speed import activation_checkpointing
 
     model, task, sample = _build(cfg)
     device = resolve_device(cfg.train.device)
     model.to(device)
     fixed = _fixed_bytes(model)
-    per_sample = _saved_bytes(model, task, sample, 8, device) / 8
-    if device.type != "cuda":
-        free = _available_bytes()
-        fits = int((free - fixed) // max(per_sample, 1)) if free > fixed else 0
-        best = 1 << (fits.bit_length() - 1) if fits >= 1 else 0
-        return BatchReport(device.type, min(best, limit), per_sample, fixed, limit=limit)
-    tried: dict[int, bool] = {}
-    b = 1
-    while b <= limit:
-        tried[b] = _fits_cuda(model, task, sample, b, device)
-        if not tried[b]:
-            break
-        b *= 2
+    # the forward as the run makes it: its precision, its checkpointed blocks
+    autocast = Precision(cfg.train.precision, device).autocast
+    with activation_checkpointing(model, list(cfg.train.activation_checkpointing)):
+        per_sample = _saved_bytes(model, task, sample, 8, device, autocast) / 8
+        if device.type != "cuda":
+            free = _available_bytes()
+            fits = int((free - fixed) // max(per_sample, 1)) if free > fixed else 0
+            best = 1 << (fits.bit_length() - 1) if fits >= 1 else 0
+            return BatchReport(device.type, min(best, limit), per_sample, fixed, limit=limit)
+        tried: dict[int, bool] = {}
+        b = 1
+        while b <= limit:
+            tried[b] = _fits_cuda(model, task, sample, b, device, autocast)
+            if not tried[b]:
+                break
+            b *= 2
     ok = [k for k, v in tried.items() if v]
     return BatchReport(str(device), max(ok) if ok else 0, per_sample, fixed, tried, limit)
 
@@ -191,9 +208,12 @@ def _grow(batch: Any, size: int, device: torch.device) -> Any:
     return tuple(one(t) for t in batch)
 
 
-def _saved_bytes(model: Any, task: Any, sample: Any, size: int, device: torch.device) -> int:
+def _saved_bytes(
+    model: Any, task: Any, sample: Any, size: int, device: torch.device, autocast: Any
+) -> int:
     """Bytes of the tensors autograd saves for backward in one training forward of ``size``
-    (the parameters it saves are counted in the fixed memory, not here)."""
+    (the parameters it saves are counted in the fixed memory, not here); a block under
+    activation checkpointing saves its inputs only, through this same hook."""
     seen = {p.untyped_storage().data_ptr() for p in model.parameters()}
     total = 0
 
@@ -206,7 +226,7 @@ def _saved_bytes(model: Any, task: Any, sample: Any, size: int, device: torch.de
         return t
 
     hooks = torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t)
-    with torch.random.fork_rng(devices=[]), hooks:
+    with torch.random.fork_rng(devices=[]), hooks, autocast():
         task.compute(model, _grow(sample, size, device))
     return total
 
@@ -217,17 +237,21 @@ def _fixed_bytes(model: torch.nn.Module) -> int:
 
 
 def _available_bytes() -> int:
-    try:
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):
-        return 0
+    """Memory a process can take without swapping (psutil's ``available``: free memory plus
+    the caches the kernel gives back, not the bare free pages)."""
+    import psutil
+
+    return int(psutil.virtual_memory().available)
 
 
-def _fits_cuda(model: Any, task: Any, sample: Any, size: int, device: torch.device) -> bool:
+def _fits_cuda(
+    model: Any, task: Any, sample: Any, size: int, device: torch.device, autocast: Any
+) -> bool:
     opt = torch.optim.AdamW(model.parameters())
     try:
         with torch.random.fork_rng(devices=[device]):
-            loss, _, _ = task.compute(model, _grow(sample, size, device))
+            with autocast():
+                loss, _, _ = task.compute(model, _grow(sample, size, device))
             loss.backward()
             opt.step()
             torch.cuda.synchronize(device)

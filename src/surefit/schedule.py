@@ -63,6 +63,25 @@ class WarmupLinear:
         return 1 - (1 - self.min_ratio) * progress
 
 
+@dataclass
+class CosineRestarts:
+    """Cosine from the peak to ``min_ratio`` over ``first`` steps, then again over ``first x
+    mult`` steps, and so on: torch's ``CosineAnnealingWarmRestarts`` as a multiplier, so that
+    every parameter group falls to its own floor (torch's takes one ``eta_min`` for all)."""
+
+    first: int
+    mult: int
+    min_ratio: float
+
+    def __call__(self, step: int) -> float:
+        t, period = step, self.first
+        if self.mult == 1:
+            t %= period
+        while t >= period:  # mult > 1: the cycles grow, so this runs log(step) times
+            t, period = t - period, period * self.mult
+        return self.min_ratio + (1 - self.min_ratio) * 0.5 * (1 + math.cos(math.pi * t / period))
+
+
 def warmup_steps(cfg: ScheduleConfig, total_steps: int) -> int:
     """Warmup as optimizer steps: a fraction of all steps below 1, a step count from 1 up."""
     if cfg.warmup < 1:
@@ -78,7 +97,9 @@ class Schedule:
         self.unit = unit
         self.total_steps = total_steps
 
-    def after_optimizer_step(self) -> None:
+    def after_optimizer_step(self, optimizer_stepped: bool = True) -> None:
+        """One step of a per-step schedule, after every step attempted (``optimizer_stepped``:
+        False for a step skipped without calling the optimizer)."""
         if self.unit != "step":
             return
         # OneCycleLR raises past its last step; a run may outlive an estimate of its length
@@ -87,7 +108,12 @@ class Schedule:
             and self.scheduler.last_epoch + 1 >= self.total_steps
         ):
             return
-        self.scheduler.step()
+        if optimizer_stepped:
+            self.scheduler.step()
+            return
+        with warnings.catch_warnings():  # torch's "scheduler before optimizer" check, at a
+            warnings.simplefilter("ignore")  # first step the guard skipped
+            self.scheduler.step()
 
     def after_epoch(self) -> None:
         if self.unit == "epoch":
@@ -96,32 +122,6 @@ class Schedule:
     def after_eval(self, value: float | None) -> None:
         if self.unit == "metric" and value is not None:
             self.scheduler.step(value)
-
-    def rewind(self, steps: int) -> None:
-        """Undo ``steps`` per-batch steps: optimizer steps skipped on the device are known only
-        at the next sync point, after the scheduler already moved for them."""
-        if self.unit != "step" or steps <= 0:
-            return
-        s = self.scheduler
-        if isinstance(s, lrs.CosineAnnealingWarmRestarts):  # its position is T_cur and T_i too
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                s.step(max(s.last_epoch - steps, 0))  # an explicit epoch sets all three
-            return
-        s.last_epoch = max(s.last_epoch - steps, 0)
-        if hasattr(s, "lr_lambdas"):  # LambdaLR: our closed-form schedules
-            rates = [
-                base * f(s.last_epoch) for f, base in zip(s.lr_lambdas, s.base_lrs, strict=True)
-            ]
-        elif hasattr(s, "_get_closed_form_lr"):
-            rates = s._get_closed_form_lr()
-        else:  # OneCycleLR computes from last_epoch alone
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                rates = s.get_lr()
-        for group, lr in zip(s.optimizer.param_groups, rates, strict=True):
-            group["lr"] = lr
-        s._last_lr = [g["lr"] for g in s.optimizer.param_groups]
 
     def rescale(self, ratio: float) -> None:
         """Scale every group's learning rate and the schedule's bases (an lr override)."""
@@ -140,8 +140,9 @@ class Schedule:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """The position comes from the checkpoint; the shape (warmup, total steps) from this
         run's config, so extending a run's epochs or max_steps stretches the schedule."""
-        if isinstance(self.scheduler, lrs.LambdaLR) and "lr_lambdas" in state:
-            state = {**state, "lr_lambdas": [None] * len(state["lr_lambdas"])}
+        if isinstance(self.scheduler, lrs.LambdaLR):  # (a cosine_restarts checkpoint of an
+            # earlier version holds torch's CosineAnnealingWarmRestarts, without lr_lambdas)
+            state = {**state, "lr_lambdas": [None] * len(self.scheduler.lr_lambdas)}
         self.scheduler.load_state_dict(state)
 
 
@@ -191,9 +192,6 @@ def build_schedule(
         return Schedule(sched, "metric", total)
     if name == "cosine_restarts":
         first = cfg.restart_steps or max(1, steps_per_epoch)
-        floor = cfg.min_lr_ratio * optimizer.param_groups[0]["lr"]
-        sched = lrs.CosineAnnealingWarmRestarts(
-            optimizer, T_0=first, T_mult=cfg.restart_mult, eta_min=floor
-        )
-        return Schedule(sched, "step", total)
+        shape = CosineRestarts(first, cfg.restart_mult, cfg.min_lr_ratio)
+        return Schedule(lrs.LambdaLR(optimizer, shape), "step", total)
     raise ValueError(name)  # unreachable: config.validate checks the name

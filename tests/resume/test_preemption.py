@@ -674,8 +674,9 @@ def test_extending_max_steps_on_resume_stretches_the_schedule(tmp_path):
     lrs = [h["lr"] for h in longer.history]
     from surefit.schedule import WarmupCosine
 
-    # step 30 of a cosine that now ends at step 40, not at 20 (where it would be at its floor)
-    assert lrs[2] == pytest.approx(0.01 * WarmupCosine(2, 40, 0.1)(30)) and lrs[2] > 0.002
+    # the 30th update (index 29) of a cosine that now ends at step 40, not at 20 (where it
+    # would be at its floor): a record holds the rate of its last update
+    assert lrs[2] == pytest.approx(0.01 * WarmupCosine(2, 40, 0.1)(29)) and lrs[2] > 0.002
     assert lrs[-1] == pytest.approx(0.001)
 
 
@@ -770,9 +771,9 @@ def test_optimizer_options_changed_on_resume_apply_and_a_new_schedule_is_refused
 
 
 def test_a_pause_right_after_a_skipped_step_resumes_exactly(tmp_path):
-    """The pause's checkpoint reads the steps since the last sync point: what it decides (the
-    schedule's rewind for the skipped step, a rollback) waits for the next scheduled sync point,
-    where the run without the pause decides it; and it holds the rollback copy that run holds."""
+    """The pause's checkpoint reads the steps since the last sync point: what it decides (a
+    rollback, a stop) waits for the next scheduled sync point, where the run without the pause
+    decides it; and it holds the rollback copy that run holds."""
     x, y = make_classification(256)
     x[::37, 0] = float("nan")  # a few bad samples: their batches' steps are skipped
     common = dict(epochs=2, batch_size=16, progress="off", log_every=7, lr=0.01, checks=False)

@@ -150,11 +150,12 @@ def test_max_steps_stops_mid_epoch_and_max_steps_alone_runs_past_default_epochs(
 def test_max_steps_at_an_epoch_end_finishes_that_epoch():
     """The epoch's end (evaluation, epoch-unit schedule, on_epoch_end) runs as with epochs."""
     x, y = make_classification(64)
-    ends = []
+    ends, rates = [], []
 
     class Ends(sf.Callback):
         def on_epoch_end(self, run):
             ends.append(run.epoch)
+            rates.append(run.lr)  # the next epoch's: the epoch schedule stepped
 
     common = dict(batch_size=16, progress="off", schedule="step", step_size=1, gamma=0.5, lr=0.01)
     a, b = mlp(), mlp()
@@ -162,7 +163,8 @@ def test_max_steps_at_an_epoch_end_finishes_that_epoch():
     by_epochs = sf.fit(b, (x, y), epochs=2, **common)
     assert by_steps.steps == 8 and "max_steps" in by_steps.stop_reason and ends == [1, 2]
     assert [h["epoch"] for h in by_steps.history] == [h["epoch"] for h in by_epochs.history]
-    assert by_steps.history[-1]["lr"] == by_epochs.history[-1]["lr"] == 0.0025
+    assert by_steps.history[-1]["lr"] == by_epochs.history[-1]["lr"] == 0.005  # epoch 2's
+    assert rates == [0.005, 0.0025]
     assert _same_weights(a, b)
 
 
@@ -419,3 +421,45 @@ def test_checkpoint_objects_do_not_grow_with_the_run_and_older_lists_still_resum
         for r in json.loads(_newest(tmp_path / run)["history"])
     ]
     assert records("long") == records("straight")
+
+
+def test_a_loader_with_its_own_generator_trains_on_its_first_order():
+    """The checks and the task inference look at a first batch; the loader's generator is put
+    back after each look, so the run starts on the order a fresh loop over it would see."""
+    x, y = make_classification(96)
+    seen, started = [], []
+
+    class Lookup(torch.nn.Module):  # the batch holds sample ids: the order can be read off it
+        def __init__(self):
+            super().__init__()
+            self.net = mlp()
+
+        def forward(self, i):
+            if started and self.training and torch.is_grad_enabled():
+                seen.append(i.tolist())
+            return self.net(x[i])
+
+    class Start(sf.Callback):
+        def on_fit_start(self, run):
+            started.append(True)
+
+    def loader(workers=0):
+        return DataLoader(TensorDataset(torch.arange(96), y), batch_size=16, shuffle=True,
+                          generator=torch.Generator().manual_seed(5))  # fmt: skip
+
+    sf.fit(Lookup(), loader(), epochs=2, progress="off", callbacks=[Start()])  # task auto
+    fresh = loader()
+    want = [b[0].tolist() for _ in range(2) for b in fresh]
+    assert seen == want
+
+
+def test_a_datasets_loader_workers_end_with_the_fit():
+    """Workers persist between epochs; when fit returns none is left (they piled up over fits
+    in one process before)."""
+    import multiprocessing
+
+    x, y = make_classification(64)
+    for _ in range(2):
+        r = sf.fit(mlp(), Samples(x, y), val=Samples(x[:16], y[:16]), epochs=2, batch_size=16,
+                   num_workers=2, progress="off", device="cpu")  # fmt: skip
+        assert r.steps == 8 and multiprocessing.active_children() == []

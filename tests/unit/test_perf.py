@@ -13,7 +13,7 @@ import surefit as sf
 from surefit import perf
 from surefit.config import OptimConfig
 from surefit.optim import build_optimizer, implementation
-from tests.conftest import make_classification, mlp
+from tests.conftest import Samples, make_classification, mlp
 
 
 def test_auto_picks_fused_where_torch_has_it_and_torch_default_elsewhere():
@@ -27,6 +27,19 @@ def test_auto_picks_fused_where_torch_has_it_and_torch_default_elsewhere():
     assert opt.defaults["fused"] is True
     opt = build_optimizer(mlp(), OptimConfig(name="adamw", implementation="for_loop"))
     assert not opt.defaults["fused"]
+
+
+@pytest.mark.parametrize(
+    ("options", "got"),
+    [({}, "fused"), ({"implementation": "for_loop"}, "for-loop"),
+     ({"optimizer": "rmsprop"}, "torch's default")],
+)  # fmt: skip
+def test_the_optimizer_implementation_a_run_got_is_an_event(tmp_path, options, got):
+    sf.fit(mlp(), make_classification(32), epochs=1, progress="off", run_dir=tmp_path / "r",
+           device="cpu", **options)  # fmt: skip
+    events = (tmp_path / "r" / "events.jsonl").read_text().splitlines()
+    (e,) = [e for e in map(json.loads, events) if e["event"] == "optimizer"]
+    assert e["implementation"] == got and e["class"] in ("AdamW", "RMSprop")
 
 
 def test_thread_choice_goes_by_model_and_cores_never_by_load():
@@ -112,6 +125,24 @@ def test_fit_records_and_restores_the_thread_count(tmp_path):
     assert any(e["event"] == "data_wait" for e in events)
 
 
+def test_the_thread_choice_counts_the_same_flops_on_every_data_path(tmp_path):
+    """A conv net's FLOPs are 2 x params x batch only by far (1,000 times fewer here): every
+    data path counts them on its first batch, so the choice does not depend on the data type."""
+    from torch.utils.data import DataLoader
+
+    x, y = torch.randn(128, 1, 1000), torch.arange(128) % 3
+    net = lambda: nn.Sequential(nn.Conv1d(1, 64, 5), nn.AdaptiveAvgPool1d(1), nn.Flatten(),  # noqa: E731
+                                nn.Linear(64, 3))  # fmt: skip
+    reasons = []
+    for i, data in enumerate([(x, y), Samples(x, y), DataLoader(Samples(x, y), batch_size=64)]):
+        sf.fit(net(), data, epochs=1, batch_size=64, progress="off", run_dir=tmp_path / f"{i}",
+               threads=0, device="cpu")  # fmt: skip
+        events = (tmp_path / f"{i}" / "events.jsonl").read_text().splitlines()
+        (e,) = [e for e in map(json.loads, events) if e["event"] == "threads"]
+        reasons.append(e["reason"])
+    assert len(set(reasons)) == 1 and "40.8 MFLOP" in reasons[0], reasons
+
+
 def test_threads_must_not_be_negative():
     with pytest.raises(sf.ConfigError, match="train.threads"):
         sf.fit(mlp(), make_classification(16), threads=-1, progress="off")
@@ -159,11 +190,29 @@ def _recipe(cache):
     return cfg.replace(data={"args": {"cache": str(cache)}}, model={"args": {"channels": 8}})
 
 
-def test_profile_run_splits_the_time(mnist1d_cache):
+def test_profile_run_splits_the_time(mnist1d_cache, monkeypatch):
+    from surefit import checkpoint, loop
     from surefit.profile import profile_run
 
-    r = profile_run(_recipe(mnist1d_cache), steps=3)
-    assert r.steps == 3 and r.threads >= 1
+    evaluated, saved = [], []
+    original_eval, original_write = loop.Trainer._evaluate_and_track, checkpoint.Saves.write
+
+    def evaluate(self):
+        evaluated.append(self.counters.optimizer_step)
+        return original_eval(self)
+
+    def write(self, state, step, kinds):
+        saved.append(step)
+        return original_write(self, state, step, kinds)
+
+    monkeypatch.setattr(loop.Trainer, "_evaluate_and_track", evaluate)
+    monkeypatch.setattr(checkpoint.Saves, "write", write)
+    # one epoch of 2 steps in the recipe: the profile still takes the steps it asks for
+    short = _recipe(mnist1d_cache).replace(train={"epochs": 1}, data={"batch_size": 1800})
+    r = profile_run(short, steps=5, top_ops=5)
+    assert r.steps == 5 and r.threads >= 1
+    assert set(evaluated) == set(saved) == {5}  # nothing between the steps, only at the end
+    assert "Self CPU" in r.top_ops and "convolution" in r.top_ops
     assert 0 <= r.data_wait_s <= r.seconds and r.step_s > 0 and r.steps_per_s > 0
     assert any("steps/s" in line for line in r.lines())
 
@@ -175,6 +224,11 @@ def test_max_batch_on_cpu_is_a_power_of_two(mnist1d_cache):
     assert r.device == "cpu" and r.bytes_per_sample > 0 and r.fixed_bytes > 0
     assert r.max_batch == 256  # 8 channels on 40 points: far below the memory of any machine
     assert "256 (the search's limit" in r.lines()[0]
+    # the forward as the run makes it: bf16 activations, a checkpointed block keeps its inputs
+    bf16 = max_batch(_recipe(mnist1d_cache).replace(train={"precision": "bf16"}), limit=256)
+    whole = _recipe(mnist1d_cache).replace(train={"activation_checkpointing": ["Sequential"]})
+    recomputed = max_batch(whole, limit=256)
+    assert recomputed.bytes_per_sample < bf16.bytes_per_sample < r.bytes_per_sample
 
 
 @pytest.mark.parametrize("deterministic", [False, True])

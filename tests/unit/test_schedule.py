@@ -95,38 +95,29 @@ def test_trace_equals_hand_driven_torch_scheduler(name, kw, make, unit):
     assert got == pytest.approx(want, rel=1e-12, abs=0)
 
 
-@pytest.mark.parametrize(
-    ("name", "kw"),
-    [("warmup_cosine", {}), ("warmup_linear", {}), ("cosine", {}), ("onecycle", {}),
-     ("cosine_restarts", {"restart_steps": 3, "restart_mult": 2})],
-)  # fmt: skip
-def test_a_rewind_returns_every_step_schedule_to_where_fewer_steps_take_it(name, kw):
-    """Steps skipped on the device are rewound at the next sync point: the schedule must then
-    be where the applied steps alone would have taken it (cosine_restarts keeps T_cur, T_i)."""
+@pytest.mark.parametrize("mult", [1, 2])
+def test_cosine_restarts_falls_to_each_groups_own_floor(mult):
+    """torch's CosineAnnealingWarmRestarts for one group; with several, each group falls from
+    its own rate to its own floor (torch's one eta_min lifted a 1e-4 group toward 1e-3)."""
     from surefit.config import ScheduleConfig
     from surefit.schedule import build_schedule
 
-    def stepped(n):
-        opt = torch.optim.SGD(mlp().parameters(), lr=LR)
-        s = build_schedule(ScheduleConfig(name=name, warmup=3, **kw), opt, total_steps=30,
-                           steps_per_epoch=6)  # fmt: skip
-        for _ in range(n):
-            opt.step()
-            s.after_optimizer_step()
-        return s, opt
-
-    for done, skipped in ((10, 3), (17, 8), (5, 5)):
-        s, opt = stepped(done)
-        s.rewind(skipped)
-        want_s, want_opt = stepped(done - skipped)
-        assert opt.param_groups[0]["lr"] == pytest.approx(want_opt.param_groups[0]["lr"], rel=1e-12)
-        for key in ("last_epoch", "T_cur", "T_i"):
-            assert getattr(s.scheduler, key, None) == getattr(want_s.scheduler, key, None), key
+    model = mlp()
+    groups = [{"params": model[0].parameters(), "lr": LR}, {"params": model[2].parameters(),
+              "lr": LR / 100}]  # fmt: skip
+    opt = torch.optim.SGD(groups, lr=LR)
+    cfg = ScheduleConfig(name="cosine_restarts", restart_steps=3, restart_mult=mult)
+    s = build_schedule(cfg, opt, total_steps=40, steps_per_epoch=6)
+    ref_opt = torch.optim.SGD(mlp().parameters(), lr=LR)
+    ref = lrs.CosineAnnealingWarmRestarts(ref_opt, T_0=3, T_mult=mult, eta_min=0.1 * LR)
+    for _ in range(40):
         opt.step()
-        s.after_optimizer_step()  # and it goes on from there as the other does
-        want_opt.step()
-        want_s.after_optimizer_step()
-        assert opt.param_groups[0]["lr"] == pytest.approx(want_opt.param_groups[0]["lr"], rel=1e-12)
+        s.after_optimizer_step()
+        ref_opt.step()
+        ref.step()
+        high, low = (g["lr"] for g in opt.param_groups)
+        assert high == pytest.approx(ref_opt.param_groups[0]["lr"], rel=1e-12)
+        assert low == pytest.approx(high / 100, rel=1e-12) and 0.1 * LR / 100 <= low <= LR / 100
 
 
 def test_onecycle_builds_and_runs_for_every_length_and_warmup():
@@ -207,3 +198,13 @@ def test_plateau_steps_with_the_monitored_validation_metric():
 def test_plateau_without_validation_is_a_config_error():
     with pytest.raises(sf.ConfigError, match="plateau"):
         traced("plateau")
+
+
+def test_a_record_reports_the_rate_its_last_update_used():
+    """An epoch's record is made after its epoch schedule stepped: its ``lr`` is still the rate
+    the epoch trained at, as steps.jsonl has it, not the next epoch's."""
+    x, y = make_classification(N)
+    _, r = traced("step", val=(x, y), step_size=1, gamma=0.5)
+    assert [h["lr"] for h in r.history] == pytest.approx([LR * 0.5**e for e in range(EPOCHS)])
+    got, r = traced("warmup_cosine", val=(x, y), warmup=4)
+    assert r.history[-1]["lr"] == pytest.approx(got[-2])  # the last update's, not the next's
