@@ -120,16 +120,15 @@ def surefit(
     the schedule constant and no validation split, as in the other variants. ``folder``: with a
     run directory, as ``surefit fit`` always has (config, metrics and event logs, checkpoints at
     their defaults); ``fit()`` without one writes nothing. ``data``: the tensors (the in-memory
-    path), a TensorDataset (surefit's DataLoader path: its seeded sampler, per-sample
-    ``__getitem__`` and collate), or the textbook's own DataLoader, iterated as given."""
-    from torch.utils.data import TensorDataset
-
+    path), a map-style Dataset of the same samples (surefit's DataLoader path: its seeded
+    sampler, per-sample ``__getitem__`` and collate; a plain TensorDataset would take the
+    in-memory path), or the textbook's own DataLoader, iterated as given."""
     import surefit as sf
 
     opts: dict[str, Any] = {"threads": threads} if _has_threads_option() else {}
     if folder:
         opts["run_dir"] = _scratch() / "run"
-    train = {"tensors": (x, y), "dataset": TensorDataset(x, y), "loader": _loader(x, y, bs)}
+    train = {"tensors": (x, y), "dataset": _Samples(x, y), "loader": _loader(x, y, bs)}
     r = sf.fit(
         model,
         train[data],
@@ -144,6 +143,19 @@ def surefit(
         **opts,
     )
     return r.steps
+
+
+class _Samples(torch.utils.data.Dataset):
+    """The tensors' samples one by one, as a Dataset that reads or decodes them would give."""
+
+    def __init__(self, x: Any, y: Any) -> None:
+        self.x, self.y = x, y
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def __getitem__(self, i: int) -> tuple[Any, Any]:
+        return self.x[i], self.y[i]
 
 
 def _scratch() -> Any:
@@ -183,7 +195,7 @@ VARIANTS = {
         lambda *a: surefit(*a, threads=_threads(), folder=True),
     ),
     "surefit-dataset": (
-        "surefit fit() over a TensorDataset (its DataLoader path)",
+        "surefit fit() over a map-style Dataset (its DataLoader path)",
         lambda *a: surefit(*a, threads=_threads(), data="dataset"),
     ),
     "surefit-loader": (

@@ -145,7 +145,18 @@ def test_the_quarantine_names_samples_by_their_index_in_the_data_given(tmp_path,
     assert record["bad_samples"] == [250] and 250 in record["indices"]
 
 
-def test_a_skipped_first_step_leaves_no_unfilled_optimizer_state(tmp_path):
+@pytest.fixture(params=["host", "device"])
+def skip_path(request, monkeypatch):
+    """Both ways a step is skipped: on CPU the host reads the flag from memory; the device way
+    (CUDA's, where a read would sync) hands it to a fused kernel, which CPU kernels take too."""
+    from surefit.health import Health
+
+    if request.param == "device":
+        monkeypatch.setattr(Health, "_reads_on_host", lambda self, loss: False)
+    return request.param
+
+
+def test_a_skipped_first_step_leaves_no_unfilled_optimizer_state(tmp_path, skip_path):
     """Fused SGD makes its momentum buffers with empty_like on its first step, for the kernel to
     fill; a first step skipped on the device would leave them holding whatever memory held."""
     from surefit.data import epoch_order
@@ -188,8 +199,10 @@ def test_too_many_bad_batches_stop_the_run(tmp_path):
     assert status == f"stopped by the health guards: {r.stop_reason}"
 
 
-@pytest.mark.parametrize("optimizer", ["sgd", "rmsprop"])  # skipped on the device, on the host
-def test_skipped_steps_keep_the_schedule_on_its_plan_whatever_the_log_interval(optimizer):
+@pytest.mark.parametrize("optimizer", ["sgd", "adamw", "rmsprop"])  # rmsprop has no fused kernel
+def test_skipped_steps_keep_the_schedule_on_its_plan_whatever_the_log_interval(
+    optimizer, skip_path
+):
     """The schedule counts the steps attempted: a skipped step's rate goes unused, the run ends
     at the floor, and the weights do not depend on when the host learns of the skip."""
     x, y = make_classification(200)
@@ -215,6 +228,29 @@ def test_skipped_steps_keep_the_schedule_on_its_plan_whatever_the_log_interval(o
     plan = WarmupCosine(round(0.2 * 26), 26, 0.1)
     assert rates_a == pytest.approx([0.05 * plan(s + 1) for s in range(26)], rel=1e-12)
     assert r.history[-1]["lr"] == pytest.approx(0.05 * 0.1)  # the last update's: the floor
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam", "adamw", "adagrad"])  # fused on CPU
+def test_the_host_and_the_device_skip_leave_the_same_run(optimizer, monkeypatch):
+    """The step the host skips on CPU and the one the fused kernel skips (CUDA's way) leave the
+    same weights, moments and step counts: a skipped step is as if it never ran."""
+    from surefit.health import Health
+
+    x, y = make_classification(160)
+    x[[3, 40, 41, 150]] = float("nan")  # bad batches, the first among them
+
+    def run():
+        model = mlp()
+        r = sf.fit(model, (x, y), optimizer=optimizer, lr=0.05, epochs=2, batch_size=16,
+                   progress="off", checks=False)  # fmt: skip
+        return model, r
+
+    host, r = run()
+    monkeypatch.setattr(Health, "_reads_on_host", lambda self, loss: False)
+    device, _ = run()
+    assert all(torch.equal(p, q) for p, q in zip(host.parameters(), device.parameters(),
+                                                 strict=True))  # fmt: skip
+    assert _finite(host) and r.steps == 20
 
 
 def _spiky_step(spike_at: range):
