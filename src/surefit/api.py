@@ -17,7 +17,7 @@ from .callbacks import EarlyStopping, check_callback
 from .checkpoint import CheckpointStore, atomic_write_text, for_strategy
 from .checks import Finding, check_first_batch, raise_first, run_checks
 from .config import RunConfig
-from .data import DatasetData, as_data, close_loaders, peek_target, split_validation
+from .data import DatasetData, as_data, close_loaders
 from .distributed import is_rank_zero, process_group, resolve_device, shard, strategy
 from .errors import ConfigError
 from .evaluation import compute_batch, evaluate_data
@@ -30,6 +30,7 @@ from .precision import Precision
 from .rundir import check_resume_fits, open_run_dir, restart_run_dir, run_lock
 from .schedule import Schedule, build_schedule
 from .speed import Note, activation_checkpointing, prepare, record, reported_fallback
+from .splits import peek_target, split_validation
 from .state import seed_everything, set_deterministic, settings_kept
 from .tasks import Task, build_task, check_loss_name, infer_task
 

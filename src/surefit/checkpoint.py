@@ -445,6 +445,7 @@ class Saves:
         self.done_at = 0.0  # when that save returned (time.perf_counter)
         self._executor: Any = None
         self._pending: list[tuple[int, tuple[str, ...], Any]] = []
+        self._noted = False  # the checkpoints_paced event of this session was written
 
     def write(
         self, state: Callable[[], dict[str, Any]], step: int, kinds: tuple[str, ...]
@@ -479,6 +480,16 @@ class Saves:
         if self.max_overhead <= 0 or self.cost is None:
             return False
         return time.perf_counter() - self.done_at < self.cost / self.max_overhead
+
+    def note_put_off(self, log: Any, step: int) -> None:
+        """The first save put off in a session is a ``checkpoints_paced`` event: what a save
+        cost, and how often the pace lets one through."""
+        if self._noted or log is None:
+            return
+        self._noted = True
+        cost, share = self.cost or 0.0, self.max_overhead
+        log.event("checkpoints_paced", step=step, save_s=round(cost, 4),
+                  every_s=round(cost / share, 3), max_overhead=share)  # fmt: skip
 
     def drain(self, keep: int = 0) -> None:
         """Wait for background writes until at most ``keep`` are in flight; record them."""

@@ -21,9 +21,9 @@ import torch
 from torch import nn
 
 from .config import CHECKS, RunConfig
-from .data import loader_orders, order_kept, restore_orders
 from .distributed import no_grad, shard_coords
 from .errors import ConfigError, DataError, SurefitError
+from .splits import loader_orders, order_kept, restore_orders
 from .state import RngState
 
 TARGET_KEYS = ("labels", "y", "target")  # the keys Task.split reads a dict batch's target from

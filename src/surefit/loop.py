@@ -95,7 +95,6 @@ class Trainer:
             if parts.store is None
             else Saves(parts.store, ck.async_save, ck.max_overhead, self._record_save)
         )
-        self._pace_noted = False  # the first epoch-end save the pace put off is an event
         self._keep_copy, self._loaded_copy = False, None  # the rollback copy in a pause's save
         limit = cfg.train.max_time_s
         self._time_up = f"reached max_time_s={limit:g}" if limit else ""  # the stop's reason
@@ -486,13 +485,7 @@ class Trainer:
             self.save("last")
             return
         self._sync(snapshot=True)
-        if not self._pace_noted and self.p.log is not None:
-            self._pace_noted = True
-            cost, share = self.saves.cost or 0.0, self.cfg.checkpoint.max_overhead
-            self.p.log.event(
-                "checkpoints_paced", step=self.counters.optimizer_step, save_s=round(cost, 4),
-                every_s=round(cost / share, 3), max_overhead=share,
-            )  # fmt: skip
+        self.saves.note_put_off(self.p.log, self.counters.optimizer_step)
 
     def _record_save(
         self, step: int, kinds: tuple[str, ...], path: Path | None, exc: Exception | None

@@ -21,7 +21,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from .data import loader_workers, order_kept
+from .data import loader_workers
+from .splits import order_kept
 from .state import RngState
 
 # Forward FLOPs per batch under which a run counts as small: bench/'s tiny MLP (20 MFLOP per

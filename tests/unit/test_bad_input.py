@@ -12,8 +12,9 @@ import torch.nn.functional as F
 from torch import nn
 
 import surefit as sf
-from surefit.data import TensorData, split_validation
+from surefit.data import TensorData
 from surefit.errors import SurefitError
+from surefit.splits import split_validation
 from tests.conftest import make_classification, mlp
 
 N = 100

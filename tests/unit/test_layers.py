@@ -31,6 +31,7 @@ LAYERS: list[set[str]] = [
         "tasks",
         "metrics",
         "data",
+        "splits",
         "distributed",
         "perf",
         "speed",
