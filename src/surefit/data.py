@@ -14,7 +14,6 @@ batch k skips k batches of *indices* and loads nothing it does not use.
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
@@ -300,8 +299,9 @@ def _auto_workers(device: torch.device) -> int:
     # on a CPU-only run, workers compete with the compute threads for the same cores
     if device.type == "cpu":
         return 0
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return max(0, min(4, (cores or 1) - 1))  # the cores this process may use, one for the step
+    from .perf import usable_cores  # (perf reads data's paths: imported when called)
+
+    return max(0, min(4, usable_cores() - 1))  # the cores this process may use, one for the step
 
 
 class DatasetData:

@@ -140,6 +140,16 @@ def _merged(first: dict[str, Any], then: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _flag_nonfinite(found: torch.Tensor, one: torch.Tensor, loss: Any, norm: Any) -> None:
+    """Set the zeroed ``found`` to 1.0 when ``loss`` or ``norm`` is NaN or Inf: GradScaler's own
+    check (``_amp_foreach_non_finite_check_and_unscale_``, scaling in place by ``one``, so the
+    values stay as they are) in one kernel, where isfinite, not and a cast took three."""
+    if loss.dtype == norm.dtype == torch.float32:
+        torch._amp_foreach_non_finite_check_and_unscale_([loss, norm], found, one)
+    else:
+        torch.logical_not(torch.isfinite(loss + norm), out=found)
+
+
 def _finite(loss: float, norm: float) -> bool:
     return math.isfinite(loss) and math.isfinite(norm)
 
@@ -241,39 +251,28 @@ class Health:
     def _cpu_step(self, optimizer: torch.optim.Optimizer, loss: torch.Tensor, norm: Any) -> bool:
         """On CPU a kernel has finished when it returns, so the flag is read from its memory
         (a numpy view made once) and the step is skipped on the host: no sync (there is no
-        device to wait for), and no ``found_inf`` work inside the optimizer; measured on
-        bench/'s tiny MLP, the guard's two ops and the fused kernel's step-count correction
-        were the largest share of surefit's cost over the hand-written loop."""
+        device to wait for), no zeroing op, and no ``found_inf`` work inside the optimizer (the
+        fused kernel's step-count correction), which on bench/'s tiny MLP were the largest
+        share of surefit's cost over the hand-written loop (docs/benchmarks.md)."""
         if self._cpu_flag is None:
             found = torch.zeros(())
             self._cpu_flag = (found, torch.ones(()), found.numpy())
         found, one, view = self._cpu_flag
-        view[()] = 0.0
-        if loss.dtype == norm.dtype == torch.float32:  # GradScaler's check, as in _found
-            torch._amp_foreach_non_finite_check_and_unscale_([loss, norm], found, one)
-        else:
-            torch.logical_not(torch.isfinite(loss + norm), out=found)
+        view[()] = 0.0  # zeroed in memory: no op
+        _flag_nonfinite(found, one, loss, norm)
         if view[()]:
             return False
         optimizer.step()
         return True
 
     def _found(self, loss: torch.Tensor, norm: torch.Tensor) -> torch.Tensor:
-        """A float flag on the device, 1.0 when ``loss`` or ``norm`` is NaN or Inf.
-
-        GradScaler's own check (``_amp_foreach_non_finite_check_and_unscale_``; it scales in
-        place, here by 1, so the values stay as they are) does it in one kernel where isfinite,
-        not and a cast took three.
-        """
+        """A float flag on the device, 1.0 when ``loss`` or ``norm`` is NaN or Inf."""
         device = loss.device
         if device not in self._flags:
             self._flags[device] = (torch.zeros((), device=device), torch.ones((), device=device))
         found, one = self._flags[device]
-        if loss.dtype == norm.dtype == torch.float32:
-            found.zero_()
-            torch._amp_foreach_non_finite_check_and_unscale_([loss, norm], found, one)
-        else:
-            torch.logical_not(torch.isfinite(loss + norm), out=found)
+        found.zero_()
+        _flag_nonfinite(found, one, loss, norm)
         return found
 
     def record(self, step: _Step) -> None:
