@@ -100,14 +100,30 @@ def paired_worker(workload: str, rounds: int, epochs: int) -> dict:
     return per_step
 
 
+def _ratios(per_step: dict[str, list[float]], loop: str, baseline: str) -> list[float]:
+    """Each round's steps/s of ``loop`` as a share of ``baseline``'s."""
+    pairs = zip(per_step[loop], per_step[baseline], strict=True)
+    return [base / mine for mine, base in pairs]
+
+
 def _speed(per_step: dict[str, list[float]], loop: str, baseline: str) -> float:
     """The median over rounds of ``loop``'s steps/s as a share of ``baseline``'s."""
-    pairs = zip(per_step[loop], per_step[baseline], strict=True)
-    return statistics.median(base / mine for mine, base in pairs)
+    return statistics.median(_ratios(per_step, loop, baseline))
+
+
+def _interval(values: list[float], draws: int = 2000, level: float = 0.9) -> tuple[float, float]:
+    """A percentile bootstrap interval of the median of ``values`` (seeded: the same rounds give
+    the same interval); how far the table's medians can be trusted on this machine."""
+    import random
+
+    rng = random.Random(0)
+    medians = sorted(statistics.median(rng.choices(values, k=len(values))) for _ in range(draws))
+    cut = int(draws * (1 - level) / 2)
+    return medians[cut], medians[-cut - 1]
 
 
 def paired(quick: bool, repeats: int, lines: list[str]) -> None:
-    rounds = 3 if quick else 11
+    rounds = 3 if quick else 31
     lines += [
         "## Paired, in one process",
         "",
@@ -116,18 +132,22 @@ def paired(quick: bool, repeats: int, lines: list[str]) -> None:
         f"directory) and (a) in turn, {rounds} "
         "rounds of the throughput table's run (the same epochs) after a warm-up of each, the "
         "order alternating; a round's runs follow each other within seconds, so the median of "
-        f"the per-round ratios is the steadiest number this machine gives. Load {load()}.",
+        "the per-round ratios is the steadiest number this machine gives, and its 90 % "
+        f"bootstrap interval says how steady. Load {load()}.",
         "",
-        "| workload | epochs | surefit / (a+), median of rounds | surefit / (a) | (a) / (a+) | "
-        "surefit's cost over (a+) per step | surefit with a run directory / (a+) |",
+        "| workload | epochs | surefit / (a+), median of rounds [90 % interval] | "
+        "surefit / (a) | (a) / (a+) | surefit's cost over (a+) per step | "
+        "surefit with a run directory / (a+) |",
         "|---|---|---|---|---|---|---|",
     ]
     for workload, (_, _, full, short) in WORKLOADS.items():
         epochs = short if quick else full
-        t = spawn(["--paired", workload, str(rounds), str(epochs)], timeout=1800)
+        t = spawn(["--paired", workload, str(rounds), str(epochs)], timeout=3600)
         extra = statistics.median(a - b for a, b in zip(t["surefit"], t["a+"], strict=True))
+        low, high = _interval(_ratios(t, "surefit", "a+"))
         lines.append(
-            f"| `{workload}` | {epochs} | {_speed(t, 'surefit', 'a+'):.3f} | "
+            f"| `{workload}` | {epochs} | {_speed(t, 'surefit', 'a+'):.3f} "
+            f"[{low:.3f}, {high:.3f}] | "
             f"{_speed(t, 'surefit', 'a'):.3f} | {_speed(t, 'a', 'a+'):.3f} | "
             f"{extra * 1e6:+.0f} us | {_speed(t, 'surefit-dir', 'a+'):.3f} |"
         )
@@ -305,6 +325,23 @@ def memory_section(quick: bool, repeats: int, lines: list[str]) -> None:
               *out.strip().splitlines(), ""]  # fmt: skip
 
 
+def instructions_section(quick: bool, repeats: int, lines: list[str]) -> None:
+    out = subprocess.run([sys.executable, str(HERE / "instructions.py")], capture_output=True,
+                         text=True, cwd=ROOT, check=True).stdout  # fmt: skip
+    lines += [
+        "## Instructions per step (`bench/instructions.py`)",
+        "",
+        "surefit's own work per step, counted rather than timed: each loop under valgrind's "
+        "callgrind, 1 torch thread, in fresh processes of 1 and 3 epochs; the difference of their "
+        "totals over the steps in between (imports, set-up and the first epoch cancel). The "
+        "count does not depend on the machine's load; instructions are not seconds (the model's "
+        f"vector kernels retire more per cycle than the Python around them). Load {load()}.",
+        "",
+        *out.strip().splitlines(),
+        "",
+    ]
+
+
 def cpu_model() -> str:
     """The processor's name (Linux), which says more of a CPU number than the core count."""
     try:
@@ -414,6 +451,7 @@ SECTIONS = {
     "checkpoint": checkpoint_section,
     "health": health_section,
     "memory": memory_section,
+    "instructions": instructions_section,
 }
 RESULTS = HERE / "results"  # one file per section; docs/benchmarks.md joins those present
 
@@ -444,7 +482,7 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=0,
                    help="repeats (default 3, throughput at least 5; --quick 1)")  # fmt: skip
     p.add_argument("--skip", default="", help="comma list of sections to skip: throughput,"
-                   "paired,import,accuracy,checkpoint,health,memory")  # fmt: skip
+                   "paired,import,accuracy,checkpoint,health,memory,instructions")  # fmt: skip
     args = p.parse_args()
     if args.paired:
         print(json.dumps(paired_worker(args.paired[0], int(args.paired[1]), int(args.paired[2]))))

@@ -69,15 +69,15 @@ class _Sums:
     norms: list[float] = field(default_factory=list)  # epoch sums only: for percentiles
     t0: float = field(default_factory=time.perf_counter)
 
-    def add(self, loss: float, samples: int, norm: float, clipped: bool, keep: bool) -> None:
+    def add(self, loss: float, samples: int, norm: float, clipped: bool) -> None:
         self.loss += loss
         self.samples += samples
         self.steps += 1
         self.norm += norm
-        self.norm_max = max(self.norm_max, norm)
-        self.clipped += int(clipped)
-        if keep:
-            self.norms.append(norm)
+        if norm > self.norm_max:
+            self.norm_max = norm
+        if clipped:
+            self.clipped += 1
 
     def state(self) -> dict[str, Any]:
         state = {k: v for k, v in vars(self).items() if k != "t0"}
@@ -117,6 +117,21 @@ class _LossWindow:
 
     def median(self) -> float:
         return _median(self.sorted)
+
+    def is_spike(self, loss: float, threshold: float) -> bool:
+        """``loss`` above the median by ``threshold`` robust deviations (1.4826 x MAD, at
+        least 0.1 % of the median); the MAD is computed only when the floor alone would not
+        already clear ``loss``."""
+        ordered = self.sorted
+        n = len(ordered)
+        if n < SPIKE_MIN_HISTORY:
+            return False
+        med = ordered[n // 2] if n % 2 else (ordered[n // 2 - 1] + ordered[n // 2]) / 2
+        floor = max(1e-3 * abs(med), 1e-12)
+        if loss <= med + threshold * floor:
+            return False
+        scale = max(1.4826 * self.mad(med), floor)
+        return loss > med + threshold * scale
 
     def mad(self, med: float) -> float:
         """The median absolute deviation from ``med``."""
@@ -194,6 +209,8 @@ class Health:
         self.steps = self.skipped = self.scaler_skips = self.spikes = self.rollbacks = 0
         self.origin_reported = False
         self.high_norm_run = 0  # consecutive steps with the pre-clip norm far above clip_norm
+        self._watch_lr = clip_norm > 0 and cfg.checks and "lr_too_high" not in cfg.skip_checks
+        self._lr_high_norm = LR_HIGH_FACTOR * clip_norm
         self._epoch_t0: dict[int, float] = {}
         folder = run_dir if enabled_io else None
         self.quarantine = JsonlSink(folder / "quarantine.jsonl") if folder else None
@@ -246,7 +263,7 @@ class Health:
 
     def _reads_on_host(self, loss: torch.Tensor) -> bool:
         """The flag is read on the host where that waits for nothing: on CPU."""
-        return loss.device.type == "cpu"
+        return loss.is_cpu
 
     def _cpu_step(self, optimizer: torch.optim.Optimizer, loss: torch.Tensor, norm: Any) -> bool:
         """On CPU a kernel has finished when it returns, so the flag is read from its memory
@@ -291,25 +308,29 @@ class Health:
             return actions
         pending, self.pending = self.pending, []
         losses, counts, norms = _pending_values(pending)
-        values, lines = iter(losses), []
+        values, lines, isfinite = iter(losses), [], math.isfinite
+        rollback_after = self.cfg.rollback_after
         try:
             for p, norm in zip(pending, norms, strict=True):
-                loss, samples = 0.0, 0.0
-                for _ in range(len(p.counts) or 1):  # left to right, as a device sum would add
-                    loss, samples = loss + next(values), samples + next(counts)
+                if len(p.counts) > 1:  # left to right, as a device sum would add
+                    loss = samples = 0.0
+                    for _ in p.counts:
+                        loss, samples = loss + next(values), samples + next(counts)
+                else:
+                    loss, samples = 0.0 + next(values), 0.0 + next(counts)
                 p.samples = int(samples)
                 self.steps += 1
                 if p.epoch != self.epoch_index:
                     t0 = self._epoch_t0.get(p.epoch, time.perf_counter())
                     self.epoch, self.epoch_index = _Sums(t0=t0), p.epoch
                 spikes = self.spikes
-                if _finite(loss, norm):
+                if isfinite(loss) and isfinite(norm):
                     self._accept(p, loss, norm)
                 else:
                     self._reject(p, loss, norm, examine, actions)
                 if self.per_step is not None:
                     lines.append(self._step_line(p, loss, norm, spike=self.spikes > spikes))
-                if self.cfg.rollback_after and self.run_length >= self.cfg.rollback_after:
+                if rollback_after and self.run_length >= rollback_after:
                     self.run_length = 0
                     if not actions["rollback"]:
                         actions["rollback"] = (
@@ -344,12 +365,21 @@ class Health:
         return record
 
     def _accept(self, p: _Step, loss: float, norm: float) -> None:
-        clipped = self.clip_norm > 0 and norm > self.clip_norm
-        for sums in (self.interval, self.epoch):
-            sums.add(loss, p.samples, norm, clipped, keep=sums is self.epoch)
-        self._check_lr(norm, p.step)
-        mean = loss / max(p.samples, 1)
-        if self._is_spike(mean):
+        """Host bookkeeping of one finite step (at a sync point, once per step: kept to plain
+        attribute updates, with the rare paths behind a comparison)."""
+        clipped = norm > self.clip_norm > 0
+        self.interval.add(loss, p.samples, norm, clipped)
+        self.epoch.add(loss, p.samples, norm, clipped)
+        self.epoch.norms.append(norm)  # the epoch's percentiles
+        if self._watch_lr:
+            if norm > self._lr_high_norm:
+                self.high_norm_run += 1
+                if self.high_norm_run == LR_HIGH_STEPS:
+                    self._warn_lr(norm, p.step)
+            else:
+                self.high_norm_run = 0
+        mean = loss / (p.samples or 1)
+        if self.recent.is_spike(mean, self.cfg.spike_threshold):
             self.spikes += 1
             self.run_length += 1
             self._event("spike", step=p.step, loss=mean, median=self.recent.median())
@@ -357,23 +387,19 @@ class Health:
             self.run_length = 0
             self.recent.append(mean)
 
-    def _check_lr(self, norm: float, step: int) -> None:
+    def _warn_lr(self, norm: float, step: int) -> None:
         """Warn once when clipping does the learning rate's job for many steps in a row."""
-        if self.clip_norm <= 0 or "lr_too_high" in self.cfg.skip_checks or not self.cfg.checks:
-            return
-        self.high_norm_run = self.high_norm_run + 1 if norm > LR_HIGH_FACTOR * self.clip_norm else 0
-        if self.high_norm_run == LR_HIGH_STEPS:
-            what = (
-                f"the pre-clip gradient norm was above {LR_HIGH_FACTOR:g} x clip_norm "
-                f"({self.clip_norm:g}) for {LR_HIGH_STEPS} steps in a row (now {norm:.3g})"
-            )
-            fix = (
-                "lower optim.lr (clipping hides a learning rate that is too high), or raise "
-                f"train.clip_norm if {self.clip_norm:g} is below the norm of healthy steps"
-            )
-            self._event("warning", check="lr_too_high", step=step, what=what, fix=fix)
-            if self.log is not None:
-                self.log.console.line(f"warning: {what}\n  fix: {fix}")
+        what = (
+            f"the pre-clip gradient norm was above {LR_HIGH_FACTOR:g} x clip_norm "
+            f"({self.clip_norm:g}) for {LR_HIGH_STEPS} steps in a row (now {norm:.3g})"
+        )
+        fix = (
+            "lower optim.lr (clipping hides a learning rate that is too high), or raise "
+            f"train.clip_norm if {self.clip_norm:g} is below the norm of healthy steps"
+        )
+        self._event("warning", check="lr_too_high", step=step, what=what, fix=fix)
+        if self.log is not None:
+            self.log.console.line(f"warning: {what}\n  fix: {fix}")
 
     def check_eval(self, monitor: str, value: Any, step: int, data: Any) -> None:
         """Warn once when the monitored evaluation value is NaN or Inf: best.pt, restore_best,
@@ -398,19 +424,6 @@ class Health:
         self._event("warning", check="eval_not_finite", step=step, what=what, fix=fix)
         if self.log is not None:
             self.log.console.line(f"warning: {what}\n  fix: {fix}")
-
-    def _is_spike(self, loss: float) -> bool:
-        """``loss`` above the median by ``spike_threshold`` robust deviations (1.4826 x MAD,
-        at least 0.1 % of the median); the MAD is computed only when the floor alone would not
-        already clear ``loss``."""
-        if len(self.recent) < SPIKE_MIN_HISTORY:
-            return False
-        med = self.recent.median()
-        floor = max(1e-3 * abs(med), 1e-12)
-        if loss <= med + self.cfg.spike_threshold * floor:
-            return False
-        scale = max(1.4826 * self.recent.mad(med), floor)
-        return loss > med + self.cfg.spike_threshold * scale
 
     def _reject(
         self, p: _Step, loss: float, norm: float, examine: Any, actions: dict[str, Any]

@@ -60,7 +60,8 @@ class Precision:
         if not grads:
             return torch.zeros((), device=self.device)
         norm = torch.nn.utils.get_total_norm(grads)
-        if hasattr(norm, "full_tensor"):  # FSDP: per-shard norms (a DTensor); sum over ranks
+        # FSDP: per-shard norms (a DTensor), summed over ranks; a plain tensor skips the probe
+        if type(norm) is not torch.Tensor and hasattr(norm, "full_tensor"):
             norm = norm.full_tensor()
         if clip_norm > 0:  # the same two steps as clip_grad_norm_, with the global norm
             torch.nn.utils.clip_grads_with_norm_(params, clip_norm, norm)

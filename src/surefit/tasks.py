@@ -73,6 +73,8 @@ class Task:
         dict of them (Hugging Face's ``ModelOutput`` is one), as its loss and metrics read
         a tensor."""
         out = net(**inputs[0]) if len(inputs) == 1 and isinstance(inputs[0], dict) else net(*inputs)
+        if type(out) is torch.Tensor:  # the common case, without the ABC check below
+            return out
         if self.name != "custom" and isinstance(out, Mapping) and "logits" in out:
             return out["logits"]
         return out
