@@ -14,6 +14,7 @@ __all__ = [
     "Callback",
     "FitResult",
     "RunConfig",
+    "SurefitWarning",
     "__version__",
     "evaluate",
     "fit",
@@ -22,7 +23,7 @@ __all__ = [
     "lr_find",
 ]
 
-from .errors import CheckpointError, ConfigError, DataError
+from .errors import CheckpointError, ConfigError, DataError, SurefitWarning
 
 # torch-heavy names load on first use, so `import surefit` for the CLI's help stays fast
 _LAZY = {

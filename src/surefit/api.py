@@ -53,6 +53,8 @@ class FitResult:
     model: nn.Module = field(repr=False)
     resume_check: Any = None  # the verdict of check_resume=True (a selfcheck.ResumeCheck)
     health_stop: str = ""  # why the health guards stopped a diverging run ("" when they did not)
+    # every warning the run gave (check, what, fix, and where known the step), in order
+    warnings: list[dict[str, Any]] = field(default_factory=list)
 
 
 def _skipped(log: RunLog) -> Callable[[Path, str], None]:
@@ -447,8 +449,7 @@ class Run:
             log.event("resume_check", **dataclasses.asdict(check))
         for f in findings:
             if f.level == "warning" and not resuming:
-                console.line(f"warning: {f.what}\n  fix: {f.fix}")
-                log.event("warning", check=f.check, what=f.what, fix=f.fix)
+                log.warn(f.check, f.what, f.fix)
         try:
             trainer.fit()
             test_metrics: dict[str, float] = {}
@@ -470,6 +471,7 @@ class Run:
         log.close()
         result = self._result(trainer, test_metrics, run_dir, store)
         result.resume_check, result.health_stop = check, trainer.health_stop
+        result.warnings = list(log.warnings)
         console.line(summary(result))
         return result
 

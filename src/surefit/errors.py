@@ -37,6 +37,12 @@ class CheckpointError(SurefitError):
     """A checkpoint is missing, corrupt, unsafe or does not fit the run."""
 
 
+class SurefitWarning(UserWarning):
+    """A run's warning where no console shows it (``progress="off"``): the same text as the
+    console's ``warning:`` line; every warning is also in ``FitResult.warnings`` and, with a run
+    directory, a ``warning`` event."""
+
+
 def refuse_to_replace(path: Path, suffix: str, where: str) -> None:
     """A ConfigError when writing an output file (``--to``, ``--out``) would replace a folder or a
     file of another kind: a typo must not overwrite a run's config.toml or a checkpoint. An

@@ -397,9 +397,8 @@ class Health:
             "lower optim.lr (clipping hides a learning rate that is too high), or raise "
             f"train.clip_norm if {self.clip_norm:g} is below the norm of healthy steps"
         )
-        self._event("warning", check="lr_too_high", step=step, what=what, fix=fix)
         if self.log is not None:
-            self.log.console.line(f"warning: {what}\n  fix: {fix}")
+            self.log.warn("lr_too_high", what, fix, step=step)
 
     def check_eval(self, monitor: str, value: Any, step: int, data: Any) -> None:
         """Warn once when the monitored evaluation value is NaN or Inf: best.pt, restore_best,
@@ -421,9 +420,8 @@ class Health:
         else:
             fix = ("check the validation data for NaN/Inf (torch.isfinite(x).all()) and the "
                    "model's outputs on it (an overflow, a log of 0)")  # fmt: skip
-        self._event("warning", check="eval_not_finite", step=step, what=what, fix=fix)
         if self.log is not None:
-            self.log.console.line(f"warning: {what}\n  fix: {fix}")
+            self.log.warn("eval_not_finite", what, fix, step=step)
 
     def _reject(
         self, p: _Step, loss: float, norm: float, examine: Any, actions: dict[str, Any]

@@ -12,10 +12,11 @@ import json
 import math
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any, TextIO
 
-from .errors import ConfigError
+from .errors import ConfigError, SurefitWarning
 from .loggers import SINKS, TRACKERS, TrackerSink, check_installed, metric_values
 
 KNOWN_LOGGERS = ("jsonl", "csv", *TRACKERS)
@@ -183,7 +184,9 @@ class RunLog:
     ) -> None:
         _check_loggers(loggers)
         self.console = console
+        self.rank_zero = enabled
         self.enabled = enabled and run_dir is not None
+        self.warnings: list[dict[str, Any]] = []  # every warning of this session, for the result
         self.metrics = JsonlSink(run_dir / "metrics.jsonl") if run_dir else None
         self.events = JsonlSink(run_dir / "events.jsonl") if run_dir else None
         on = run_dir is not None and self.enabled
@@ -213,6 +216,27 @@ class RunLog:
         if self.enabled and self.events is not None:
             self.events.write({"event": event, "time": round(time.time(), 3), **fields})
 
+    def warn(
+        self,
+        check: str,
+        what: str,
+        fix: str = "",
+        category: type[Warning] = SurefitWarning,
+        **fields: Any,
+    ) -> None:
+        """A warning of the run, wherever it can be read: a ``warning`` event, the result's
+        ``warnings``, and the console's ``warning:`` line; with no console (``progress="off"``)
+        a ``SurefitWarning`` instead, so that it is never silent. Rank zero only."""
+        if not self.rank_zero:
+            return
+        record = {"check": check, "what": what, **({"fix": fix} if fix else {}), **fields}
+        self.warnings.append(record)
+        self.event("warning", **record)
+        if getattr(self.console, "mode", "off") == "off":
+            warnings.warn(f"{what}" + (f"; fix: {fix}" if fix else ""), category, stacklevel=3)
+        else:
+            self.console.line(f"warning: {what}" + (f"\n  fix: {fix}" if fix else ""))
+
     def _guard(self, sink: TrackerSink, call: Any) -> Any:
         """Run ``call(sink)``; on an error record it, drop the sink and go on."""
         try:
@@ -220,7 +244,7 @@ class RunLog:
         except Exception as exc:
             self.trackers.remove(sink)
             self.event("logger_failed", logger=sink.name, error=f"{type(exc).__name__}: {exc}")
-            self.console.line(f"warning: logger '{sink.name}' failed and is off: {exc}")
+            self.warn("logger", f"logger '{sink.name}' failed and is off: {exc}")
             return None
 
     def state_dict(self) -> dict[str, Any]:

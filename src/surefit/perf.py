@@ -342,5 +342,5 @@ def report_wait(timed: TimedBatches, parts: Any, epoch: int) -> dict[str, float]
         )  # fmt: skip
         if advice:
             parts.log.event("input_bound", epoch=epoch, message=advice)
-            parts.log.console.line(f"warning: {advice}")
+            parts.log.warn("data_wait", advice, epoch=epoch)
     return summary

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .errors import ConfigError
+from .errors import ConfigError, SurefitWarning
 
 COMPILE_FIX = (
     "install a C++ compiler (gcc or clang; on CUDA also Triton) for torch.compile's inductor, "
@@ -39,9 +39,10 @@ class Note:
     event: str  # the name of the events.jsonl record
     fields: dict[str, Any] = field(default_factory=dict)  # its fields
     line: str = ""  # what the console says; "" = nothing
+    warning: str = ""  # a warning of the run instead (RunLog.warn), with fields["fix"]
 
 
-class CompileFallbackWarning(UserWarning):
+class CompileFallbackWarning(SurefitWarning):
     """torch.compile is not available on the run's device: the model runs eagerly."""
 
 
@@ -57,13 +58,9 @@ def prepare(model: nn.Module, cfg: Any, device: torch.device, strategy: str) -> 
     if cfg.train.compile:
         problem = compile_problem(device)
         if problem is not None:
-            line = f"warning: torch.compile is not available, running eagerly: {problem}"
+            what = f"torch.compile is not available, running eagerly: {problem}"
             notes.append(
-                Note(
-                    "compile_fallback",
-                    {"why": problem, "fix": COMPILE_FIX},
-                    f"{line}\n  fix: {COMPILE_FIX}",
-                )
+                Note("compile_fallback", {"why": problem, "fix": COMPILE_FIX}, warning=what)
             )
     if cfg.train.activation_checkpointing:
         notes.append(Note("activation_checkpointing", {"modules": checkpointed(model)}))
@@ -73,7 +70,10 @@ def prepare(model: nn.Module, cfg: Any, device: torch.device, strategy: str) -> 
 def record(notes: list[Note], log: Any) -> None:
     """Write ``notes`` to a run's log (a ``log.RunLog``): events, and console lines."""
     for note in notes:
-        if note.line:
+        if note.warning:
+            fix = note.fields.get("fix", "")
+            log.warn(note.event, note.warning, fix, category=CompileFallbackWarning)
+        elif note.line:
             log.console.line(note.line)
         log.event(note.event, **note.fields)
 

@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 import textwrap
+import warnings
 
 import pytest
 import torch
@@ -237,6 +238,35 @@ def test_lr_too_high_for_the_clip_warns(tmp_path):
     assert "lower optim.lr" in w["fix"]
     _fit(mlp(), tmp_path / "ok", data=(x, y), batch_size=8, clip_norm=1.0, log_every=20)
     assert _warnings(tmp_path / "ok", "lr_too_high") == []
+
+
+def test_a_warning_reaches_the_result_and_is_never_silent(tmp_path, capsys):
+    """With no console and no run directory a warning is a SurefitWarning; with a console it is
+    a line and no Python warning; either way it is in FitResult.warnings."""
+    x, y = make_classification(1024)
+    kw = dict(epochs=1, batch_size=8, clip_norm=0.01, log_every=20)
+    with pytest.warns(sf.SurefitWarning, match="pre-clip gradient norm") as caught:
+        quiet = sf.fit(mlp(), (x, y), progress="off", **kw)
+    assert len([w for w in caught if "pre-clip" in str(w.message)]) == 1
+    [record] = [w for w in quiet.warnings if w["check"] == "lr_too_high"]
+    assert "lower optim.lr" in record["fix"] and record["step"] > 0
+    assert "lower optim.lr" in str(caught[0].message)  # the fix travels with it
+    capsys.readouterr()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", sf.SurefitWarning)  # shown on the console instead
+        shown = sf.fit(mlp(), (x, y), progress="epoch", run_dir=tmp_path, **kw)
+    out = capsys.readouterr().out
+    assert out.count("warning: the pre-clip gradient norm") == 1
+    assert shown.warnings == quiet.warnings
+    [event] = _warnings(tmp_path, "lr_too_high")
+    assert {k: event[k] for k in record} == record  # the event holds what the result holds
+    assert [w["check"] for w in shown.warnings] == [
+        e["check"] for e in _events(tmp_path) if e["event"] == "warning"
+    ]
+
+
+def _events(run_dir):
+    return [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines()]
 
 
 def test_checks_leave_rng_and_model_untouched():

@@ -221,6 +221,7 @@ def test_public_names_snapshot():
         "EarlyStopping",
         "FitResult",
         "RunConfig",
+        "SurefitWarning",
         "__version__",
         "evaluate",
         "fit",
