@@ -50,8 +50,8 @@ def _evaluate(model: Any, x: Any, y: Any, bs: int = 400) -> tuple[float, float]:
 def hand_run(epochs: int) -> dict[str, Any]:
     """(a): the recipe's schedule written by hand; surefit's data split for equal data."""
     from surefit.data import TensorData
-    from surefit.splits import split_validation
     from surefit.recipes import mnist1d
+    from surefit.splits import split_validation
 
     t0 = time.perf_counter()
     torch.manual_seed(0)

@@ -53,7 +53,7 @@ class FitResult:
     model: nn.Module = field(repr=False)
     resume_check: Any = None  # the verdict of check_resume=True (a selfcheck.ResumeCheck)
     health_stop: str = ""  # why the health guards stopped a diverging run ("" when they did not)
-    # every warning the run gave (check, what, fix, and where known the step), in order
+    # every warning this call gave (check, what, fix, and where known the step), in order
     warnings: list[dict[str, Any]] = field(default_factory=list)
 
 

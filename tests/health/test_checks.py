@@ -265,6 +265,14 @@ def test_a_warning_reaches_the_result_and_is_never_silent(tmp_path, capsys):
     ]
 
 
+def test_a_first_step_check_warning_without_a_console_is_a_python_warning():
+    x, y = make_classification(256)
+    with pytest.warns(sf.SurefitWarning, match="also appear in the training data"):
+        r = sf.fit(mlp(), (x, y), val=(x[:50], y[:50]), epochs=1, progress="off")
+    [record] = [w for w in r.warnings if w["check"] == "leakage"]
+    assert "50 validation sample(s)" in record["what"] and record["fix"]
+
+
 def _events(run_dir):
     return [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines()]
 
