@@ -389,3 +389,30 @@ def test_the_input_bound_warning_names_the_fix_unless_skipped(tmp_path, skip):
     bound = [e["message"] for e in events if e["event"] == "input_bound"]
     assert bound == ([] if skip else bound[:1]) and len(bound) == (0 if skip else 1)
     assert skip or "num_workers > 0" in bound[0]
+
+
+def test_every_surefit_name_the_bench_imports_exists():
+    """bench/ runs outside the tests; a module move must not break its imports unseen (its
+    imports of surefit sit inside functions, so importing the scripts would not find one)."""
+    import ast
+    import importlib
+    import importlib.util
+    from pathlib import Path
+
+    bench = Path(__file__).resolve().parents[2] / "bench"
+    wanted = []
+    for script in sorted(bench.glob("*.py")):
+        for node in ast.walk(ast.parse(script.read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("surefit"):
+                wanted += [(script.name, node.module, a.name) for a in node.names]
+    assert len(wanted) > 5  # the scan found the bench's imports
+
+    def found(module: str, name: str) -> bool:  # a name in the module, or a submodule of it
+        parent = importlib.import_module(module)
+        if hasattr(parent, name):
+            return True
+        return (
+            hasattr(parent, "__path__") and importlib.util.find_spec(f"{module}.{name}") is not None
+        )
+
+    assert [w for w in wanted if not found(w[1], w[2])] == []
