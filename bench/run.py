@@ -413,14 +413,14 @@ PROFILE_NOTES = """## Where the time goes
 - What surefit's cost over (a+) is made of. Its own work is small: 37k instructions a step over
   (a+)'s 9.28M on `tiny` (+0.40 %), 35k over 0.98M on a near-empty model (the instructions
   table; counted, so the machine's load does not move it). The host bookkeeping of each step is
-  plain attribute updates (about 18k instructions a step fewer on the near-empty model than the
-  version measured before it). Timed, the gap is larger: `tiny` 0.923 x (a+) paired in this run,
-  +64 us a step, where 37k instructions of Python are about 25 us. In one torch profile of both
-  loops (1 thread, 4 alternating runs of 320 steps) the same kernels took 2-5 % longer in
-  surefit's loop (their self times summed to 1,020-1,047 us a step against 972-1,019 us), which
-  would be the caches shared with the Python between them; in a second profile the hand-written
-  loop's own runs spread from 863 to 1,113 us, wider than that difference, so where the rest of
-  the timed gap comes from is not settled on this machine.
+  plain attribute updates (13-18k instructions a step fewer on the near-empty model than the
+  version before it, counted the same way). Timed, the gap is larger: `tiny` 0.923 x (a+)
+  paired in this run, +64 us a step, where 37k instructions of Python are about 25 us. In one
+  torch profile of both loops (1 thread, 4 alternating runs of 320 steps) the same kernels took
+  2-5 % longer in surefit's loop (their self times summed to 1,020-1,047 us a step against
+  972-1,019 us), which would be the caches shared with the Python between them; in a second
+  profile the hand-written loop's own runs spread from 863 to 1,113 us, wider than that
+  difference, so where the rest of the timed gap comes from is not settled on this machine.
 - The 0.95 x (a+) goal: paired, `tiny` 0.923 [0.909, 0.947] and `small` 0.937 [0.918, 0.967] in
   this run; earlier runs of nearly the same code on this machine gave 0.915-0.981 (`tiny`) and
   0.905-0.985 (`small`). Fresh-process ratios spread more (a loop's own repeats vary up to 2x,
