@@ -6,6 +6,7 @@ Every sink receives host floats at the log interval; nothing here reads a device
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import difflib
 import json
@@ -13,6 +14,7 @@ import math
 import sys
 import time
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -167,6 +169,15 @@ def epoch_line(epoch: int, epochs: int, values: dict[str, Any]) -> str:
     return "  ".join(parts)
 
 
+@contextlib.contextmanager
+def warnings_held() -> Iterator[None]:
+    """No ``SurefitWarning`` from a run made inside a command that reports on it itself (the
+    resume check's runs, a profile's scratch run): their warnings are that command's to give."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", SurefitWarning)
+        yield
+
+
 class RunLog:
     """The run's sinks in one place: only rank zero writes (``enabled``).
 
@@ -229,10 +240,10 @@ class RunLog:
         a ``SurefitWarning`` instead, so that it is never silent. Rank zero only."""
         if not self.rank_zero:
             return
-        record = {"check": check, "what": what, **({"fix": fix} if fix else {}), **fields}
+        record = {"check": check, "what": what, "fix": fix, **fields}
         self.warnings.append(record)
         self.event("warning", **record)
-        if getattr(self.console, "mode", "off") == "off":
+        if getattr(self.console, "mode", None) == "off":
             warnings.warn(f"{what}" + (f"; fix: {fix}" if fix else ""), category, stacklevel=3)
         else:
             self.console.line(f"warning: {what}" + (f"\n  fix: {fix}" if fix else ""))

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from .config import RunConfig
+from .log import warnings_held
 
 
 @dataclass(frozen=True)
@@ -88,7 +89,8 @@ def profile_run(cfg: RunConfig, steps: int = 50, top_ops: int = 0) -> ProfileRep
                         prof.stop()
 
             callbacks.append(Window())
-        result = recipes.run(run_cfg, callbacks=callbacks)
+        with warnings_held():  # the report gives what the profile finds
+            result = recipes.run(run_cfg, callbacks=callbacks)
         if top_ops > 0:
             table = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=top_ops)
         events = _events(Path(tmp) / "run" / "events.jsonl")

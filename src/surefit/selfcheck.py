@@ -24,6 +24,7 @@ import torch
 
 from .checkpoint import CheckpointStore
 from .config import RunConfig, to_toml
+from .log import warnings_held
 from .state import RngState
 
 # wall-clock values, and events.jsonl's position (events record what happened: a resume is one)
@@ -152,7 +153,8 @@ def check_in_process(run: Any, first_steps: int = 8) -> ResumeCheck:
                 log={"progress": "off", "loggers": []},
             )
             try:
-                run.execute()
+                with warnings_held():  # the run being checked gave them already
+                    run.execute()
             finally:
                 run.model, run.optimizer, run.schedule, run.callbacks, run.cfg = originals
                 RngState().load_state_dict(rng)

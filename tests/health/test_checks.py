@@ -273,6 +273,17 @@ def test_a_first_step_check_warning_without_a_console_is_a_python_warning():
     assert "50 validation sample(s)" in record["what"] and record["fix"]
 
 
+def test_the_runs_a_resume_check_makes_give_no_warnings_of_their_own(tmp_path, capsys):
+    x, y = make_classification(256)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", sf.SurefitWarning)
+        r = sf.fit(mlp(), (x, y), val=(x[:50], y[:50]), epochs=1, progress="epoch",
+                   run_dir=tmp_path, check_resume=True)  # fmt: skip
+    assert r.resume_check is not None
+    assert capsys.readouterr().out.count("also appear in the training data") == 1
+    assert [w["check"] for w in r.warnings] == ["leakage"]
+
+
 def _events(run_dir):
     return [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines()]
 
