@@ -463,3 +463,27 @@ def test_a_datasets_loader_workers_end_with_the_fit():
         r = sf.fit(mlp(), Samples(x, y), val=Samples(x[:16], y[:16]), epochs=2, batch_size=16,
                    num_workers=2, progress="off", device="cpu")  # fmt: skip
         assert r.steps == 8 and multiprocessing.active_children() == []
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("clip", [0.0, 1e-3, 1e6])
+def test_the_one_group_clip_gives_torchs_bits(dtype, clip):
+    """The written-out norm and clip for one (device, dtype) group against torch's
+    get_total_norm + clip_grads_with_norm_: the same norm and gradients, bit for bit."""
+    from surefit.precision import _norm_and_clip, _one_foreach_group
+
+    g = torch.Generator().manual_seed(0)
+    shapes = [(64, 40), (64,), (10, 64), (10,), (3, 3, 5)]
+    mine = [torch.nn.Parameter(torch.randn(s, generator=g).to(dtype)) for s in shapes]
+    theirs = [torch.nn.Parameter(p.detach().clone()) for p in mine]
+    for a, b in zip(mine, theirs, strict=True):
+        a.grad = torch.randn(a.shape, generator=g).to(dtype) * 3
+        b.grad = a.grad.clone()
+    assert _one_foreach_group(mine)
+    norm = _norm_and_clip([p.grad for p in mine], clip)
+    expected = torch.nn.utils.get_total_norm([p.grad for p in theirs])
+    if clip > 0:
+        torch.nn.utils.clip_grads_with_norm_(theirs, clip, expected)
+    assert torch.equal(norm, expected)
+    assert all(torch.equal(a.grad, b.grad) for a, b in zip(mine, theirs, strict=True))
+    assert not _one_foreach_group([*mine, torch.nn.Parameter(torch.zeros(2, dtype=torch.float64))])
