@@ -410,21 +410,25 @@ and 1.037 in this one (on faster than off), so it is below what this machine res
 
 PROFILE_NOTES = """## Where the time goes
 
-- What surefit's cost over (a+) is made of. Its own work is small: 37k instructions a step over
-  (a+)'s 9.28M on `tiny` (+0.40 %), 35k over 0.98M on a near-empty model (the instructions
-  table; counted, so the machine's load does not move it). The host bookkeeping of each step is
-  plain attribute updates (13-18k instructions a step fewer on the near-empty model than the
-  version before it, counted the same way). Timed, the gap is larger: `tiny` 0.923 x (a+)
-  paired in this run, +64 us a step, where 37k instructions of Python are about 25 us. In one
-  torch profile of both loops (1 thread, 4 alternating runs of 320 steps) the same kernels took
-  2-5 % longer in surefit's loop (their self times summed to 1,020-1,047 us a step against
-  972-1,019 us), which would be the caches shared with the Python between them; in a second
-  profile the hand-written loop's own runs spread from 863 to 1,113 us, wider than that
-  difference, so where the rest of the timed gap comes from is not settled on this machine.
-- The 0.95 x (a+) goal: paired, `tiny` 0.923 [0.909, 0.947] and `small` 0.937 [0.918, 0.967] in
-  this run; earlier runs of nearly the same code on this machine gave 0.915-0.981 (`tiny`) and
-  0.905-0.985 (`small`). Fresh-process ratios spread more (a loop's own repeats vary up to 2x,
-  see the runs columns). The goal is not shown met on this machine.
+- What surefit's cost over (a+) is made of, counted (the instructions table; the machine's load
+  does not move it): surefit now takes fewer instructions a step than (a+), -128k of 9.27M on
+  `tiny` (-1.4 %) and -103k of 0.98M on a near-empty model. Before the last two changes it took
+  +37k and +35k. (1) Clipping: for parameters that are one (device, dtype) group of plain
+  tensors, surefit runs the kernels of torch's `get_total_norm` and `clip_grads_with_norm_`
+  itself (the same bits, tested), without their per-call grouping, wrappers and no-grad
+  contexts, which (a+)'s `clip_grad_norm_` pays twice a step: -138k instructions a step.
+  (2) The host bookkeeping of each step at sync points is plain attribute updates: 13-18k fewer.
+- Timed, paired in one process (31 rounds): `tiny` 0.981 [0.969, 0.995] x (a+) and `small`
+  0.989 [0.980, 1.010], against 0.923 [0.909, 0.947] and 0.937 [0.918, 0.967] in a run of the
+  same bench 70 minutes earlier, before the clipping change. The fresh-process table of this run
+  is far noisier (a+'s own runs on `tiny` span 898-1,355 steps/s, and its per-repeat ratios put
+  surefit at 0.73): a check of fresh processes right after it, three timed fits each, gave
+  surefit and (a+) the same rates (1,230 and 1,231 steps/s, then about 1,000 each).
+- Time that the counts do not show: on the near-empty model callgrind's cache and branch
+  simulation puts surefit at or below (a+) in every count a step (D1 and I1 misses, mispredicted
+  branches), yet its CPU time a step was still about +24 us in one paired timing. surefit's run
+  also takes about 2 minor page faults a step (about 1,000 a run against (a+)'s 10-160): the
+  rollback copies, fresh allocations every 200 steps.
 - Machines differ: this run's CPU is named in the header. On this one (AVX-512) the tiny MLP's
   step takes about 0.75-1 ms, against about 2 ms on the AVX2 machine of the earlier tables, and
   surefit's cost per step is roughly fixed, so its ratio to (a+) is lower where the model's own
@@ -432,21 +436,22 @@ PROFILE_NOTES = """## Where the time goes
 - Threads: the `threads auto` rows are `train.threads = 0`. It gives a model under 30 MFLOP per
   forward batch (the tiny MLP) one thread and the CNN every core, whatever the machine's load at
   the start, because the thread count changes a CPU run's last bits. On an idle 2-core machine two
-  threads ran the tiny MLP 1.3-1.4x faster than one (here 0.71 x (a+) against 0.91 pinned); on a
-  loaded one they ran 7-40x slower, hence one. A loaded machine gets a note naming
-  `train.threads`. The FLOPs are counted on the first batch of every data path (a Dataset's and a
-  DataLoader's too), so the choice does not depend on how the data is passed.
+  threads ran the tiny MLP 1.3-1.4x faster than one (in this run's fresh processes 0.69 x
+  (a+) against 0.73 pinned); on a loaded one they ran 7-40x slower, hence one. A loaded
+  machine gets a note naming `train.threads`. The FLOPs are counted on the first batch of every
+  data path (a Dataset's and a DataLoader's too), so the choice does not depend on how the data
+  is passed.
 - Data paths: surefit over a map-style Dataset (its seeded sampler, one `__getitem__` a sample and
-  the collate, as a textbook DataLoader has them) and over the textbook's own DataLoader run at the
-  textbook loop's speed or above on `tiny`, and well below surefit over the tensors: the
+  the collate, as a textbook DataLoader has them) and over the textbook's own DataLoader run near
+  the textbook loop's speed on `tiny`, and well below surefit over the tensors: the
   per-sample work is the cost, which the in-memory path (one index gather a batch) does not have.
   A plain `TensorDataset` takes the in-memory path.
 - Epoch-end checkpoints (the run-directory rows) are paced by their cost
   (`checkpoint.max_overhead`, 1 % by default; docs/resume.md): on `tiny` an epoch of 32 steps
   takes about 25 ms here, and a save took about 8 ms of the loop's time on the earlier machine,
   so a save at every epoch end would cost far more than the step's own overhead; a put-off save
-  leaves the run as if it were written. The fresh-process `small` row with a run directory
-  (0.55 x (a)) is one of this table's erratic rows: paired in one process it was 0.889 x (a+).
+  leaves the run as if it were written. Paired in one process, a run directory costs `tiny`
+  0.930 x (a+) and `small` 0.960 (config, three logs, the paced checkpoints, steps.jsonl).
 - No CUDA machine was available: the GPU table (bf16, char-gpt tokens/s and MFU) is not measured.
 """
 
