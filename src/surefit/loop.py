@@ -499,10 +499,9 @@ class Trainer:
             elif log is not None and path is not None:
                 name = "best.pt" if kind == "best" else f"last-{step:09d}.pt"
                 log.event("checkpoint", kind=kind, step=step, file=name)
-        if exc is not None and log is not None:
-            what = f"checkpoint at step {step} not written: {exc}"
-            fix = "free space on the run directory's disk or fix its permissions (the run goes on)"
-            log.warn("checkpoint", what, fix, step=step)
+        if exc is not None and log is not None:  # the run goes on
+            fix = "free space on the run directory's disk or fix its permissions"
+            log.warn("checkpoint", f"checkpoint at step {step} not written: {exc}", fix, step=step)
         elif path is not None:
             self.emit("on_checkpoint", path)
 
