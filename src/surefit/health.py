@@ -126,7 +126,7 @@ class _LossWindow:
         n = len(ordered)
         if n < SPIKE_MIN_HISTORY:
             return False
-        med = ordered[n // 2] if n % 2 else (ordered[n // 2 - 1] + ordered[n // 2]) / 2
+        med = _median(ordered)
         floor = max(1e-3 * abs(med), 1e-12)
         if loss <= med + threshold * floor:
             return False
@@ -316,7 +316,7 @@ class Health:
                     loss = samples = 0.0
                     for _ in p.counts:
                         loss, samples = loss + next(values), samples + next(counts)
-                else:
+                else:  # 0.0 + as the sum from 0.0 gives (a -0.0 loss is 0.0)
                     loss, samples = 0.0 + next(values), 0.0 + next(counts)
                 p.samples = int(samples)
                 self.steps += 1

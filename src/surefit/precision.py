@@ -64,15 +64,12 @@ class Precision:
             self._one_group = _one_foreach_group(params)
         if self._one_group and not grads[0].requires_grad:
             norm = _norm_and_clip(grads, clip_norm)
-            if clip_value > 0:
-                torch.nn.utils.clip_grad_value_(params, clip_value)
-            return norm
-        norm = torch.nn.utils.get_total_norm(grads)
-        # FSDP: per-shard norms (a DTensor), summed over ranks; a plain tensor skips the probe
-        if type(norm) is not torch.Tensor and hasattr(norm, "full_tensor"):
-            norm = norm.full_tensor()
-        if clip_norm > 0:  # the same two steps as clip_grad_norm_, with the global norm
-            torch.nn.utils.clip_grads_with_norm_(params, clip_norm, norm)
+        else:
+            norm = torch.nn.utils.get_total_norm(grads)
+            if hasattr(norm, "full_tensor"):  # FSDP: per-shard norms (a DTensor), summed
+                norm = norm.full_tensor()
+            if clip_norm > 0:  # the same two steps as clip_grad_norm_, with the global norm
+                torch.nn.utils.clip_grads_with_norm_(params, clip_norm, norm)
         if clip_value > 0:
             torch.nn.utils.clip_grad_value_(params, clip_value)
         return norm
