@@ -483,6 +483,16 @@ LIMITS = """## What limits these numbers
 """
 
 
+def _sections_of(page: Path) -> dict[str, str]:
+    """The sections a page written by this script holds, between their markers (bench/results/
+    is not kept in the repository: a run that measures some sections keeps the others)."""
+    import re
+
+    text = page.read_text() if page.exists() else ""
+    found = re.finditer(r"<!-- section (\w+) -->\n(.*?)<!-- end \1 -->\n", text, re.S)
+    return {m.group(1): m.group(2) for m in found}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="fewer epochs and repeats: a smoke run")
@@ -518,8 +528,15 @@ def main() -> None:
         fn(args.quick, repeats, lines)
         (RESULTS / f"{name}.md").write_text("\n".join(lines) + "\n")
     notes = {"checkpoint": CHECKPOINT_NOTES, "health": HEALTH_NOTES + "\n" + PROFILE_NOTES}
-    parts = [(RESULTS / f"{n}.md", notes.get(n, "")) for n in SECTIONS]
-    body = [p.read_text() + note for p, note in parts if p.exists()]
+    kept = _sections_of(Path(args.out))
+    body = []
+    for n in SECTIONS:
+        path = RESULTS / f"{n}.md"
+        if not path.exists() and n in kept:  # not measured here: the page's own copy stays
+            path.write_text(kept[n])
+        if path.exists():
+            text = f"<!-- section {n} -->\n{path.read_text()}<!-- end {n} -->\n"
+            body.append(text + notes.get(n, ""))
     text = "\n".join(header(args.quick, repeats)) + "\n" + "\n".join(body) + "\n" + LIMITS
     Path(args.out).write_text(text)
     print(text)
