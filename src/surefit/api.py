@@ -141,7 +141,7 @@ def fit(
     metrics, callbacks = fit_objects(
         model=model, lr=lr, weight_decay=weight_decay, train=train, val=val, test=test,
         loss=loss, metrics=metrics, optimizer=optimizer, schedule=schedule, callbacks=callbacks,
-        step=step, teacher=teacher, config=config,
+        step=step, teacher=teacher, config=config, options=options,
     )  # fmt: skip
     if isinstance(val, float) and 0 < val < 1 and "val_fraction" not in options:  # recorded
         options["val_fraction"], val = val, None

@@ -14,7 +14,7 @@ if TYPE_CHECKING:
 
 EVENTS = (
     "on_fit_start",  # (view) after set-up, before the first step
-    "on_epoch_start",  # (view)
+    "on_epoch_start",  # (view) before its first batch (a run resumed mid-epoch: not again)
     "on_step_end",  # (view) after each optimizer step
     "on_eval_end",  # (view, metrics) after each evaluation; metrics are host floats
     "on_epoch_end",  # (view)

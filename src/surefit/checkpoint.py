@@ -474,6 +474,17 @@ class Saves:
             self.done_at = time.perf_counter()
             self.cost = self.done_at - t0
 
+    @classmethod
+    def of(cls, store: CheckpointStore | None, cfg: Any, record: Any) -> Saves | None:
+        """The saves of a run of config ``cfg`` (None without a store). A run whose rollbacks go
+        to checkpoints saves at every epoch end: where it rolls back to must not depend on how
+        fast its disk is."""
+        if store is None:
+            return None
+        h, ck = cfg.health, cfg.checkpoint
+        pace = 0.0 if h.rollback_after and h.rollback_from == "checkpoint" else ck.max_overhead
+        return cls(store, ck.async_save, pace, record)
+
     def put_off(self) -> bool:
         """Whether an epoch-end save waits: the previous rolling save of this session is younger
         than its own cost divided by ``max_overhead`` (never before one has been measured)."""

@@ -484,6 +484,8 @@ def cmd_lr_find(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
+    if getattr(args, "top_ops", 0) and not args.profile:
+        parser.error("--top-ops needs --profile (the operators are those of the profile's steps)")
     args.argv = list(sys.argv[1:] if argv is None else argv)
     if args.command is None:
         parser.print_help()

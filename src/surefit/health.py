@@ -348,6 +348,11 @@ class Health:
         self.deferred = _merged(self.deferred, actions)
         return _no_actions()
 
+    def healthy(self) -> bool:
+        """Not amid spikes, and no rollback decided and held for the next sync point: the state
+        now is one to roll back to."""
+        return not self.run_length and not self.deferred["rollback"]
+
     def with_deferred(self, actions: dict[str, Any]) -> dict[str, Any]:
         """``actions`` and what a pause before this sync point held back."""
         held, self.deferred = self.deferred, _no_actions()
@@ -501,9 +506,10 @@ class Health:
         state = self.snapshot if self.cfg.rollback_from == "memory" else saved
         if state is None:
             return False
-        for name, part in parts.items():
+        kept = state is self.snapshot  # loaded from a copy: an optimizer keeps the tensors it is
+        for name, part in parts.items():  # given and steps them, and the copy may serve again
             if name in state:
-                part.load_state_dict(state[name])
+                part.load_state_dict(cpu_copy(state[name]) if kept else state[name])
         self.rollbacks += 1  # the spike history is kept: it describes the healthy run
         if self.cfg.rollback_from == "memory":
             to_step = self.snapshot_step

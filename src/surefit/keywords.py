@@ -141,6 +141,7 @@ def fit_objects(
     step: Any,
     teacher: Any,
     config: Any,
+    options: dict[str, Any] | None = None,
 ) -> tuple[Any, list[Any]]:
     """Raise on an argument of the wrong kind; returns (metrics, callbacks), each as a list
     where one item was given alone."""
@@ -164,7 +165,7 @@ def fit_objects(
         )
     _optimizer(optimizer)
     if isinstance(optimizer, torch.optim.Optimizer):
-        _given_optimizer(optimizer, model, lr, weight_decay)
+        _given_optimizer(optimizer, model, lr, weight_decay, options or {})
     _schedule(schedule)
     if step is not None and not callable(step):
         raise ConfigError(
@@ -212,12 +213,17 @@ def _optimizer(optimizer: Any) -> None:
     raise ConfigError(what, where="optimizer", fix=fix)
 
 
-def _given_optimizer(optimizer: Any, model: Any, lr: Any, weight_decay: Any) -> None:
-    """An optimizer object brings its own rates, and must hold some of the model's parameters."""
-    for name, value in (("lr", lr), ("weight_decay", weight_decay)):
+def _given_optimizer(
+    optimizer: Any, model: Any, lr: Any, weight_decay: Any, options: dict[str, Any]
+) -> None:
+    """An optimizer object brings its own settings (rates, momentum, implementation...), and
+    must hold some of the model's parameters."""
+    keys = _option_keys()
+    given = [(n, v) for n, v in options.items() if keys.get(n, "").startswith("optim.")]
+    for name, value in [("lr", lr), ("weight_decay", weight_decay), *given]:
         if value is not DEFAULT:
             raise ConfigError(
-                f"{name}={value} given with an optimizer object, which has its own",
+                f"{name}={value!r} given with an optimizer object, which has its own",
                 where=name,
                 fix=f"set {name} where the optimizer is built, or pass optimizer by name",
             )

@@ -89,12 +89,7 @@ class Trainer:
         self.elapsed_s = 0.0  # training seconds of earlier sessions of this run
         self._saved_step = -1
         self._saved_at = time.perf_counter()  # when the last rolling checkpoint was written
-        ck = cfg.checkpoint
-        self.saves = (
-            None
-            if parts.store is None
-            else Saves(parts.store, ck.async_save, ck.max_overhead, self._record_save)
-        )
+        self.saves = Saves.of(parts.store, cfg, self._record_save)  # None without a store
         self._keep_copy, self._loaded_copy = False, None  # the rollback copy in a pause's save
         limit = cfg.train.max_time_s
         self._time_up = f"reached max_time_s={limit:g}" if limit else ""  # the stop's reason
@@ -158,11 +153,13 @@ class Trainer:
             "optimizer_class": type(self.optimizer).__name__,
             "train_samples": getattr(self.p.train, "num_samples", None) or -1,
             "threads": self.threads or torch.get_num_threads(),  # a CPU run's bits depend on it
-            "healthy": not self.health.run_length,  # not amid spikes: a state to roll back to
+            "healthy": self.health.healthy(),  # not amid spikes: a state to roll back to
             "last_lr": self.last_lr,  # what a record made before this session's first update says
         }
         if self._keep_copy and self.health.snapshot is not None and not self.p.store.in_place:
             state["rollback_copy"] = self.health.snapshot  # as the run without the pause holds
+        if self.best_state is not None:  # restore_best without best.pt: the copy goes on
+            state["best_state"] = self.best_state
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -178,7 +175,7 @@ class Trainer:
         self.health_stop = str(meta.get("health_stop", ""))  # stays stopped (api: unless changed)
         self.last_lr = meta.get("last_lr")
         self._saved_step = self.counters.optimizer_step  # this state is on disk already
-        self._loaded_copy = state.get("rollback_copy")
+        self._loaded_copy, self.best_state = state.get("rollback_copy"), state.get("best_state")
 
     # -- events ------------------------------------------------------------------------------------
     def emit(self, event: str, *args: Any) -> None:
@@ -337,11 +334,10 @@ class Trainer:
                 healthy = lambda st: st.get("meta", {}).get("healthy", True)  # noqa: E731
                 with contextlib.suppress(CheckpointError):  # none written while healthy
                     saved = self.p.store.load_latest(accept=healthy)[0]
-            scale = self.optimizer.param_groups[0].get("initial_lr")  # the schedule's base
+            scale = self.p.schedule.base_lr()
             if self.health.rollback(self._rollback_parts(), saved, actions["rollback"]):
-                # the rate goes down from where it was, not from where the state rolled back to
-                # had it: each rollback lowers it again
-                loaded = self.optimizer.param_groups[0].get("initial_lr")
+                # the rate goes down from where it was, not from the copy's: each rollback again
+                loaded = self.p.schedule.base_lr()
                 known = isinstance(scale, float) and isinstance(loaded, float) and loaded
                 ratio = self.cfg.health.rollback_lr_factor * (scale / loaded if known else 1.0)
                 if ratio != 1:
@@ -388,13 +384,15 @@ class Trainer:
         }
 
     def _examine(self, p: _Step, origin: bool) -> dict[str, Any]:
+        net = getattr(self.net, "_orig_mod", self.net)  # eager: the replay's hooks break graphs
+
         def loss_of(batch: Any) -> Any:
             with self.p.precision.autocast():
-                return self.compute(batch)[0]
+                return compute_batch(net, batch, self.p.task, self.p.step)[0]
 
         d = self.cfg.data
         where = (d.batch_size, p.epoch, self.cfg.train.seed, p.batch0, p.batches, d.drop_last)
-        return examine_window(self.net, self.p.train, where, loss_of, self.device, origin)
+        return examine_window(net, self.p.train, where, loss_of, self.device, origin)
 
     # -- evaluation --------------------------------------------------------------------------------
     def evaluate(self, data: Any, prefix: str = "val") -> dict[str, float]:
@@ -561,7 +559,8 @@ class Trainer:
 
     def _train_epoch(self) -> None:
         c, cfg = self.counters, self.cfg
-        self.emit("on_epoch_start")
+        if not c.batch_in_epoch:  # a run resumed mid-epoch had it before its checkpoint
+            self.emit("on_epoch_start")
         if self.stop_reason is not None and not self._multi:  # stopped in on_epoch_start
             return
         done = c.batch_in_epoch // cfg.train.accumulate

@@ -89,7 +89,16 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer
     groups = param_groups(model, cfg)
     for g in groups:
         g.pop("names")
-    impl = implementation(cfg.name, [p for g in groups for p in g["params"]], cfg.implementation)
+    sparse = sparse_gradient_modules(model)
+    if sparse and cfg.name not in _SPARSE_OK:
+        raise ConfigError(
+            f"optimizer '{cfg.name}' takes no sparse gradients, which {sparse[0]} gives "
+            "(an nn.Embedding or nn.EmbeddingBag made with sparse=True)",
+            where="optim.name",
+            fix=f"use optim.name = 'sgd' or 'adagrad', or make {sparse[0]} with sparse=False",
+        )
+    params = [p for g in groups for p in g["params"]]
+    impl = implementation(cfg.name, params, cfg.implementation, sparse=bool(sparse))
     betas = tuple(cfg.betas)
     o = torch.optim
     name = cfg.name
@@ -121,21 +130,42 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer
 _FUSED = {"sgd": None, "adam": None, "adamw": None, "adagrad": ("cpu",)}
 
 
-def implementation(name: str, params: list[torch.Tensor], requested: str = "auto") -> dict:
+_SPARSE_OK = ("sgd", "adagrad")  # the optimizers here that step sparse gradients (not fused)
+
+
+def sparse_gradient_modules(model: nn.Module) -> list[str]:
+    """The modules whose weights get sparse gradients (``sparse=True`` embeddings), by name."""
+    return [
+        f"module '{name}'"
+        for name, m in model.named_modules()
+        if isinstance(m, (nn.Embedding, nn.EmbeddingBag)) and m.sparse and m.weight.requires_grad
+    ]
+
+
+def implementation(
+    name: str, params: list[torch.Tensor], requested: str = "auto", sparse: bool = False
+) -> dict:
     """The optimizer constructor's ``fused``/``foreach`` keywords for ``requested``.
 
     ``auto`` picks the fused kernel (one kernel for all parameters instead of a Python loop; on
     CPU, AdamW steps a 0.1 M-parameter MLP about 4x faster) where torch has one for this
-    optimizer and every parameter is a floating-point tensor on a device it supports, and
+    optimizer, every parameter is a floating-point tensor on a device it supports and no
+    gradient is sparse (a ``sparse=True`` embedding: no fused kernel takes one), and
     otherwise leaves the choice to torch (foreach on CUDA, a for-loop on CPU).
     """
+    if requested == "fused" and sparse:
+        raise ConfigError(
+            "torch's fused optimizers take no sparse gradients (a sparse=True embedding)",
+            where="optim.implementation",
+            fix="use 'auto', 'foreach' or 'for_loop'",
+        )
     if requested == "fused":
         return {"fused": True}
     if requested == "foreach":
         return {"foreach": True}
     if requested == "for_loop":
         return {"foreach": False}
-    if name in _FUSED and params and _fusable(params, _FUSED[name]):
+    if name in _FUSED and params and not sparse and _fusable(params, _FUSED[name]):
         return {"fused": True}
     return {}
 

@@ -298,10 +298,15 @@ class TimedBatches:
 
 
 def input_bound_advice(
-    summary: dict[str, float], data_kind: str, device: torch.device, workers: int = 0
+    summary: dict[str, float],
+    data_kind: str,
+    device: torch.device,
+    workers: int = 0,
+    loader: Any = None,
 ) -> str:
     """The warning's text when the wait share is above ``WAIT_WARNING_SHARE`` and the wait above
-    ``WAIT_WARNING_MIN_S``; '' otherwise. ``workers``: the loader processes already in use."""
+    ``WAIT_WARNING_MIN_S``; '' otherwise. ``workers``: the loader processes already in use;
+    ``loader``: the user's DataLoader, whose settings the advice leaves out when already made."""
     share = summary.get("data_wait_share", 0.0)
     if share <= WAIT_WARNING_SHARE or summary.get("data_wait_s", 0.0) < WAIT_WARNING_MIN_S:
         return ""
@@ -313,14 +318,22 @@ def input_bound_advice(
     )
     loader_more = f"raise the DataLoader's num_workers above {workers}" if workers else (
         "give the DataLoader num_workers > 0")  # fmt: skip
+    settings = [loader_more]
+    if not getattr(loader, "persistent_workers", False):
+        settings.append("set persistent_workers=True")
+    if device.type == "cuda" and not getattr(loader, "pin_memory", False):
+        settings.append("pin_memory=True")
+    gather = (
+        "gathering the batches and copying them to the device is the cost; keep the tensors on "
+        'the device (data.on_device = "on"), or use larger batches'
+        if device.type == "cuda"
+        else "gathering the batches by index is the cost; use larger batches (fewer gathers)"
+    )
     fixes = {
-        "TensorData": "the in-memory path is already used: gathering the batches (on CUDA, "
-        "copying them to the device) is the cost; keep the tensors on the device "
-        '(data.on_device = "on"), or use larger batches',
+        "TensorData": f"the in-memory path is already used: {gather}",
         "DatasetData": "pass in-memory tensors (x, y) if the data fits in memory, or "
         f"{more} and keep __getitem__ light (precompute transforms)",
-        "LoaderData": f"{loader_more}, set persistent_workers=True"
-        + (", pin_memory=True" if device.type == "cuda" else "")
+        "LoaderData": ", ".join(settings)
         + ", or pass in-memory tensors / the Dataset so surefit batches it",
     }
     fix = fixes.get(data_kind, "make the data faster to load")
@@ -338,7 +351,8 @@ def report_wait(timed: TimedBatches, parts: Any, epoch: int) -> dict[str, float]
         health = parts.config.health
         quiet = not health.checks or "data_wait" in health.skip_checks
         advice = "" if quiet else input_bound_advice(
-            summary, type(parts.train).__name__, parts.device, loader_workers(parts.train)
+            summary, type(parts.train).__name__, parts.device, loader_workers(parts.train),
+            getattr(parts.train, "loader", None),
         )  # fmt: skip
         if advice:
             parts.log.event("input_bound", epoch=epoch, message=advice)

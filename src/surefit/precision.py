@@ -37,6 +37,7 @@ class Precision:
         self.dtype = _DTYPES.get(self.mode)
         self.scaler = torch.amp.GradScaler(device.type) if self.mode == "fp16" else None
         self._one_group: bool | None = None  # the parameters are one foreach group (first clip)
+        self._sparse = False  # some gradients are sparse (first clip)
 
     def autocast(self) -> contextlib.AbstractContextManager[Any]:
         """torch.autocast to the run's dtype; a shared no-op context for fp32."""
@@ -60,10 +61,13 @@ class Precision:
         grads = [p.grad for p in params if p.grad is not None]
         if not grads:
             return torch.zeros((), device=self.device)
-        if self._one_group is None:
-            self._one_group = _one_foreach_group(params)
+        if self._one_group is None:  # a parameter's gradient is sparse at every step or never
+            self._sparse = any(g.is_sparse for g in grads)
+            self._one_group = _one_foreach_group(params) and not self._sparse
         if self._one_group and not grads[0].requires_grad:
             norm = _norm_and_clip(grads, clip_norm)
+        elif self._sparse:
+            return _sparse_norm_and_clip(params, clip_norm, clip_value)
         else:
             norm = torch.nn.utils.get_total_norm(grads)
             if hasattr(norm, "full_tensor"):  # FSDP: per-shard norms (a DTensor), summed
@@ -100,6 +104,30 @@ def _one_foreach_group(params: list[torch.Tensor]) -> bool:
     first = params[0]
     same = all(p.device == first.device and p.dtype == first.dtype for p in params)
     return same and first.device.type in ("cpu", "cuda")
+
+
+def _sparse_norm_and_clip(
+    params: list[torch.Tensor], clip_norm: float, clip_value: float
+) -> torch.Tensor:
+    """The global norm, clipped by norm and by value, where some gradients are sparse
+    (``nn.Embedding(sparse=True)``), which torch's ``get_total_norm`` and ``clip_grad_value_``
+    have no kernels for: a sparse gradient is coalesced (its repeated rows summed), and its
+    norm and its clamp are those of its values; the scaling by the clip coefficient is torch's
+    ``clip_grads_with_norm_`` expression."""
+    for p in params:
+        if p.grad is not None and p.grad.is_sparse:
+            p.grad = p.grad.coalesce()
+    grads = [p.grad for p in params if p.grad is not None]
+    values = [g.values() if g.is_sparse else g for g in grads]
+    norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(v) for v in values]))
+    if clip_norm > 0:
+        coef = torch.clamp(float(clip_norm) / (norm + 1e-6), max=1.0)
+        for v in values:  # a coalesced gradient's values() are its storage
+            v.mul_(coef)
+    if clip_value > 0:
+        for v in values:
+            v.clamp_(-clip_value, clip_value)
+    return norm
 
 
 def _norm_and_clip(grads: list[torch.Tensor], clip_norm: float) -> torch.Tensor:

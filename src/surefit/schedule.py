@@ -134,6 +134,12 @@ class Schedule:
         if hasattr(self.scheduler, "_last_lr"):
             self.scheduler._last_lr = [g["lr"] for g in self.scheduler.optimizer.param_groups]
 
+    def base_lr(self) -> float:
+        """The first group's base rate: the schedule's ``initial_lr`` (a plateau schedule has
+        none: the group's rate)."""
+        group = self.scheduler.optimizer.param_groups[0]
+        return group.get("initial_lr", group["lr"])
+
     def state_dict(self) -> dict[str, Any]:
         return self.scheduler.state_dict()
 
@@ -143,7 +149,11 @@ class Schedule:
         if isinstance(self.scheduler, lrs.LambdaLR):  # (a cosine_restarts checkpoint of an
             # earlier version holds torch's CosineAnnealingWarmRestarts, without lr_lambdas)
             state = {**state, "lr_lambdas": [None] * len(self.scheduler.lr_lambdas)}
+        shape = {}  # OneCycleLR keeps its shape in its state: this run's is kept instead
+        if isinstance(self.scheduler, lrs.OneCycleLR):
+            shape = {k: getattr(self.scheduler, k) for k in ("total_steps", "_schedule_phases")}
         self.scheduler.load_state_dict(state)
+        self.scheduler.__dict__.update(shape)
 
 
 def build_schedule(

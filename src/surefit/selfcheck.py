@@ -128,13 +128,16 @@ def _causes(check: ResumeCheck) -> list[str]:
 def check_in_process(run: Any, first_steps: int = 8) -> ResumeCheck:
     """Run ``first_steps`` + ``first_steps`` steps with a checkpoint between against an
     uninterrupted run, each on fresh deep copies of ``run``'s model, optimizer and callbacks.
-    The random number generators are put back afterwards: the run that follows is the run it
-    would have been without the check."""
+    The random number generators are put back afterwards, the users' DataLoaders' own too: the
+    run that follows is the run it would have been without the check."""
     from .callbacks import PauseAt
+    from .data import LoaderData
+    from .splits import loader_orders, restore_orders
 
     k, n = first_steps, 2 * first_steps
     originals = (run.model, run.optimizer, run.schedule, run.callbacks, run.cfg)
     rng = RngState().state_dict()
+    orders = loader_orders(*(LoaderData(d, "") for d in run.raw if d is not None))
     with tempfile.TemporaryDirectory(prefix="surefit-check-") as tmp:
         segments = (
             ("full", None, "never"),
@@ -158,6 +161,7 @@ def check_in_process(run: Any, first_steps: int = 8) -> ResumeCheck:
             finally:
                 run.model, run.optimizer, run.schedule, run.callbacks, run.cfg = originals
                 RngState().load_state_dict(rng)
+                restore_orders(orders)
         result = compare(Path(tmp, "full"), Path(tmp, "split"), (k, n))
     return result
 

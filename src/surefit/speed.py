@@ -51,9 +51,9 @@ def prepare(model: nn.Module, cfg: Any, device: torch.device, strategy: str) -> 
     ``train.compile``; the decisions come back as notes for the run's events and console."""
     notes = []
     on, why = channels_last_choice(model, cfg.train.channels_last, device, strategy)
-    if on:
-        to_channels_last(model)
-    if on or has_convolutions(model):
+    if on and not to_channels_last(model):
+        on, why = False, "train.channels_last = on, but the model has no Conv2d/Conv3d layer"
+    if cfg.train.channels_last == "on" or has_convolutions(model):
         notes.append(Note("channels_last", {"on": on, "why": why}))
     if cfg.train.compile:
         problem = compile_problem(device)
@@ -245,6 +245,16 @@ def _blocks(model: nn.Module, names: list[str]) -> list[nn.Module]:
             f"no module of class {missing} in the model",
             where="train.activation_checkpointing",
             fix=f"name classes of the model's blocks; the model has: {', '.join(known)}",
+        )
+    containers = sorted(
+        {type(m).__name__ for m in model.modules() if isinstance(m, (nn.ModuleList, nn.ModuleDict))}
+        & wanted
+    )
+    if containers:  # never called: their hooks would never fire, and nothing would be recomputed
+        raise ConfigError(
+            f"{containers} holds modules but is never called, so it cannot be checkpointed",
+            where="train.activation_checkpointing",
+            fix="name the class of the blocks it holds (e.g. ['Block']), not the container",
         )
     blocks, taken = [], set()
     for m in model.modules():

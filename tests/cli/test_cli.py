@@ -180,6 +180,9 @@ ERRORS = [
     pytest.param(
         ["check-resume", "--steps", "0"], ["--steps", "below 1"], id="check-resume-zero-steps"
     ),
+    pytest.param(
+        ["doctor", "mnist1d-cnn", "--top-ops", "5"], ["--top-ops", "--profile"], id="top-ops-alone"
+    ),
 ]
 
 

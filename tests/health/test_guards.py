@@ -326,6 +326,62 @@ def test_a_rollback_after_a_resume_from_a_pause_goes_where_the_uninterrupted_run
     assert steps("a") == steps("b")
 
 
+@pytest.mark.parametrize(
+    "spikes, pause", [({20, 21, 22}, 22), ({20, 21, 22}, 23), ({36, 37, 38}, 26)]
+)
+def test_rollbacks_to_checkpoints_after_a_pause_go_where_the_uninterrupted_run_went(
+    tmp_path, spikes, pause
+):
+    """rollback_from="checkpoint": a pause's checkpoint taken while a rollback waits for its sync
+    point (step 24) is no state to roll back to; and the epoch-end saves are not paced by the
+    clock, which had put off step 32's save in one session and not in a resumed one."""
+    from surefit.callbacks import PauseAt
+
+    x, y = make_classification(256)
+
+    def model():
+        torch.manual_seed(0)
+        return nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 3), Mul())
+
+    kw = dict(epochs=3, batch_size=16, log_every=4, lr=3e-3, checks=False,
+              rollback_from="checkpoint")  # fmt: skip
+    straight = model()
+    _fit(straight, (x, y), tmp_path / "a", callbacks=[SpikeAt(straight[3], spikes)], **kw)
+    first = model()
+    _fit(first, (x, y), tmp_path / "b", callbacks=[SpikeAt(first[3], spikes), PauseAt(pause)], **kw)
+    resumed = model()
+    _fit(resumed, (x, y), tmp_path / "b", callbacks=[SpikeAt(resumed[3], spikes)], **kw)
+    to = [[e["to_step"] for e in _events(tmp_path / d, "rollback")] for d in "ab"]
+    assert to[0] == to[1] == [16 if pause < 26 else 32]
+    assert all(
+        torch.equal(p, q) for p, q in zip(straight.parameters(), resumed.parameters(), strict=True)
+    )
+
+
+def test_two_rollbacks_to_one_copy_restore_its_optimizer_state_both_times(tmp_path):
+    """The optimizer keeps the tensors it loads and steps them in place: loading the copy itself
+    let the first rollback's training overwrite what the second one went back to."""
+    x, y = make_classification(8192, seed=1)
+    model = mlp()
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    seen = {}
+
+    class State(sf.Callback):
+        def on_step_end(self, run):
+            moments = [v for s in opt.state_dict()["state"].values() for v in s.values()]
+            seen[run.optimizer_step] = [t.detach().clone() for t in [*model.parameters(), *moments]]
+
+    step = _spiky_step(set(range(215, 221)) | set(range(250, 262)))  # two bursts after step 200
+    _fit(model, (x, y), tmp_path, step=step, optimizer=opt, epochs=1, batch_size=32, max_steps=300,
+         callbacks=[State()])  # fmt: skip
+    assert [e["to_step"] for e in _events(tmp_path, "rollback")] == [200, 200]
+    same = lambda a, b, n: all(torch.equal(p, q) for p, q in zip(a[:n], b[:n], strict=True))  # noqa: E731
+    params = len(list(model.parameters()))
+    back = [s for s in sorted(seen) if s > 200 and same(seen[s], seen[200], params)]
+    assert len(back) == 2  # the steps the two rollbacks happened at
+    assert all(same(seen[s], seen[200], len(seen[200])) for s in back)  # moments and step counts
+
+
 def test_rollbacks_are_bounded(tmp_path):
     x, y = make_classification(1024, seed=1)
     step = _spiky_step(range(40, 400))  # garbage from step 40 on: no rollback can help
@@ -334,7 +390,8 @@ def test_rollbacks_are_bounded(tmp_path):
     assert "rollback" in r.stop_reason
 
 
-def test_each_rollback_lowers_the_rate_again(tmp_path):
+@pytest.mark.parametrize("schedule", ["constant", "plateau"])  # plateau: no initial_lr to go by
+def test_each_rollback_lowers_the_rate_again(tmp_path, schedule):
     x, y = make_classification(1024, seed=1)
     seen = {}
 
@@ -344,7 +401,9 @@ def test_each_rollback_lowers_the_rate_again(tmp_path):
 
     step = _spiky_step(range(40, 400))
     r = _fit(mlp(), (x, y), tmp_path, step=step, epochs=20, batch_size=32, lr=3e-3,
-             schedule="constant", rollback_lr_factor=0.5, callbacks=[Rates()])  # fmt: skip
+             schedule=schedule, plateau_patience=100, rollback_lr_factor=0.5,
+             val=(x[:64], y[:64]) if schedule == "plateau" else None,
+             callbacks=[Rates()])  # fmt: skip
     assert len(_events(tmp_path, "rollback")) == 3 and r.health_stop
     assert sorted(set(seen.values()), reverse=True) == pytest.approx(
         [3e-3, 1.5e-3, 7.5e-4, 3.75e-4]

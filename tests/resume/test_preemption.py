@@ -790,3 +790,61 @@ def test_a_pause_right_after_a_skipped_step_resumes_exactly(tmp_path):
         assert all(torch.equal(p, q) for p, q in pairs), at
         got = [json.loads(s) for s in (run / "steps.jsonl").read_text().splitlines()]
         assert [r["lr"] for r in got] == [r["lr"] for r in lines], at
+
+
+def _paused_and_resumed(tmp_path, kw, pause, callbacks=(), later=None):
+    """A run paused at step ``pause`` and resumed (with ``later`` changing keywords); the model."""
+    from surefit.callbacks import PauseAt
+
+    x, y = make_classification(128)
+    first = sf.fit(mlp(), (x, y), run_dir=tmp_path, callbacks=[*callbacks, PauseAt(pause)], **kw)
+    assert first.preempted
+    model = mlp(seed=5)
+    r = sf.fit(
+        model, (x, y), run_dir=tmp_path, callbacks=list(callbacks), **{**kw, **(later or {})}
+    )
+    return model, r
+
+
+def test_restore_best_without_best_pt_survives_a_resume(tmp_path):
+    """save_best off: the best weights are held in memory, and go into each checkpoint, so a
+    resumed run restores them as the uninterrupted one does."""
+    x, y = make_classification(128)
+    kw = dict(val=(x[:32], y[:32]), epochs=6, batch_size=16, lr=0.3, optimizer="sgd",
+              schedule="constant", progress="off", restore_best=True, save_best=False)  # fmt: skip
+    straight = mlp()
+    r1 = sf.fit(straight, (x, y), run_dir=tmp_path / "a", **kw)
+    assert r1.best_step < r1.steps  # the last weights are not the best: restoring matters
+    resumed, r2 = _paused_and_resumed(tmp_path / "b", kw, pause=r1.best_step + 3)
+    assert r2.best_step == r1.best_step
+    assert all(torch.equal(p, q) for p, q in zip(straight.parameters(), resumed.parameters(),
+                                                 strict=True))  # fmt: skip
+
+
+def test_a_onecycle_run_resumed_for_more_epochs_stretches_its_schedule(tmp_path):
+    kw = dict(epochs=2, batch_size=16, schedule="onecycle", progress="off")
+    _, r = _paused_and_resumed(tmp_path, kw, pause=5, later={"epochs": 4})
+    assert r.steps == 32 and "completed" in r.stop_reason
+
+
+def test_a_run_resumed_mid_epoch_does_not_start_that_epoch_again(tmp_path):
+    class Starts(sf.Callback):
+        def __init__(self):
+            self.starts = []
+
+        def on_epoch_start(self, run):
+            self.starts.append(run.epoch)
+
+        def state_dict(self):
+            return {"starts": list(self.starts)}
+
+        def load_state_dict(self, state):
+            self.starts = list(state["starts"])
+
+    kw = dict(epochs=3, batch_size=16, progress="off")
+    straight = Starts()
+    x, y = make_classification(128)
+    sf.fit(mlp(), (x, y), run_dir=tmp_path / "a", callbacks=[straight], **kw)
+    resumed = Starts()
+    _paused_and_resumed(tmp_path / "b", kw, pause=5, callbacks=[resumed])
+    assert straight.starts == resumed.starts == [0, 1, 2]

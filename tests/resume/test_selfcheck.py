@@ -50,6 +50,23 @@ class HalveEvery:
                 g["lr"] *= 0.5
 
 
+def test_the_check_leaves_a_users_loader_to_draw_its_first_order(tmp_path):
+    """A DataLoader with its own generator: the check's runs iterate it; the real run after it
+    must still train on the order it would have drawn without the check."""
+    x, y = make_classification(256)
+
+    def run(check):
+        own = torch.Generator().manual_seed(0)
+        data = torch.utils.data.TensorDataset(x, y)
+        loader = torch.utils.data.DataLoader(data, batch_size=16, shuffle=True, generator=own)
+        return sf.fit(mlp(), loader, epochs=2, progress="off", check_resume=check)
+
+    checked, plain = run(True), run(False)
+    assert checked.resume_check.exact, checked.resume_check.report()
+    pairs = zip(checked.model.parameters(), plain.model.parameters(), strict=True)
+    assert all(torch.equal(a, b) for a, b in pairs)
+
+
 def test_fit_check_resume_names_what_breaks_exactness():
     x, y = make_classification(256)
     r = sf.fit(mlp(), (x, y), epochs=2, batch_size=16, progress="off", schedule="constant",

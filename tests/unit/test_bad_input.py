@@ -424,6 +424,11 @@ def test_an_optimizer_object_brings_its_own_rates_and_the_models_parameters(tmp_
     err = fails_early(sf.ConfigError, model, (inputs(), class_ids()), tmp_path, optimizer=own,
                       lr=1e-4)  # fmt: skip
     assert "lr=0.0001" in err.what and err.where == "lr"
+    for given in ({"momentum": 0.5}, {"implementation": "fused"}, {"decay_all": True}):
+        # an object's settings are its own: one given beside it is not silently ignored
+        err = fails_early(sf.ConfigError, model, (inputs(), class_ids()), tmp_path, optimizer=own,
+                          **given)  # fmt: skip
+        assert "given with an optimizer object" in err.what and err.where == next(iter(given))
 
 
 def test_a_run_dir_that_is_a_file_or_cannot_be_made(tmp_path):

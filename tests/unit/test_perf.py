@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import time
 
 import pytest
@@ -27,6 +28,56 @@ def test_auto_picks_fused_where_torch_has_it_and_torch_default_elsewhere():
     assert opt.defaults["fused"] is True
     opt = build_optimizer(mlp(), OptimConfig(name="adamw", implementation="for_loop"))
     assert not opt.defaults["fused"]
+
+
+class _Bag(torch.nn.Module):
+    """Token ids -> a sparse-gradient embedding, averaged -> logits."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.emb, self.out = torch.nn.Embedding(50, 8, sparse=True), torch.nn.Linear(8, 2)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.out(self.emb(ids).mean(1))
+
+
+def test_sparse_gradients_are_measured_clipped_and_stepped_without_fused_kernels(tmp_path):
+    ids = torch.randint(0, 50, (128, 5), generator=torch.Generator().manual_seed(0))
+    y = (ids[:, 0] > 25).long()
+    with pytest.raises(sf.ConfigError, match="takes no sparse gradients") as err:
+        sf.fit(_Bag(), (ids, y), epochs=1, progress="off")  # the default: adamw
+    assert "'sgd' or 'adagrad'" in err.value.fix and "module 'emb'" in err.value.fix
+    with pytest.raises(sf.ConfigError, match="fused optimizers take no sparse"):
+        sf.fit(_Bag(), (ids, y), epochs=1, progress="off", optimizer="sgd", implementation="fused")
+    for name in ("sgd", "adagrad"):
+        model = _Bag()
+        r = sf.fit(model, (ids, y), epochs=2, batch_size=32, progress="off", optimizer=name,
+                   lr=0.5, clip_norm=0.05, clip_value=0.01, run_dir=tmp_path / name)  # fmt: skip
+        events = [
+            json.loads(e) for e in (tmp_path / name / "events.jsonl").read_text().splitlines()
+        ]
+        (opt,) = [e for e in events if e["event"] == "optimizer"]
+        assert opt["implementation"] != "fused" and r.steps == 8
+        steps = [json.loads(s) for s in (tmp_path / name / "steps.jsonl").read_text().splitlines()]
+        assert all(s["grad_norm"] > 0 and math.isfinite(s["grad_norm"]) for s in steps)
+    # the norm and the clips of a sparse gradient are those of its dense equal
+    from surefit.precision import _sparse_norm_and_clip
+
+    def grads(model):
+        model.zero_grad(set_to_none=True)
+        torch.nn.functional.cross_entropy(model(ids), y).backward()
+        return list(model.parameters())
+
+    model = _Bag()
+    norm = _sparse_norm_and_clip(grads(model), 0.05, 0.001)
+    got = [p.grad.to_dense() for p in model.parameters()]
+    dense = [p.grad.to_dense() for p in grads(model)]
+    expected = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in dense]))
+    assert torch.allclose(norm, expected)
+    coef = torch.clamp(0.05 / (expected + 1e-6), max=1.0)
+    for g, d in zip(got, dense, strict=True):
+        assert torch.allclose(g, (d * coef).clamp(-0.001, 0.001))
 
 
 @pytest.mark.parametrize(
@@ -175,7 +226,12 @@ def test_wait_time_is_the_time_spent_fetching(monkeypatch):
     busy = perf.input_bound_advice(s, "DatasetData", torch.device("cpu"), workers=2)
     assert "raise data.num_workers above 2" in busy and "> 0" not in busy
     loader = perf.input_bound_advice(s, "LoaderData", torch.device("cpu"), workers=3)
-    assert "num_workers above 3" in loader
+    assert "num_workers above 3" in loader and "persistent_workers=True" in loader
+    made = torch.utils.data.DataLoader(range(4), num_workers=3, persistent_workers=True)
+    kept = perf.input_bound_advice(s, "LoaderData", torch.device("cpu"), 3, made)
+    assert "num_workers above 3" in kept and "persistent_workers" not in kept  # already set
+    on_cpu = perf.input_bound_advice(s, "TensorData", torch.device("cpu"))
+    assert "larger batches" in on_cpu and "on_device" not in on_cpu  # nothing to move on CPU
     quick = {**s, "data_wait_share": 0.05}
     assert perf.input_bound_advice(quick, "DatasetData", torch.device("cpu")) == ""
     tiny = {"epoch_s": 0.02, "data_wait_s": 0.0044, "data_wait_share": 0.22}  # a jitter's share
@@ -217,6 +273,56 @@ def test_profile_run_splits_the_time(mnist1d_cache, monkeypatch):
     assert any("steps/s" in line for line in r.lines())
 
 
+def test_a_profile_that_stops_early_counts_its_samples_and_stops_its_profiler(
+    mnist1d_cache, monkeypatch
+):
+    """A run that ends before its steps (a callback, a health stop) must not leave torch's
+    profiler running: the interpreter crashed at exit. Samples are those the run counted."""
+    from surefit import recipes
+    from surefit.profile import profile_run
+
+    class StopAt3(sf.Callback):
+        def on_step_end(self, run):
+            if run.optimizer_step == 3:
+                run.request_stop("a test")
+
+    original = recipes.run
+    monkeypatch.setattr(
+        recipes,
+        "run",
+        lambda cfg, callbacks=(), **kw: original(cfg, callbacks=[*callbacks, StopAt3()], **kw),
+    )
+    cfg = _recipe(mnist1d_cache).replace(
+        train={"accumulate": 2, "max_time_s": 0.001}, data={"batch_size": 50}
+    )
+    r = profile_run(cfg, steps=10, top_ops=3)
+    assert not torch.autograd.profiler._is_profiler_enabled
+    assert r.steps == 3 and "Self CPU" in r.top_ops  # max_time_s left out: the stop was ours
+    assert r.batch_size == 50 and r.samples_per_s == pytest.approx(3 * 2 * 50 / r.seconds)
+
+
+def test_max_batch_of_a_dataset_of_dicts(tmp_path, monkeypatch):
+    from surefit import config
+    from surefit.profile import max_batch
+
+    (tmp_path / "dictdata.py").write_text(
+        "import torch\n"
+        "class Dicts(torch.utils.data.Dataset):\n"
+        "    def __len__(self): return 64\n"
+        "    def __getitem__(self, i):\n"
+        "        return {'x': torch.full((4,), float(i)), 'labels': torch.tensor(i % 2)}\n"
+        "def data(): return {'train': Dicts()}\n"
+        "class Net(torch.nn.Linear):\n"
+        "    def forward(self, x): return super().forward(x)\n"
+        "def model(): return Net(4, 2)\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    text = 'name = "d"\n[model]\nname = "dictdata:model"\n[data]\nname = "dictdata:data"\n'
+    cfg = config.from_dict(config.parse_toml(text, where="recipe"))
+    r = max_batch(cfg, limit=64)
+    assert r.max_batch == 64 and r.bytes_per_sample > 0
+
+
 def test_max_batch_on_cpu_is_a_power_of_two(mnist1d_cache):
     from surefit.profile import max_batch
 
@@ -229,6 +335,8 @@ def test_max_batch_on_cpu_is_a_power_of_two(mnist1d_cache):
     whole = _recipe(mnist1d_cache).replace(train={"activation_checkpointing": ["Sequential"]})
     recomputed = max_batch(whole, limit=256)
     assert recomputed.bytes_per_sample < bf16.bytes_per_sample < r.bytes_per_sample
+    # bf16's copies of the weights are saved at any batch size: fixed memory, not per sample
+    assert bf16.bytes_per_sample <= 0.75 * r.bytes_per_sample and bf16.fixed_bytes > r.fixed_bytes
 
 
 @pytest.mark.parametrize("deterministic", [False, True])
@@ -416,3 +524,29 @@ def test_every_surefit_name_the_bench_imports_exists():
         )
 
     assert [w for w in wanted if not found(w[1], w[2])] == []
+
+
+def test_the_bench_page_keeps_the_sections_a_run_did_not_measure(tmp_path, monkeypatch):
+    """bench/results/ is not in the repository: a run of some sections (``--skip``) on a fresh
+    checkout takes the others from docs/benchmarks.md as it was, not drops them."""
+    import sys
+    from pathlib import Path
+
+    bench = Path(__file__).resolve().parents[2] / "bench"
+    monkeypatch.syspath_prepend(str(bench))
+    import run
+
+    monkeypatch.setattr(run, "RESULTS", tmp_path / "results")
+    page = tmp_path / "benchmarks.md"
+    skip_all = ",".join(run.SECTIONS)
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results" / "import.md").write_text("## Import and start-up time\n\n| a | 1 |\n")
+    monkeypatch.setattr(sys, "argv", ["run.py", "--out", str(page), "--skip", skip_all])
+    run.main()
+    first = page.read_text()
+    assert "| a | 1 |" in first and "## What limits these numbers" in first
+    (tmp_path / "results" / "import.md").unlink()  # a fresh checkout: no results
+    run.main()
+    undated = lambda text: [l for l in text.splitlines() if not l.startswith("- Written")]  # noqa: E731, E741
+    assert undated(page.read_text()) == undated(first)
+    assert run._sections_of(page) == {"import": "## Import and start-up time\n\n| a | 1 |\n"}

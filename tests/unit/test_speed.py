@@ -143,6 +143,13 @@ def test_channels_last_auto_is_off_on_cpu_and_says_why(tmp_path):
     assert event["on"] is False and "cpu" in event["why"]
 
 
+def test_channels_last_on_without_2d_or_3d_convolutions_says_it_changed_nothing(tmp_path):
+    sf.fit(mlp(), make_classification(), max_steps=1, progress="off", channels_last=True,
+           run_dir=tmp_path / "r", **COMMON)  # fmt: skip
+    [event] = _events(tmp_path / "r", "channels_last")
+    assert event["on"] is False and "no Conv2d/Conv3d" in event["why"]
+
+
 def test_channels_last_choice():
     cuda, cpu = torch.device("cuda"), torch.device("cpu")
     assert speed.channels_last_choice(cnn(), "auto", cuda, "none")[0]
@@ -220,6 +227,9 @@ def test_an_unknown_class_name_lists_the_known_ones():
     assert "Block" in err.value.fix and "LayerNorm" in err.value.fix
     with pytest.raises(ConfigError, match="only the model itself"):
         sf.fit(tiny_gpt(), text(), task="lm", max_steps=1, activation_checkpointing=["GPT"])
+    with pytest.raises(ConfigError, match="never called") as err:  # its hooks would never fire
+        sf.fit(tiny_gpt(), text(), task="lm", max_steps=1, activation_checkpointing=["ModuleList"])
+    assert "Block" in err.value.fix
     with pytest.raises(ConfigError, match="activation_checkpointing"):
         build_config(activation_checkpointing=[3])
 
