@@ -11,6 +11,7 @@ import csv
 import difflib
 import json
 import math
+import os
 import sys
 import time
 import warnings
@@ -169,6 +170,16 @@ def epoch_line(epoch: int, epochs: int, values: dict[str, Any]) -> str:
     return "  ".join(parts)
 
 
+def _outside_surefit() -> int:
+    """The ``stacklevel`` of ``warnings.warn`` called from ``RunLog.warn`` that names the first
+    caller outside this package (the user's ``fit(...)`` line, not surefit's own)."""
+    package = str(Path(__file__).resolve().parent) + os.sep
+    frame, level = sys._getframe(2), 2  # the caller of RunLog.warn: stacklevel 2
+    while frame is not None and str(Path(frame.f_code.co_filename).resolve()).startswith(package):
+        frame, level = frame.f_back, level + 1
+    return level
+
+
 @contextlib.contextmanager
 def warnings_held() -> Iterator[None]:
     """No ``SurefitWarning`` from a run made inside a command that reports on it itself (the
@@ -244,7 +255,8 @@ class RunLog:
         self.warnings.append(record)
         self.event("warning", **record)
         if getattr(self.console, "mode", None) == "off":
-            warnings.warn(f"{what}" + (f"; fix: {fix}" if fix else ""), category, stacklevel=3)
+            text = f"{what}" + (f"; fix: {fix}" if fix else "")
+            warnings.warn(text, category, stacklevel=_outside_surefit())
         else:
             self.console.line(f"warning: {what}" + (f"\n  fix: {fix}" if fix else ""))
 

@@ -251,6 +251,7 @@ def test_a_warning_reaches_the_result_and_is_never_silent(tmp_path, capsys):
     [record] = [w for w in quiet.warnings if w["check"] == "lr_too_high"]
     assert "lower optim.lr" in record["fix"] and record["step"] > 0
     assert "lower optim.lr" in str(caught[0].message)  # the fix travels with it
+    assert caught[0].filename == __file__  # it points at the fit() call, not into surefit
     capsys.readouterr()
     with warnings.catch_warnings():
         warnings.simplefilter("error", sf.SurefitWarning)  # shown on the console instead
