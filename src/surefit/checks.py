@@ -19,12 +19,13 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from .config import CHECKS, RunConfig
 from .distributed import no_grad, shard_coords
 from .errors import ConfigError, DataError, SurefitError
 from .splits import loader_orders, order_kept, restore_orders
-from .state import RngState
+from .state import RngState, modes_kept
 
 TARGET_KEYS = ("labels", "y", "target")  # the keys Task.split reads a dict batch's target from
 MAX_HASHED = 200_000  # in-memory samples per split hashed by the leakage check (bounded cost)
@@ -72,7 +73,7 @@ def run_checks(
     findings: list[Finding] = []
     rng = RngState().state_dict()  # a user's loader may draw from the global RNG when iterated
     orders = loader_orders(*splits.values())  # ...and from its own generators
-    was_training = net.training
+    modes = [(m, m.training) for m in net.modules()]  # each module's own, put back at the end
     try:
         first = {n: _first_batch(d, cfg, device) for n, d in splits.items() if d is not None}
         name = "train"
@@ -96,7 +97,8 @@ def run_checks(
             findings.append(_leakage(splits["train"], splits["val"]))
     finally:
         net.zero_grad(set_to_none=True)
-        net.train(was_training)
+        for module, mode in modes:
+            module.train(mode)
         RngState().load_state_dict(rng)
         restore_orders(orders)
     return findings
@@ -111,18 +113,14 @@ def check_first_batch(
         batch = next(iter(data.batches(batch_size, shuffle=False, device=device)), None)
     if batch is None:
         return []  # evaluation says the set is empty
-    was_training = net.training
-    net.eval()
     try:
-        with no_grad(net):
+        with modes_kept(net, training=False), no_grad(net):
             outputs, target = task.preview(net, batch)
             if outputs is None:
                 return []
             return [_targets(task, outputs, target, data, name)]
     except (RuntimeError, IndexError, ValueError, TypeError) as exc:  # torch's, not ours
         return [_failed(exc, name, batch, net)]
-    finally:
-        net.train(was_training)
 
 
 def _failed(exc: Exception, name: str, batch: Any, net: nn.Module) -> Finding:
@@ -200,18 +198,28 @@ def _batch_checks(
         outputs, target = task.preview(net, batch)
     if outputs is None:  # a task without a preview checks its batch itself
         return _task_batch_check(task, batch, name) if "targets" not in skip else []
-    last_op = _last_op(outputs)
+    ops = (_last_op(outputs), _last_op(outputs, SHAPE_OPS + SCALING_OPS))
     outputs = outputs.detach() if isinstance(outputs, torch.Tensor) else outputs
+    # a batch norm that has seen no batch normalises nothing in eval mode: the first loss is not
+    # the step's (which normalises by the batch), so it says nothing of the last layer's scale
+    fresh_norm = any(
+        isinstance(m, nn.modules.batchnorm._NormBase)
+        and m.track_running_stats
+        and int(m.num_batches_tracked or 0) == 0
+        for m in net.modules()
+    )
     with no_grad(net):
         found = []
         if "targets" not in skip:
             found.append(_targets(task, outputs, target, data, name))
             if found[-1].level == "error":
                 return found  # the loss itself would fail on these targets
-        if "probabilities" not in skip and task.custom_loss is None:
-            found.append(_probabilities(task.name, outputs, last_op))
+        as_task = _logits_task(task)  # a loss given as torch's cross-entropy is the task's own
+        if "probabilities" not in skip and as_task:
+            found.append(_probabilities(as_task, outputs, *ops))
         if "initial_loss" not in skip and name == "train" and task.custom_loss is None:
-            found.append(_initial_loss(task, outputs, target))
+            if not fresh_norm:
+                found.append(_initial_loss(task, outputs, target))
     return [f for f in found if f is not None]
 
 
@@ -281,20 +289,39 @@ def _targets(task: Any, outputs: Any, target: Any, data: Any, name: str) -> Find
 
 
 SHAPE_OPS = ("View", "Reshape", "Squeeze", "Unsqueeze", "Flatten", "Clone", "Permute", "Expand")
+# ops that keep values near where they were: sigmoid(z).clamp(eps, 1 - eps), .double().float(),
+# * 1.0; a gate such as sigmoid(a) * b passes too, hence the values must be in [0, 1] as well
+SCALING_OPS = ("Clamp", "ToCopy", "Mul", "Div")
 
 
-def _last_op(outputs: Any) -> str:
-    """The autograd op that produced ``outputs``, looking through shape-only ops ("" unknown)."""
+def _last_op(outputs: Any, through: tuple[str, ...] = SHAPE_OPS) -> str:
+    """The autograd op that produced ``outputs``, looking through ``through`` ops (first
+    operand; "" unknown)."""
     fn = getattr(outputs, "grad_fn", None)
-    while fn is not None and fn.name().startswith(SHAPE_OPS) and fn.next_functions:
+    while fn is not None and fn.name().startswith(through) and fn.next_functions:
         fn = fn.next_functions[0][0]
     return fn.name() if fn is not None else ""
 
 
-def _probabilities(task: str, outputs: Any, last_op: str = "") -> Finding | None:
+def _logits_task(task: Any) -> str:
+    """The task whose logits check applies: the task's own loss, or a loss given as torch's
+    cross-entropy (``nn.CrossEntropyLoss``, ``F.cross_entropy``: multiclass) or BCE with logits
+    (binary); '' for any other loss."""
+    loss = task.custom_loss
+    if loss is None:
+        return task.name
+    if isinstance(loss, nn.CrossEntropyLoss) or loss is F.cross_entropy:
+        return task.name if task.name in ("multiclass", "lm", "segmentation") else "multiclass"
+    if isinstance(loss, nn.BCEWithLogitsLoss) or loss is F.binary_cross_entropy_with_logits:
+        return task.name if task.name in ("binary", "multilabel") else "binary"
+    return ""
+
+
+def _probabilities(task: str, outputs: Any, last_op: str = "", deep_op: str = "") -> Finding | None:
     """Outputs that are probabilities given to a loss that expects logits: made by a final
-    softmax or sigmoid (read from the autograd graph), or, for softmax when the graph is not
-    there, rows in [0, 1] that sum to 1 (which logits practically never do)."""
+    softmax or sigmoid (read from the autograd graph; ``deep_op`` looks through clamps, casts and
+    scalings too, and counts where every output is in [0, 1]), or, for softmax when the graph is
+    not there, rows in [0, 1] that sum to 1 (which logits practically never do)."""
     if not isinstance(outputs, torch.Tensor) or not outputs.is_floating_point():
         return None
     out = outputs.float()
@@ -302,7 +329,7 @@ def _probabilities(task: str, outputs: Any, last_op: str = "") -> Finding | None
     if task in ("multiclass", "lm", "segmentation") and out.dim() >= 2 and out.shape[1] > 1:
         sums = out.sum(-1 if task == "lm" else 1)
         by_value = in_unit and bool(torch.allclose(sums, torch.ones_like(sums), atol=1e-3))
-        if last_op.startswith("Softmax") or by_value:
+        if last_op.startswith("Softmax") or (in_unit and deep_op.startswith("Softmax")) or by_value:
             return Finding(
                 "probabilities",
                 "error",
@@ -312,7 +339,8 @@ def _probabilities(task: str, outputs: Any, last_op: str = "") -> Finding | None
                 "when you need probabilities at inference",
                 "model outputs",
             )
-    if task in ("binary", "multilabel") and last_op.startswith("Sigmoid"):
+    sigmoid = last_op.startswith("Sigmoid") or (in_unit and deep_op.startswith("Sigmoid"))
+    if task in ("binary", "multilabel") and sigmoid:
         return Finding(
             "probabilities",
             "error",
@@ -457,8 +485,12 @@ def _unused_parameters(net: nn.Module, batch: Any, loss_of: Callable[[Any], Any]
                 fix = "reduce it (loss.mean()), or return (loss, outputs) from step=fn"
                 return Finding("loss", "error", what, fix, "train batch 0")
             if not isinstance(loss, torch.Tensor) or not loss.requires_grad:
-                what = "no trainable parameters reached the loss"
-                return Finding("unused_parameters", "ok", what)
+                if not any(p.requires_grad for p in net.parameters()):
+                    return Finding("unused_parameters", "ok", "no trainable parameters")
+                what = "the loss does not depend on any trainable parameter: backward would fail"
+                fix = ("compute it from the model's outputs, without .detach(), .item(), numpy "
+                       "or torch.no_grad() between them and the loss")  # fmt: skip
+                return Finding("loss", "error", what, fix, "train batch 0")
             loss.backward()
             unused = [n for n, p in net.named_parameters() if p.requires_grad and p.grad is None]
     finally:

@@ -14,6 +14,7 @@ from .distributed import no_grad, reduce_eval
 from .errors import DataError
 from .metrics import perplexity
 from .precision import Precision
+from .state import modes_kept
 from .tasks import Task
 
 StepFn = Callable[[nn.Module, Any], Any]
@@ -44,10 +45,8 @@ def evaluate_data(
     prefix: str,
 ) -> dict[str, float]:
     """Loss and metrics over ``data``: eval mode under inference mode, then the mode it had."""
-    was_training = net.training
-    net.eval()
     total, count, metric_set = None, 0, None
-    try:
+    with modes_kept(net, training=False):
         with no_grad(net), precision.autocast():
             for batch in data.batches(batch_size, shuffle=False, device=device):
                 loss, preds, target = compute_batch(net, batch, task, step)
@@ -64,8 +63,6 @@ def evaluate_data(
                     if metric_set is None:
                         metric_set = task.metrics(preds, metrics, device)
                     metric_set.update(*task.metric_inputs(preds, target))
-    finally:
-        net.train(was_training)
     if total is None:
         raise DataError(
             f"the {prefix} data yielded no batches",

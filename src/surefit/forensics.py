@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .state import RngState
+from .state import RngState, modes_kept
 
 MAX_EXAMINED = 4096  # samples of a bad window checked one by one
 
@@ -126,11 +126,8 @@ def replay(net: nn.Module, fn: Callable[[], Any]) -> Any:
     """Run ``fn`` in eval mode without gradients, leaving the RNG and the module modes as they
     were, so that looking at a batch changes nothing the run will do next."""
     rng = RngState().state_dict()
-    was_training = net.training
-    net.eval()
     try:
-        with torch.no_grad():
+        with modes_kept(net, training=False), torch.no_grad():
             return fn()
     finally:
-        net.train(was_training)
         RngState().load_state_dict(rng)

@@ -508,7 +508,8 @@ class Trainer:
         """Train until epochs, max_steps, max_time_s or a callback stops the run."""
         self._t_start = time.perf_counter()
         self._first_snapshot()
-        self.net.train()
+        if not self.net.training:  # a model left in eval mode; modules frozen inside one stay so
+            self.net.train()
         self.emit("on_fit_start")
         try:
             threads = run_threads(self.p, self.resumed_threads)

@@ -31,7 +31,7 @@ from .keywords import DEFAULT, build_config
 from .optim import build_optimizer
 from .precision import Precision
 from .report import figure, finish_axes, save_png
-from .state import RngState, seed_everything
+from .state import RngState, modes_kept, seed_everything
 
 RULES = {
     "steepest": "steepest descent of the smoothed loss (against log lr), before its minimum",
@@ -218,12 +218,11 @@ def _restored(model: nn.Module, optimizer: torch.optim.Optimizer | None) -> Iter
     weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
     saved = copy.deepcopy(optimizer.state_dict()) if optimizer is not None else None
     rng = RngState().state_dict()
-    was_training = model.training
     try:
-        yield
+        with modes_kept(model):
+            yield
     finally:
         model.load_state_dict(weights)
-        model.train(was_training)
         if optimizer is not None and saved is not None:
             optimizer.load_state_dict(saved)
         RngState().load_state_dict(rng)

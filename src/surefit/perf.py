@@ -23,7 +23,7 @@ from torch import nn
 
 from .data import loader_workers
 from .splits import order_kept
-from .state import RngState
+from .state import RngState, modes_kept
 
 # Forward FLOPs per batch under which a run counts as small: bench/'s tiny MLP (20 MFLOP per
 # batch) ran 7-40x slower on two threads than on one on a loaded 2-core machine, and 1.3x faster
@@ -86,18 +86,14 @@ def forward_flops(model: nn.Module, forward: Callable[[], Any]) -> int | None:
     any state (eval mode, no grad, RNG forked); None where torch's counter cannot count it."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    was_training = model.training
     try:
-        model.eval()
-        with torch.random.fork_rng(devices=[]), torch.no_grad():
+        with modes_kept(model, training=False), torch.random.fork_rng(devices=[]), torch.no_grad():
             counter = FlopCounterMode(display=False)
             with counter:
                 forward()
         return int(counter.get_total_flops())
     except Exception:  # any model torch's counter cannot trace: no estimate
         return None
-    finally:
-        model.train(was_training)
 
 
 def batch_flops(parts: Any) -> int | None:

@@ -81,6 +81,21 @@ def settings_kept() -> Iterator[None]:
         torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = kept[2:]
 
 
+@contextlib.contextmanager
+def modes_kept(net: torch.nn.Module, training: bool | None = None) -> Iterator[None]:
+    """``net`` in train (``training=True``) or eval mode for the block (None: as it is), then
+    every module back in the mode it had: a batch norm the user froze with ``.eval()`` inside a
+    training model stays frozen after an evaluation or a check."""
+    modes = [(m, m.training) for m in net.modules()]
+    if training is not None:
+        net.train(training)
+    try:
+        yield
+    finally:
+        for module, mode in modes:  # parents first: each module's own call is its last
+            module.train(mode)
+
+
 class RngState:
     """The process RNGs (python, numpy, torch CPU and CUDA) as checkpointable state.
 

@@ -95,7 +95,15 @@ class Task:
     def loss(self, outputs: Any, target: Any) -> torch.Tensor:
         if self.custom_loss is not None:
             return self.custom_loss(outputs, target)
-        return self.default_loss(outputs, target)
+        try:
+            return self.default_loss(outputs, target)
+        except IndexError as exc:  # torch's "Target 3 is out of bounds", in a batch past the first
+            raise DataError(
+                f"a target is out of range for the model's outputs: {exc}",
+                where="targets",
+                fix="class ids must be in 0..C-1 for a model of C outputs: check every sample's "
+                "label (the first-step checks see the first batch, or in-memory targets whole)",
+            ) from exc
 
     def default_loss(self, outputs: Any, target: Any) -> torch.Tensor:
         raise ConfigError(

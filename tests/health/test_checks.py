@@ -70,6 +70,51 @@ def test_probabilities_are_told_from_logits_that_happen_to_lie_in_0_1(tmp_path):
     _fit(model, tmp_path / "ok", data=(x, y.float()[:, None]), task="binary")
 
 
+class Scaled(nn.Module):
+    """A final activation followed by a clamp, a cast or a scaling, or a sigmoid gate."""
+
+    def __init__(self, out, then):
+        super().__init__()
+        self.body, self.then = mlp(out=out), then
+
+    def forward(self, x):
+        return self.then(self.body(x))
+
+
+@pytest.mark.parametrize(
+    "then",
+    [lambda z: torch.sigmoid(z).clamp(1e-7, 1 - 1e-7), lambda z: torch.sigmoid(z).double().float(),
+     lambda z: torch.sigmoid(z) * 1.0],
+)  # fmt: skip
+def test_a_sigmoid_behind_a_clamp_cast_or_scaling_is_still_probabilities(tmp_path, then):
+    x, y = make_classification(256, classes=2)
+    with pytest.raises(sf.DataError, match="sigmoid"):
+        _fit(Scaled(1, then), tmp_path, data=(x, y.float()[:, None]), task="binary")
+    gate = lambda z: torch.sigmoid(z) * (3 * z)  # noqa: E731  a gate: values far outside [0, 1]
+    _fit(Scaled(1, gate), tmp_path / "ok", data=(x, y.float()[:, None]), task="binary")
+
+
+@pytest.mark.parametrize(
+    "loss", [nn.CrossEntropyLoss(), torch.nn.functional.cross_entropy], ids=["module", "function"]
+)
+@pytest.mark.parametrize("task", ["multiclass", "auto"])
+def test_softmax_is_caught_with_cross_entropy_given_as_the_loss(tmp_path, loss, task):
+    with pytest.raises(sf.DataError, match="softmax"):
+        _fit(nn.Sequential(mlp(), nn.Softmax(dim=1)), tmp_path, task=task, loss=loss)
+    _fit(mlp(), tmp_path / "ok", task=task, loss=loss)
+
+
+def test_a_loss_that_no_parameter_reaches_is_an_error_that_names_the_fix(tmp_path):
+    def step(model, batch):
+        x, y = batch
+        out = model(x)
+        return torch.nn.functional.cross_entropy(out.detach(), y), out
+
+    with pytest.raises(sf.DataError, match="does not depend on any trainable") as info:
+        _fit(mlp(), tmp_path, step=step)
+    assert ".detach()" in info.value.fix
+
+
 def test_a_check_can_be_switched_off(tmp_path):
     model = nn.Sequential(mlp(), nn.Softmax(dim=1))
     _fit(model, tmp_path, task="multiclass", skip_checks=["probabilities"])
@@ -96,6 +141,26 @@ def test_initial_loss_far_from_log_c_warns(tmp_path):
 def _bn_model():
     torch.manual_seed(0)
     return nn.Sequential(nn.Linear(8, 16), nn.BatchNorm1d(16), nn.ReLU(), nn.Linear(16, 3))
+
+
+def test_no_initial_loss_warning_from_a_batch_norm_that_has_seen_no_batch(tmp_path):
+    """In eval mode an untrained batch norm normalises nothing: unscaled inputs gave a false
+    'first loss far from log C'; the step itself (train mode) starts near log C."""
+    x, y = make_classification(256)
+    _fit(_bn_model(), tmp_path, data=(50 * x, y))
+    assert _warnings(tmp_path, "initial_loss") == []
+
+
+def test_modules_frozen_in_eval_mode_stay_frozen_through_evaluations(tmp_path):
+    x, y = make_classification(256)
+    model = _bn_model()
+    model[1].eval()  # a frozen batch norm inside a training model
+    stats = model[1].running_mean.clone()
+    _fit(model, tmp_path, data=(x, y), val=(x[:64], y[:64]), epochs=2)
+    assert model.training and not model[1].training
+    assert torch.equal(model[1].running_mean, stats)  # never updated by a training forward
+    sf.evaluate(model, (x[:64], y[:64]))
+    assert model.training and not model[1].training
 
 
 def test_batchnorm_with_accumulation_warns(tmp_path):

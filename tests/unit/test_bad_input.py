@@ -15,7 +15,7 @@ import surefit as sf
 from surefit.data import TensorData
 from surefit.errors import SurefitError
 from surefit.splits import split_validation
-from tests.conftest import make_classification, mlp
+from tests.conftest import Samples, make_classification, mlp
 
 N = 100
 
@@ -482,3 +482,13 @@ def test_a_dict_batch_whose_keys_forward_does_not_take(tmp_path):
 
     r = sf.fit(Named(), DictSamples(), task="multiclass", epochs=1, batch_size=50, progress="off")
     assert r.steps == 2
+
+
+def test_a_class_id_out_of_range_past_the_first_batch_is_a_data_error(tmp_path):
+    """A Dataset's labels are checked on the first batch only; a bad one later is named, not
+    torch's bare IndexError."""
+    x, y = make_classification(256)
+    y[200] = 7  # three classes
+    with pytest.raises(sf.DataError, match="out of range") as info:
+        sf.fit(mlp(), Samples(x, y), epochs=1, batch_size=32, progress="off")
+    assert "0..C-1" in info.value.fix
