@@ -192,6 +192,48 @@ class Mapped:
         return self
 
 
+class PresentMacro(Mapped):
+    """A per-class torchmetrics metric (``average=None``) averaged over the classes (labels) the
+    set holds both positives and negatives of. torchmetrics' macro AUROC scores a class absent
+    from the set as 0, which pulls the average down by the share of absent classes (a model at
+    0.995 on each class present reported 0.746 with one of four absent); sklearn's one-vs-rest
+    AUROC refuses such a set. Multiclass ``target`` holds class ids (``ignore`` left out);
+    multilabel a (N, labels) 0/1 matrix."""
+
+    sum_states = ("positives", "total")
+
+    def __init__(self, metric: Any, fn: Callable[[torch.Tensor], torch.Tensor], classes: int,
+                 ignore: int | None = None) -> None:  # fmt: skip
+        super().__init__(metric, fn)
+        self.classes, self.ignore = classes, ignore
+        self.reset()
+
+    def update(self, preds: torch.Tensor, target: torch.Tensor) -> None:
+        super().update(preds, target)
+        if self.ignore is None:  # multilabel
+            positives, total = target.double().sum(0), torch.tensor(float(target.shape[0]))
+        else:  # counted on the device: no boolean indexing, which would read back the count
+            keep = target != self.ignore
+            positives = torch.zeros(self.classes, dtype=torch.float64, device=target.device)
+            positives.index_add_(0, target.clamp(min=0, max=self.classes - 1), keep.double())
+            total = keep.sum().double()
+        self.positives = positives if self.positives is None else self.positives + positives
+        self.total = total.to(positives.device) + self.total
+
+    def compute(self) -> torch.Tensor:
+        values = torch.as_tensor(self.metric.compute()).double()
+        if self.positives is None:
+            return torch.tensor(float("nan"), dtype=torch.float64)
+        both = (self.positives > 0) & (self.positives < self.total)
+        return values[both.to(values.device)].mean() if bool(both.any()) else values.new_tensor(
+            float("nan"))  # fmt: skip
+
+    def reset(self) -> None:
+        self.metric.reset()
+        self.positives: torch.Tensor | None = None
+        self.total: Any = 0.0
+
+
 class Flat(Mapped):
     """A torchmetrics metric fed flattened values: one number over every output of a sample."""
 

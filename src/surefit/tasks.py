@@ -16,7 +16,17 @@ from torch import nn
 
 from .config import TaskConfig
 from .errors import ConfigError, DataError
-from .metrics import Flat, Fraction, Mapped, Mean, MetricSet, Overlap, top_k_hits, torchmetric
+from .metrics import (
+    Flat,
+    Fraction,
+    Mapped,
+    Mean,
+    MetricSet,
+    Overlap,
+    PresentMacro,
+    top_k_hits,
+    torchmetric,
+)
 
 LossFn = Callable[[Any, Any], torch.Tensor]
 
@@ -249,9 +259,10 @@ class Multiclass(Task):
                 ignore_index=self.cfg.ignore_index,
             )
         if "auroc" in wanted:  # one-vs-rest, macro, exact over the set (every score kept)
-            auroc = torchmetric("MulticlassAUROC", num_classes=classes, average="macro",
+            auroc = torchmetric("MulticlassAUROC", num_classes=classes, average="none",
                                 ignore_index=self.cfg.ignore_index)  # fmt: skip
-            metrics["auroc"] = Mapped(auroc, lambda p: p.float().softmax(1))
+            metrics["auroc"] = PresentMacro(auroc, lambda p: p.float().softmax(1), classes,
+                                            ignore=self.cfg.ignore_index)  # fmt: skip
         return metrics
 
 
@@ -359,7 +370,8 @@ class Multilabel(Binary):
             ),
         }
         if names and "auroc" in names:  # per label, macro
-            built["auroc"] = torchmetric("MultilabelAUROC", num_labels=labels, average="macro")
+            auroc = torchmetric("MultilabelAUROC", num_labels=labels, average="none")
+            built["auroc"] = PresentMacro(auroc, lambda p: p, labels)
         return built
 
 

@@ -527,6 +527,14 @@ def test_on_request_ranking_and_threshold_metrics_match_direct_computation():
     assert close(multi["test_auroc"], want)
     with pytest.raises(sf.ConfigError, match="auroc"):  # the error lists what can be asked for
         fixed_eval(classes, ids, "multiclass", metrics=["roc"])
+    # a class (a label) the set does not hold, or holds in every sample, has no AUROC: the mean
+    # is over the others (torchmetrics' macro counted it as 0)
+    ids[ids == 3] = 1
+    absent = fixed_eval(classes, ids, "multiclass", batch_size=7, metrics=["auroc"])
+    assert close(absent["test_auroc"], sum(_auroc(probs[:, c], ids == c) for c in range(3)) / 3)
+    labels[:, 2] = 1
+    full = fixed_eval(classes[:, :3], labels, "multilabel", batch_size=7, metrics=["auroc"])
+    assert close(full["test_auroc"], sum(_auroc(classes[:, j], labels[:, j]) for j in (0, 1)) / 2)
 
 
 def test_multilabel_metrics_match_direct_computation():
