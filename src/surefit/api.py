@@ -18,7 +18,14 @@ from .checkpoint import CheckpointStore, atomic_write_text, for_strategy
 from .checks import Finding, check_first_batch, raise_first, run_checks
 from .config import RunConfig
 from .data import DatasetData, as_data, close_loaders
-from .distributed import is_rank_zero, process_group, resolve_device, shard, strategy
+from .distributed import (
+    is_rank_zero,
+    process_group,
+    resolve_device,
+    shard,
+    strategy,
+    world_size,
+)
 from .errors import ConfigError
 from .evaluation import compute_batch, evaluate_data
 from .keywords import DEFAULT, build_config, fit_objects
@@ -289,6 +296,14 @@ class Run:
                 d.to(device, c.data.on_device)
         notes = prepare(self.model, c, device, strategy(c))  # channels_last, before the optimizer
         precision = Precision(c.train.precision, device)
+        if self.optimizer is not None and strategy(c) == "fsdp":
+            raise ConfigError(
+                "an optimizer object under fsdp would step the parameters fully_shard replaces: "
+                "it would train nothing",
+                where="optimizer",
+                fix="pass the optimizer by name (optimizer='adamw', with lr=... and the optim "
+                "keywords): it is built after sharding",
+            )
         shard(self.model, c, precision.dtype)  # fsdp: before the optimizer sees the parameters
         optimizer = self.optimizer or build_optimizer(self.model, c.optim)
         store = for_strategy(store, c.distributed.strategy, self.model, optimizer)
@@ -397,6 +412,14 @@ class Run:
         if c.checkpoint.check_resume and not resuming:
             from .selfcheck import check_in_process
 
+            if world_size() > 1:
+                raise ConfigError(
+                    "check_resume=True runs its check in this process, not across ranks",
+                    where="checkpoint.check_resume",
+                    fix="check with one process, or with `surefit check-resume RECIPE` (fresh "
+                    "processes), and launch the run without it",
+                )
+
             check = check_in_process(self)
         held.enter_context(run_lock(run_dir))  # one run at a time in a run directory
         if not resuming and store is not None and store.has_checkpoint():
@@ -489,6 +512,8 @@ class Run:
         ckpt = None
         if store is not None:
             best_path = store.folder / "best.pt"
+            if not best_path.exists():  # under fsdp, a sharded checkpoint's folder
+                best_path = store.folder / "best"
             latest = store.latest()
             ckpt = (
                 best_path

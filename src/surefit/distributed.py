@@ -101,6 +101,13 @@ def launch_env() -> tuple[int, int] | None:
     """
     if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
         found = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+        if found[1] > 1 and not ("MASTER_ADDR" in os.environ and "MASTER_PORT" in os.environ):
+            raise ConfigError(
+                f"RANK and WORLD_SIZE={found[1]} are set, but MASTER_ADDR / MASTER_PORT are not",
+                where="environment",
+                fix="launch with torchrun (or surefit fit --nproc N), which sets all four, or "
+                "export MASTER_ADDR and MASTER_PORT of the rank-0 host",
+            )
     elif "SLURM_PROCID" in os.environ and "SLURM_NTASKS" in os.environ:
         found = int(os.environ["SLURM_PROCID"]), int(os.environ["SLURM_NTASKS"])
         if found[1] > 1 and not ("MASTER_ADDR" in os.environ and "MASTER_PORT" in os.environ):

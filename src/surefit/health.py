@@ -16,6 +16,7 @@ skipped, so nothing the run computes depends on when the host reads the flags.
 from __future__ import annotations
 
 import bisect
+import contextlib
 import math
 import operator
 import time
@@ -30,7 +31,8 @@ import torch
 
 from .checkpoint import cpu_copy
 from .config import HealthConfig
-from .distributed import sum_over_ranks
+from .distributed import sum_over_ranks, world_size
+from .errors import CheckpointError
 from .forensics import nonfinite_rows
 from .log import JsonlSink
 
@@ -220,6 +222,7 @@ class Health:
         self.deferred = _no_actions()  # a pause's decisions, for the next scheduled sync point
         self._flags: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
         self._cpu_flag: tuple[torch.Tensor, torch.Tensor, Any] | None = None  # + a numpy view
+        self._multi = world_size() > 1  # several processes: the loss check spans them
         self._eval_warned = False  # the non-finite evaluation warning is given once a session
 
     # -- the hot path ------------------------------------------------------------------------------
@@ -238,6 +241,8 @@ class Health:
             if before is not None and scaler.get_scale() < before:  # a skipped first step
                 optimizer.state.clear()  # (see below): lazily made state may be unfilled
             return True
+        if self._multi:  # a loss non-finite on one rank skips the step on all (the gradients,
+            loss = sum_over_ranks(loss.detach().float())  # and so the norm, are already global)
         if self._reads_on_host(loss):
             return self._cpu_step(optimizer, loss, norm)
         # before the first update the fused step makes the state itself (SGD's momentum as
@@ -500,6 +505,29 @@ class Health:
             return
         self.snapshot = cpu_copy({k: v.state_dict() for k, v in parts.items()})
         self.snapshot_step = step
+
+    def first_snapshot(
+        self, parts: dict[str, Any], step: int, store: Any, loaded: dict[str, Any] | None
+    ) -> None:
+        """The rollback copy a run starts with: the one the uninterrupted run holds. A checkpoint
+        written off the schedule (a signal, a pause) carries it (``loaded``); one from before
+        that, which recorded only the step of its copy, has that step's checkpoint read back
+        from ``store`` while still on disk (not under FSDP); otherwise the copy is the state the
+        run starts from."""
+        if loaded is not None:  # a pause's checkpoint held it
+            self.snapshot = loaded
+            return
+        at = self.snapshot_step
+        behind = 0 <= at < step and self.snapshot_wanted()
+        if behind and store is not None and not store.in_place:  # not FSDP
+            same = lambda st: st.get("counters", {}).get("optimizer_step") == at  # noqa: E731
+            with contextlib.suppress(CheckpointError):
+                state = store.load_latest(accept=same)[0]
+                self.snapshot = {k: state[k] for k in parts}
+                return
+        self.take_snapshot(parts, step, force=True)
+        if behind:  # not on disk (taken between checkpoints): the state now, on the same cadence
+            self.snapshot_step = at
 
     def rollback(self, parts: dict[str, Any], saved: dict[str, Any] | None, why: str) -> bool:
         """Load the last good state into ``parts``; False when there is none."""

@@ -112,6 +112,7 @@ class Trainer:
                 fix="lower batch_size, or set drop_last = false",
             )
         self._multi = world_size() > 1
+        self._asked: list[tuple[str, str | None]] = []  # stops asked for, not agreed yet
         self._plain_zero_grad = type(self.optimizer).zero_grad is torch.optim.Optimizer.zero_grad
         self.steps_per_epoch = (
             math.ceil(self.batches_per_epoch / acc) if self.batches_per_epoch else None
@@ -185,14 +186,35 @@ class Trainer:
             if hook is not None:
                 hook(self.view, *args)
 
-    def request_stop(self, why: str) -> None:
-        if self.stop_reason is None:
-            self.stop_reason = why
+    def request_stop(self, why: str, preempted: str | None = None) -> None:
+        """Stop at this step boundary (``preempted``: as a pause); with several processes at the
+        next agreement (``_agree``), so that every rank stops at one step."""
+        if self._multi:
+            self._asked.append((why, preempted))  # a signal handler may append while it reads
+            return
+        self.preempted = self.preempted or preempted
+        self.stop_reason = self.stop_reason or why
 
     def pause(self, why: str) -> None:
         """Stop at this step boundary with a checkpoint and no final evaluation (resumable)."""
-        self.preempted = self.preempted or why
-        self.request_stop(why)
+        self.request_stop(why, preempted=why)
+
+    def _agreed(self) -> bool:
+        """No stop, agreed by every rank (the stops asked at an epoch's end, in its evaluation,
+        save or callbacks, or before the first epoch)."""
+        if self._multi:
+            self._agree()
+        return self.stop_reason is None
+
+    def _agree(self) -> None:
+        """Every rank stops where any asked to (a signal, a callback, the time limit, the guards):
+        one all-reduce; what is asked while it runs is agreed at the next one."""
+        n = len(self._asked)
+        asked, reason, pre = self._asked[:n], self.stop_reason, self.preempted
+        del self._asked[:n]
+        for why, preempted in asked:
+            reason, pre = reason or why, pre or preempted
+        self.stop_reason, self.preempted = stop_together(reason, pre, self.device, self._time_up)
 
     # -- the step ----------------------------------------------------------------------------------
     def compute(self, batch: Any) -> tuple[Any, Any, Any]:
@@ -355,26 +377,6 @@ class Trainer:
             step = self.counters.optimizer_step
             self.health.take_snapshot(self._rollback_parts(), step, force=snapshot)
 
-    def _first_snapshot(self) -> None:
-        """The rollback copy a run starts with: the one the uninterrupted run holds. A checkpoint
-        written off the schedule (a signal, a pause) carries it; one from before that, which
-        recorded only the step of its copy, has that step's checkpoint read back while still on
-        disk (not under FSDP); otherwise the copy is the state the run starts from."""
-        if self._loaded_copy is not None:  # a pause's checkpoint held it
-            self.health.snapshot = self._loaded_copy
-            return
-        step, at = self.counters.optimizer_step, self.health.snapshot_step
-        behind = 0 <= at < step and self.health.snapshot_wanted()
-        if behind and self.p.store is not None and not self.p.store.in_place:  # not FSDP
-            same = lambda st: st.get("counters", {}).get("optimizer_step") == at  # noqa: E731
-            with contextlib.suppress(CheckpointError):
-                state = self.p.store.load_latest(accept=same)[0]
-                self.health.snapshot = {k: state[k] for k in self._rollback_parts()}
-                return
-        self.health.take_snapshot(self._rollback_parts(), step, force=True)
-        if behind:  # not on disk (taken between checkpoints): the state now, on the same cadence
-            self.health.snapshot_step = at
-
     def _rollback_parts(self) -> dict[str, Any]:
         return {
             "model": self.model,
@@ -507,7 +509,8 @@ class Trainer:
     def fit(self) -> None:
         """Train until epochs, max_steps, max_time_s or a callback stops the run."""
         self._t_start = time.perf_counter()
-        self._first_snapshot()
+        self.health.first_snapshot(self._rollback_parts(), self.counters.optimizer_step,
+                                   self.p.store, self._loaded_copy)  # fmt: skip
         if not self.net.training:  # a model left in eval mode; modules frozen inside one stay so
             self.net.train()
         self.emit("on_fit_start")
@@ -519,7 +522,7 @@ class Trainer:
                 self._check_limits()  # a resumed run may have reached them already
                 if self.health_stop:  # resumed from the run the guards stopped
                     self.request_stop(self.health_stop)
-                while self.counters.epoch < self.cfg.epochs and self.stop_reason is None:
+                while self._agreed() and self.counters.epoch < self.cfg.epochs:
                     self._train_epoch()
             if self.stop_reason is None:
                 done = self.counters.epoch
@@ -551,10 +554,9 @@ class Trainer:
         self.emit("on_fit_end")
 
     def _on_signal(self, name: str) -> None:
-        if self.preempted is not None and name == "SIGINT":
+        if (self.preempted or any(p for _, p in self._asked)) and name == "SIGINT":
             raise KeyboardInterrupt  # the second Ctrl-C: stop now
-        self.preempted = self.preempted or name
-        self.request_stop(f"preempted by {name}")
+        self.request_stop(f"preempted by {name}", preempted=name)
         if self.p.log is not None:
             self.p.log.event("signal", signal=name, step=self.counters.optimizer_step)
 
@@ -580,9 +582,7 @@ class Trainer:
         for window in batches:
             self._after_step(self._optimizer_step(window))
             if self._multi:  # one small all-reduce per step, only with several processes
-                self.stop_reason, self.preempted = stop_together(
-                    self.stop_reason, self.preempted, self.device, self._time_up
-                )
+                self._agree()
             if self.stop_reason is not None:
                 break
         self._console().epoch_end()

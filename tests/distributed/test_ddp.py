@@ -94,3 +94,18 @@ def test_a_stop_on_one_rank_stops_all_at_the_same_step(ddp_out: Path) -> None:
     ranks = [torch.load(ddp_out / f"time-{r}.pt") for r in (0, 1)]
     assert [r["steps"] for r in ranks] == [2, 2]  # a time limit: every rank says so
     assert [r["reason"] for r in ranks] == ["reached max_time_s=1e+06"] * 2
+
+
+def test_a_stop_asked_at_one_ranks_epoch_end_is_agreed_before_the_next_epoch(ddp_out: Path) -> None:
+    """It came after the epoch's last per-step agreement: rank 0 started the next epoch alone
+    and the job died in its first collective."""
+    ranks = [torch.load(ddp_out / f"epoch-{r}.pt") for r in (0, 1)]
+    assert [r["steps"] for r in ranks] == [8, 8]  # one epoch: 64 samples, global batches of 8
+    assert [r["reason"] for r in ranks] == ["another rank stopped", "rank 1 at an epoch end"]
+
+
+def test_a_loss_non_finite_on_one_rank_skips_the_step_on_both(ddp_out: Path) -> None:
+    """The gradients (and so the norm) are all-reduced, the loss is not: rank 0 stepped with a
+    finite loss where rank 1 skipped, and the replicas drifted apart."""
+    a, b = (torch.load(ddp_out / f"inf-{r}.pt") for r in (0, 1))
+    assert _max_diff(a, b) == 0.0

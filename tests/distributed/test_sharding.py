@@ -51,9 +51,16 @@ def test_launch_env(monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "1")
     assert distributed.launch_env() is None  # torchrun with one process: nothing either
     monkeypatch.setenv("WORLD_SIZE", "4")
+    monkeypatch.delenv("MASTER_PORT", raising=False)
+    with pytest.raises(ConfigError, match="MASTER_ADDR / MASTER_PORT are not"):  # not torchrun
+        distributed.launch_env()
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.setenv("MASTER_PORT", "29500")
     assert distributed.launch_env() == (1, 4)
     monkeypatch.delenv("RANK")
     monkeypatch.delenv("WORLD_SIZE")
+    monkeypatch.delenv("MASTER_ADDR")
+    monkeypatch.delenv("MASTER_PORT")
     monkeypatch.setenv("SLURM_PROCID", "2")
     monkeypatch.setenv("SLURM_NTASKS", "8")
     monkeypatch.setenv("SLURM_LOCALID", "0")

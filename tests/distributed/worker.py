@@ -281,8 +281,40 @@ class TimeUpOnRankOne:
             run.request_stop("reached max_time_s=1e+06")
 
 
+class StopAtEpochEndOnRankOne:
+    """Rank 1 alone asks to stop in its first epoch's end (after the epoch's last agreement)."""
+
+    def on_epoch_end(self, run) -> None:  # noqa: ANN001
+        if rank() == 1 and run.epoch == 1:
+            run.request_stop("rank 1 at an epoch end")
+
+
+def inf_loss_on_rank_one(model, batch):  # noqa: ANN001, ANN201
+    """A loss made infinite on rank 1 at step 3 by a constant: its gradients stay finite."""
+    import torch.nn.functional as F
+
+    x, y = batch
+    out = model(x)
+    loss = F.cross_entropy(out, y)
+    inf_loss_on_rank_one.calls += 1
+    if rank() == 1 and inf_loss_on_rank_one.calls == 3:
+        loss = loss + float("inf")
+    return loss, out
+
+
+inf_loss_on_rank_one.calls = 0
+
+
 def stop_one(out: Path) -> None:
     import surefit as sf
+
+    result = sf.fit(mlp(), train=data(), batch_size=8, epochs=3,
+                    callbacks=[StopAtEpochEndOnRankOne()], **COMMON)  # fmt: skip
+    torch.save({"steps": result.steps, "reason": result.stop_reason}, out / f"epoch-{rank()}.pt")
+    model = mlp()
+    sf.fit(model, train=data(), batch_size=8, epochs=1, step=inf_loss_on_rank_one, checks=False,
+           **COMMON)  # fmt: skip
+    torch.save(full_state(model), out / f"inf-{rank()}.pt")
 
     result = sf.fit(
         mlp(), train=data(), batch_size=8, max_steps=50, callbacks=[StopOnRankOne()], **COMMON
