@@ -34,7 +34,13 @@ from .loop import Parts, Trainer
 from .monitor import auto_mode
 from .optim import apply_changes, build_optimizer
 from .precision import Precision
-from .rundir import check_resume_fits, open_run_dir, restart_run_dir, run_lock
+from .rundir import (
+    check_resume_fits,
+    open_run_dir,
+    refuse_lost_checkpoints,
+    restart_run_dir,
+    run_lock,
+)
 from .schedule import Schedule, build_schedule
 from .speed import Note, activation_checkpointing, prepare, record, reported_fallback
 from .splits import peek_target, split_validation
@@ -459,6 +465,8 @@ class Run:
                 f"resuming {run_dir} from {path.name} (step {trainer.counters.optimizer_step})"
             )
         if run_dir is not None and is_rank_zero():
+            if not resuming:
+                refuse_lost_checkpoints(run_dir)  # before anything of the new run is written
             run_dir.mkdir(parents=True, exist_ok=True)
             atomic_write_text(run_dir / "config.toml", cfgmod.to_toml(c))
             cut = [] if resuming else restart_run_dir(run_dir)

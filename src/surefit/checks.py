@@ -83,7 +83,8 @@ def run_checks(
                     findings += _batch_checks(net, task, batch, splits[name], name, precision, skip)
             if not any(f.level == "error" for f in findings):  # config checks: never skipped
                 name, monitor = "val", cfg.train.monitor
-                findings += _evaluation(net, task, first.get("val"), monitor, metrics, outputs_of)
+                findings += _evaluation(net, task, first.get("val"), monitor, metrics, outputs_of,
+                                        first.get("test", first.get("train")))  # fmt: skip
             if "unused_parameters" not in skip and not any(f.level == "error" for f in findings):
                 name = "train"
                 findings.append(_unused_parameters(net, first["train"], loss_of))
@@ -238,17 +239,21 @@ def _evaluation(
     monitor: str,
     metrics: Any,
     outputs_of: Callable[[Any], Any] | None,
+    other: Any = None,
 ) -> list[Finding]:
     """The metrics evaluation will report, and ``train.monitor`` among them: known before the
-    first step instead of at the first epoch's end."""
+    first step instead of at the first epoch's end. Without a val set, the metrics are built on
+    ``other`` (the test or the training batch): a misspelled one is named before training,
+    not after it, at the test evaluation."""
     if monitor and not monitor.startswith("val_"):
         if monitor in TRAIN_RECORD:
             return []
         what = f"monitor '{monitor}' is not a value the evaluation record holds"
         fix = f"use 'val_{monitor}' (measured on the val set) or one of: {', '.join(TRAIN_RECORD)}"
         return [Finding("config", "error", what, fix, "train.monitor")]
-    if batch is None or outputs_of is None:
+    if outputs_of is None or (batch is None and (other is None or not metrics)):
         return []  # no val set (the run says so where it needs one)
+    names_only, batch = batch is None, other if batch is None else batch
     net.eval()
     with no_grad(net):
         outputs = outputs_of(batch)
@@ -262,7 +267,7 @@ def _evaluation(
         what = f"metrics {list(metrics)} need predictions, but step=fn returns only the loss"
         return [Finding("config", "error", what, "return (loss, outputs) from step", "metrics")]
     names = [f"val_{n}" for n in ("loss", *built, *(["perplexity"] if task.name == "lm" else []))]
-    if not monitor or monitor in names:
+    if names_only or not monitor or monitor in names:
         return []
     what = f"monitor '{monitor}' is not among the evaluation metrics"
     return [Finding("config", "error", what, f"use one of: {', '.join(names)}", "train.monitor")]

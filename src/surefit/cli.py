@@ -280,8 +280,8 @@ def _nproc(p: argparse.ArgumentParser) -> None:
 
 def _free_run_dir(name: str) -> str:
     base = Path("runs") / name
-    if not base.exists() or not any(base.iterdir()):
-        return str(base)
+    if not base.exists() or (base.is_dir() and not any(base.iterdir())):
+        return str(base)  # (a file by that name: the next free name, as for a used folder)
     n = 2
     while (Path("runs") / f"{name}-{n}").exists():
         n += 1

@@ -339,7 +339,7 @@ def load(path: str | Path) -> RunConfig:
     """Read a TOML recipe file."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")  # a BOM an editor wrote is not TOML
     except OSError as exc:
         raise ConfigError(
             f"cannot read recipe: {exc.strerror}", where=str(path), fix="check the path"
@@ -407,7 +407,14 @@ def _set_in_table(values: dict[str, Any], name: str, inner: str, value: Any) -> 
     """``--set model.args.hidden=64`` sets one key of the table ``model.args``, keeping the
     others. A factory's ``args`` nest on dots (``model.args.block.width``); ``optim.lr_groups``
     takes the rest whole, as its keys are parameter-name prefixes (``encoder.layer1``)."""
-    table = values[name] = dict(values.get(name) or {})
+    held = values.get(name) or {}
+    if not isinstance(held, dict):
+        raise ConfigError(
+            f"--set {name}.{inner}: '{name}' is {held!r}, not a table of keys",
+            where=name,
+            fix=f"set {name} as a table ({name} = {{ ... }}), or only its keys",
+        )
+    table = values[name] = dict(held)
     keys = [inner] if name == "lr_groups" else inner.split(".")
     for k in keys[:-1]:
         inside = table.get(k)

@@ -50,6 +50,7 @@ class JsonlSink:
             return
         if self._file is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
+            _cut_at_line(self.path, None)  # a line torn by a kill would swallow the next one
             self._file = self.path.open("a")
         self._file.write("".join(json.dumps(r, allow_nan=True) + "\n" for r in records))
         self._file.flush()
@@ -67,10 +68,35 @@ class JsonlSink:
         """Cut lines written after the checkpoint, so a resumed run neither repeats nor skips."""
         self.close()
         keep = int(state["lines"])
-        if self.path.exists():
-            lines = self.path.read_text().splitlines(keepends=True)[:keep]
-            self.path.write_text("".join(line for line in lines if line.endswith("\n")))
+        _cut_at_line(self.path, keep)
         self.lines = keep
+
+
+def _cut_at_line(path: Path, keep: int | None) -> None:
+    """Truncate ``path`` in place after its ``keep``-th complete line (None: after its last),
+    dropping a torn last line: the lines kept are never rewritten, so a kill at any moment
+    leaves them as they were (rewriting the file emptied it first)."""
+    if not path.exists():
+        return
+    with path.open("rb") as f:
+        if keep is None:  # only the tail: a file that ends its last line is left untouched
+            size = f.seek(0, os.SEEK_END)
+            if size == 0 or (f.seek(size - 1), f.read(1))[1] == b"\n":
+                return
+            f.seek(max(0, size - (1 << 20)))
+            tail_start = f.tell()
+            nl = f.read().rfind(b"\n")  # a torn line is one write: far below 1 MiB
+            os.truncate(path, tail_start + nl + 1 if nl >= 0 else tail_start)
+            return
+        data = f.read()
+    end, n = 0, 0
+    while keep is None or n < keep:
+        nl = data.find(b"\n", end)
+        if nl < 0:
+            break
+        end, n = nl + 1, n + 1
+    if end < len(data):
+        os.truncate(path, end)
 
 
 class CsvSink:
@@ -97,7 +123,8 @@ class CsvSink:
         self.rows, self.columns = [], []
         self.path.unlink(missing_ok=True)
         for record in records:
-            self.write(record)
+            if record:  # a line damaged on disk has no values to keep
+                self.write(record)
 
     def close(self) -> None:
         pass
@@ -288,7 +315,8 @@ class RunLog:
         self.sent = {(r.get("split"), r.get("step")) for r in before[self.metrics.lines :]}
         if self.csv is not None:
             self.csv.restore(kept)
-        purge_step = max((int(r.get("step", 0)) for r in kept), default=0) + 1
+        steps = [r.get("step") for r in kept]
+        purge_step = max((int(t) for t in steps if isinstance(t, int)), default=0) + 1
         saved = state.get("loggers", {})
         for sink in self.trackers:
             if sink.name in saved:
@@ -323,10 +351,19 @@ def _check_loggers(loggers: list[str]) -> None:
 
 
 def _read_records(path: Path) -> list[dict[str, Any]]:
+    """The complete lines of a JSONL log; a line damaged on disk (not JSON, not UTF-8) is an
+    empty record in its place, so that the lines keep their positions (a resume cuts by line)."""
     if not path.exists():
         return []
-    lines = path.read_text().splitlines(keepends=True)
-    return [json.loads(line) for line in lines if line.endswith("\n")]
+    records = []
+    for line in path.read_bytes().decode("utf-8", errors="replace").splitlines(keepends=True):
+        if line.endswith("\n"):
+            try:
+                record = json.loads(line)
+            except ValueError:
+                record = {}
+            records.append(record if isinstance(record, dict) else {})
+    return records
 
 
 class NullConsole:

@@ -173,6 +173,26 @@ def run_lock(run_dir: Path | None) -> Iterator[None]:
 STEP_LOGS = ("metrics.jsonl", "metrics.csv", "steps.jsonl", "quarantine.jsonl")
 
 
+def refuse_lost_checkpoints(run_dir: Path) -> None:
+    """A ConfigError when the folder's earlier run wrote checkpoints that are gone (its
+    checkpoints/ deleted to save disk): starting over would cut its logs and replace its
+    config, which only a run that never saved (killed before its first checkpoint) may lose."""
+    events = run_dir / "events.jsonl"
+    if not events.is_file():
+        return
+    saved = [
+        line for line in events.read_text(encoding="utf-8", errors="replace").splitlines()
+        if '"event": "checkpoint"' in line
+    ]  # fmt: skip
+    if saved:
+        raise ConfigError(
+            f"{run_dir} holds a run that wrote {len(saved)} checkpoint(s), none of which is "
+            "there now: a new run would replace its logs and config",
+            where="run_dir",
+            fix="give a new run_dir, or delete the folder to start over in it",
+        )
+
+
 def restart_run_dir(run_dir: Path) -> list[str]:
     """Start a run over in a folder whose earlier run wrote logs but no checkpoint (killed or
     crashed before its first save): its per-step logs are cut to nothing, as a resume cuts them

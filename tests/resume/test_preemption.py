@@ -848,3 +848,33 @@ def test_a_run_resumed_mid_epoch_does_not_start_that_epoch_again(tmp_path):
     resumed = Starts()
     _paused_and_resumed(tmp_path / "b", kw, pause=5, callbacks=[resumed])
     assert straight.starts == resumed.starts == [0, 1, 2]
+
+
+def test_a_run_whose_checkpoints_were_deleted_is_not_started_over(tmp_path):
+    """Deleting checkpoints/ to save disk must not let the next fit there replace the run's
+    logs and config: only a run that never saved is started over."""
+    import shutil
+
+    x, y = make_classification(64)
+    kw = dict(epochs=2, batch_size=16, progress="off", run_dir=tmp_path / "r")
+    sf.fit(mlp(), (x, y), **kw)
+    shutil.rmtree(tmp_path / "r" / "checkpoints")
+    files = {n: (tmp_path / "r" / n).read_bytes() for n in ("metrics.jsonl", "config.toml")}
+    with pytest.raises(sf.ConfigError, match="none of which is there now"):
+        sf.fit(mlp(), (x, y), **{**kw, "epochs": 1})
+    assert files == {n: (tmp_path / "r" / n).read_bytes() for n in files}
+
+
+def test_a_resume_reads_past_a_damaged_line_of_its_metrics_log(tmp_path):
+    from surefit.callbacks import PauseAt
+
+    x, y = make_classification(64)
+    kw = dict(epochs=3, batch_size=16, progress="off", run_dir=tmp_path / "r", loggers=["csv"])
+    sf.fit(mlp(), (x, y), callbacks=[PauseAt(6)], **kw)
+    metrics = tmp_path / "r" / "metrics.jsonl"
+    lines = metrics.read_bytes().splitlines(keepends=True)
+    assert len(lines) >= 1
+    metrics.write_bytes(b'{"step": 4, "tr\xff\xfe garbage\n' + b"".join(lines[1:]))
+    r = sf.fit(mlp(), (x, y), **kw)
+    assert r.steps == 12 and "completed" in r.stop_reason
+    assert metrics.read_bytes().startswith(b'{"step": 4, "tr\xff\xfe garbage\n')  # kept as it was

@@ -492,3 +492,12 @@ def test_a_class_id_out_of_range_past_the_first_batch_is_a_data_error(tmp_path):
     with pytest.raises(sf.DataError, match="out of range") as info:
         sf.fit(mlp(), Samples(x, y), epochs=1, batch_size=32, progress="off")
     assert "0..C-1" in info.value.fix
+
+
+def test_a_misspelled_metric_without_a_val_set_is_named_before_training(tmp_path):
+    x, y = make_classification(128)
+    with pytest.raises(sf.ConfigError, match="unknown metric") as info:
+        sf.fit(mlp(), (x, y), test=(x[:32], y[:32]), metrics=["acuracy"], epochs=2,
+               progress="off", run_dir=tmp_path / "r")  # fmt: skip
+    assert "accuracy" in info.value.fix
+    assert not (tmp_path / "r" / "checkpoints").exists()  # nothing trained or written

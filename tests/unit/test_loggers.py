@@ -297,3 +297,26 @@ def test_a_resumed_run_that_fails_before_its_first_record_ends_failed(run_dir):
     with pytest.raises(RuntimeError, match="broken"):
         _fit(run_dir, ["mlflow"], callbacks=[_FailAtStart()])
     assert _mlflow(run_dir)[1].info.status == "FAILED"  # the same run, not left KILLED
+
+
+def test_a_jsonl_log_is_cut_in_place_never_rewritten(tmp_path):
+    """A resume cuts the lines written after its checkpoint by truncating the file: rewriting it
+    emptied it first, and a kill in between lost every line. A line torn by a kill is dropped
+    before the next is appended, not glued to it."""
+    import os
+
+    from surefit.log import JsonlSink
+
+    path = tmp_path / "metrics.jsonl"
+    path.write_text("".join(f'{{"step": {i}}}\n' for i in range(5)))
+    before = os.stat(path)
+    sink = JsonlSink(path)
+    sink.load_state_dict({"lines": 5})  # nothing to cut: the file is not touched
+    assert os.stat(path).st_mtime_ns == before.st_mtime_ns
+    sink.load_state_dict({"lines": 3})
+    assert path.read_text().splitlines() == ['{"step": 0}', '{"step": 1}', '{"step": 2}']
+    assert os.stat(path).st_ino == before.st_ino  # the same file, cut
+    with path.open("a") as f:
+        f.write('{"step": 3, "lo')  # torn by a kill
+    sink.write({"step": 3})
+    assert path.read_text().splitlines()[-2:] == ['{"step": 2}', '{"step": 3}']

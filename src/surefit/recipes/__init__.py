@@ -46,7 +46,7 @@ def source(name_or_path: str) -> tuple[str, str]:
                 fix="check the path, or run `surefit recipes` for built-in names",
             )
         try:
-            return path.stem, path.read_text(encoding="utf-8")
+            return path.stem, path.read_text(encoding="utf-8-sig")  # an editor's BOM
         except (UnicodeDecodeError, OSError) as exc:
             raise ConfigError(
                 f"cannot read recipe {path}: {exc}",

@@ -213,7 +213,7 @@ def generate(
     seed: int = 0,
 ) -> str:
     """``prompt`` followed by ``tokens`` sampled characters (top-k when ``top_k`` > 0)."""
-    if temperature <= 0:
+    if not temperature > 0 or not math.isfinite(temperature):  # NaN passes `<= 0`
         raise ConfigError(
             f"temperature {temperature} must be > 0", where="--temperature", fix="e.g. 0.8"
         )
