@@ -54,7 +54,8 @@ class RunRecords:
 
     def marks(self, event: str) -> list[int]:
         """Optimizer steps of the events named ``event``, each once, in order."""
-        return sorted({int(e["step"]) for e in self.events if e.get("event") == event and _num(e)})
+        named = (e for e in self.events if e.get("event") == event)
+        return sorted({int(e["step"]) for e in named if _finite(e.get("step"))})
 
     def monitor(self) -> tuple[str, str]:
         """(metric, "min" or "max") that picks the best evaluation, as the run chose it."""
@@ -138,7 +139,7 @@ def read_run(run_dir: str | Path) -> RunRecords:
     manifest_path = path / "checkpoints" / "MANIFEST.json"
     try:
         checkpoints = json.loads(manifest_path.read_text()).get("checkpoints", [])
-    except (OSError, json.JSONDecodeError, AttributeError):
+    except (OSError, ValueError, AttributeError):  # unreadable, not UTF-8, not JSON
         checkpoints = []
     train, replaced = one_line([r for r in metrics if "split" not in r])
     return RunRecords(
@@ -186,8 +187,13 @@ def figure(rows: int = 1, cols: int = 1, width: float = 8.0, height: float = 4.2
 
 def save_png(fig: Any, path: Path) -> Path:
     refuse_to_replace(path, ".png", str(path))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, format="png", metadata={"Software": None})
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, format="png", metadata={"Software": None})
+    except OSError as exc:  # under a file, no permission, disk full
+        raise ConfigError(
+            f"cannot write {path}: {exc}", where="--out", fix="give a path in a writable folder"
+        ) from exc
     return path
 
 
@@ -306,7 +312,8 @@ def draw_lr(run: RunRecords) -> Any:
 
 def clip_fraction(run: RunRecords) -> float | None:
     """Fraction of optimizer steps whose pre-clip gradient norm exceeded ``clip_norm``."""
-    per_step = [r["clipped"] for r in run.steps if "clipped" in r and not r.get("skipped")]
+    steps = [r for r in run.steps if not r.get("skipped")]
+    per_step = [r["clipped"] for r in steps if isinstance(r.get("clipped"), bool)]  # else damaged
     if per_step:
         return sum(per_step) / len(per_step)
     weighted, total, last = 0.0, 0, 0

@@ -11,6 +11,7 @@ import pytest
 
 from surefit import report
 from surefit.cli import main
+from surefit.errors import ConfigError
 from tests.cli.test_cli import python
 from tests.report.conftest import RESUMED_AT
 
@@ -131,6 +132,14 @@ def test_damaged_config_manifest_and_events_are_left_out_not_errors(tmp_path):
     (tmp_path / "steps.jsonl").write_text("".join(f'{{"step": {i}}}\n' for i in range(1, 8)))
     page, _ = report.write_report(tmp_path)
     assert "7 optimizer steps" in page.read_text()  # steps.jsonl knows more than the log lines
+    # a manifest not UTF-8, a resume at a NaN step, a clip flag that is not a bool
+    (tmp_path / "checkpoints" / "MANIFEST.json").write_bytes(b"\xff\xfe")
+    with (tmp_path / "events.jsonl").open("a") as f:
+        f.write('{"event": "resume", "time": 1.0, "step": NaN}\n')
+    with (tmp_path / "steps.jsonl").open("a") as f:
+        f.write('{"step": 8, "clipped": "yes", "grad_norm": 1.0}\n')
+    page, _ = report.write_report(tmp_path)
+    assert "8 optimizer steps" in page.read_text()
 
 
 def test_the_best_evaluation_is_the_one_the_run_chose_with_min_delta(tmp_path):
@@ -189,3 +198,19 @@ def test_the_page_is_self_contained(resumed_run, written, tmp_path):
     for event in ("start", "resume", "skip", "rollback", "end"):
         assert f"<td>{event}</td>" in text
     assert f"resumed at step {RESUMED_AT}" in text
+
+
+def test_a_plot_that_cannot_be_written_is_a_config_error(tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    (tmp_path / "afile").write_text("mine")
+    fig = plt.figure()
+    try:
+        with pytest.raises(ConfigError, match="cannot write"):
+            report.save_png(fig, tmp_path / "afile" / "x.png")  # under a file
+    finally:
+        plt.close(fig)
+    assert (tmp_path / "afile").read_text() == "mine"
