@@ -411,19 +411,22 @@ and 1.037 in this one (on faster than off), so it is below what this machine res
 PROFILE_NOTES = """## Where the time goes
 
 - What surefit's cost over (a+) is made of, counted (the instructions table; the machine's load
-  does not move it): surefit now takes fewer instructions a step than (a+), -128k of 9.27M on
-  `tiny` (-1.4 %) and -103k of 0.98M on a near-empty model. Before the last two changes it took
-  +37k and +35k. (1) Clipping: for parameters that are one (device, dtype) group of plain
-  tensors, surefit runs the kernels of torch's `get_total_norm` and `clip_grads_with_norm_`
-  itself (the same bits, tested), without their per-call grouping, wrappers and no-grad
-  contexts, which (a+)'s `clip_grad_norm_` pays twice a step: -138k instructions a step.
+  does not move it): surefit takes fewer instructions a step than (a+), -124k of 9.27M on
+  `tiny` (-1.3 %) and -103k of 0.98M on a near-empty model (on this page's code; -128k and -103k
+  before this session's fixes elsewhere). Before the two changes below it took +37k and +35k.
+  (1) Clipping: for parameters that are one (device, dtype) group of plain tensors, surefit
+  runs the kernels of torch's `get_total_norm` and `clip_grads_with_norm_` itself (the same
+  bits, tested), without their per-call grouping, wrappers and no-grad contexts, which (a+)'s
+  `clip_grad_norm_` pays twice a step: -138k instructions a step.
   (2) The host bookkeeping of each step at sync points is plain attribute updates: 13-18k fewer.
-- Timed, paired in one process (31 rounds): `tiny` 0.981 [0.969, 0.995] x (a+) and `small`
-  0.989 [0.980, 1.010], against 0.923 [0.909, 0.947] and 0.937 [0.918, 0.967] in a run of the
-  same bench 70 minutes earlier, before the clipping change. The fresh-process table of this run
-  is far noisier (a+'s own runs on `tiny` span 898-1,355 steps/s, and its per-repeat ratios put
-  surefit at 0.73): a check of fresh processes right after it, three timed fits each, gave
-  surefit and (a+) the same rates (1,230 and 1,231 steps/s, then about 1,000 each).
+- Timed, paired in one process (31 rounds), on this page's code: `tiny` 0.996 [0.959, 1.005] x
+  (a+) and `small` 0.998 [0.977, 1.057]; 0.990 [0.979, 1.012] and 1.020 [0.979, 1.072] in a run
+  90 minutes earlier on a quieter machine (the same per-step code, before fixes elsewhere). The
+  fresh-process tables move with the machine's load far more: in this run the ratio of medians
+  to (a+) is 0.960 on `tiny` and 1.45 on `small`, the per-repeat ratios 0.87 and 1.51 (one
+  loop's repeats span up to 2x); the quieter earlier run gave 0.918 / 1.21 and 0.997 / 1.014,
+  and a run at 02:37, when every rate was about half of the quiet run's, 1.28 / 0.75 and 1.35 /
+  0.77. Only the paired figures are steady enough to hold against a 5 % goal here.
 - Time that the counts do not show: on the near-empty model callgrind's cache and branch
   simulation puts surefit at or below (a+) in every count a step (D1 and I1 misses, mispredicted
   branches), yet its CPU time a step was still about +24 us in one paired timing. surefit's run
@@ -436,8 +439,8 @@ PROFILE_NOTES = """## Where the time goes
 - Threads: the `threads auto` rows are `train.threads = 0`. It gives a model under 30 MFLOP per
   forward batch (the tiny MLP) one thread and the CNN every core, whatever the machine's load at
   the start, because the thread count changes a CPU run's last bits. On an idle 2-core machine two
-  threads ran the tiny MLP 1.3-1.4x faster than one (in this run's fresh processes 0.69 x
-  (a+) against 0.73 pinned); on a loaded one they ran 7-40x slower, hence one. A loaded
+  threads ran the tiny MLP 1.3-1.4x faster than one (in this run's fresh processes 674 steps/s
+  against 785 pinned); on a loaded one they ran 7-40x slower, hence one. A loaded
   machine gets a note naming `train.threads`. The FLOPs are counted on the first batch of every
   data path (a Dataset's and a DataLoader's too), so the choice does not depend on how the data
   is passed.
@@ -450,8 +453,9 @@ PROFILE_NOTES = """## Where the time goes
   (`checkpoint.max_overhead`, 1 % by default; docs/resume.md): on `tiny` an epoch of 32 steps
   takes about 25 ms here, and a save took about 8 ms of the loop's time on the earlier machine,
   so a save at every epoch end would cost far more than the step's own overhead; a put-off save
-  leaves the run as if it were written. Paired in one process, a run directory costs `tiny`
-  0.930 x (a+) and `small` 0.960 (config, three logs, the paced checkpoints, steps.jsonl).
+  leaves the run as if it were written. Paired in one process, surefit with a run directory
+  made `tiny` 0.968 x (a+) and `small` 0.975 (config, three logs, the paced checkpoints and the
+  final one, steps.jsonl: mostly fixed costs of a run of 0.3-1 s).
 - No CUDA machine was available: the GPU table (bf16, char-gpt tokens/s and MFU) is not measured.
 """
 
