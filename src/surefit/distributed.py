@@ -101,24 +101,20 @@ def launch_env() -> tuple[int, int] | None:
     """
     if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
         found = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
-        if found[1] > 1 and not ("MASTER_ADDR" in os.environ and "MASTER_PORT" in os.environ):
-            raise ConfigError(
-                f"RANK and WORLD_SIZE={found[1]} are set, but MASTER_ADDR / MASTER_PORT are not",
-                where="environment",
-                fix="launch with torchrun (or surefit fit --nproc N), which sets all four, or "
-                "export MASTER_ADDR and MASTER_PORT of the rank-0 host",
-            )
+        what = f"RANK and WORLD_SIZE={found[1]} are set"
+        fix = ("launch with torchrun (or surefit fit --nproc N), which sets all four, or export "
+               "MASTER_ADDR and MASTER_PORT of the rank-0 host")  # fmt: skip
     elif "SLURM_PROCID" in os.environ and "SLURM_NTASKS" in os.environ:
         found = int(os.environ["SLURM_PROCID"]), int(os.environ["SLURM_NTASKS"])
-        if found[1] > 1 and not ("MASTER_ADDR" in os.environ and "MASTER_PORT" in os.environ):
-            raise ConfigError(
-                f"a Slurm job step of {found[1]} tasks, but MASTER_ADDR / MASTER_PORT are not set",
-                where="environment",
-                fix="export MASTER_ADDR=$(scontrol show hostnames $SLURM_JOB_NODELIST | head -n1) "
-                "and MASTER_PORT=29500 in the batch script, or launch with torchrun",
-            )
+        what = f"a Slurm job step of {found[1]} tasks"
+        fix = ("export MASTER_ADDR=$(scontrol show hostnames $SLURM_JOB_NODELIST | head -n1) and "
+               "MASTER_PORT=29500 in the batch script, or launch with torchrun")  # fmt: skip
     else:
         return None
+    if found[1] > 1 and not ("MASTER_ADDR" in os.environ and "MASTER_PORT" in os.environ):
+        raise ConfigError(
+            f"{what}, but MASTER_ADDR / MASTER_PORT are not set", where="environment", fix=fix
+        )
     return found if found[1] > 1 else None
 
 

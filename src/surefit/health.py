@@ -15,15 +15,11 @@ skipped, so nothing the run computes depends on when the host reads the flags.
 
 from __future__ import annotations
 
-import bisect
 import contextlib
 import math
-import operator
 import time
-from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from itertools import repeat
 from pathlib import Path
 from typing import Any
 
@@ -35,9 +31,8 @@ from .distributed import sum_over_ranks, world_size
 from .errors import CheckpointError
 from .forensics import nonfinite_rows
 from .log import JsonlSink
+from .spikes import LossWindow
 
-SPIKE_WINDOW = 64  # accepted step losses the spike detector's median and MAD look back over
-SPIKE_MIN_HISTORY = 16  # no spike is called before this many accepted steps
 SNAPSHOT_EVERY = 200  # optimizer steps between in-memory rollback copies (and at checkpoints)
 LR_HIGH_FACTOR, LR_HIGH_STEPS = 5.0, 50  # pre-clip norm above 5x clip_norm for 50 steps in a row
 
@@ -90,60 +85,6 @@ class _Sums:
 def _sums(state: dict[str, Any]) -> _Sums:
     norms = state.get("norms", [])
     return _Sums(**{**state, "norms": norms.tolist() if torch.is_tensor(norms) else list(norms)})
-
-
-class _LossWindow:
-    """The last ``SPIKE_WINDOW`` accepted step losses, in arrival order and sorted.
-
-    The sorted copy is kept in step with bisect, so the median is a lookup and a step costs two
-    list moves rather than a sort (the spike detector runs at every accepted step).
-    """
-
-    def __init__(self, values: Iterable[float] = ()) -> None:
-        self.order: deque[float] = deque()
-        self.sorted: list[float] = []
-        for v in values:
-            self.append(v)
-
-    def __len__(self) -> int:
-        return len(self.order)
-
-    def __iter__(self) -> Iterator[float]:
-        return iter(self.order)
-
-    def append(self, value: float) -> None:
-        if len(self.order) == SPIKE_WINDOW:
-            del self.sorted[bisect.bisect_left(self.sorted, self.order.popleft())]
-        self.order.append(value)
-        bisect.insort(self.sorted, value)
-
-    def median(self) -> float:
-        return _median(self.sorted)
-
-    def is_spike(self, loss: float, threshold: float) -> bool:
-        """``loss`` above the median by ``threshold`` robust deviations (1.4826 x MAD, at
-        least 0.1 % of the median); the MAD is computed only when the floor alone would not
-        already clear ``loss``."""
-        ordered = self.sorted
-        n = len(ordered)
-        if n < SPIKE_MIN_HISTORY:
-            return False
-        med = _median(ordered)
-        floor = max(1e-3 * abs(med), 1e-12)
-        if loss <= med + threshold * floor:
-            return False
-        scale = max(1.4826 * self.mad(med), floor)
-        return loss > med + threshold * scale
-
-    def mad(self, med: float) -> float:
-        """The median absolute deviation from ``med``."""
-        return _median(sorted(map(abs, map(operator.sub, self.sorted, repeat(med)))))
-
-
-def _median(ordered: list[float]) -> float:
-    """The median of a sorted list, as ``statistics.median`` computes it."""
-    n = len(ordered)
-    return ordered[n // 2] if n % 2 else (ordered[n // 2 - 1] + ordered[n // 2]) / 2
 
 
 def _no_actions() -> dict[str, Any]:
@@ -206,7 +147,7 @@ class Health:
         self.pending: list[_Step] = []
         self.interval, self.epoch = _Sums(), _Sums()
         self.epoch_index = -1
-        self.recent = _LossWindow()
+        self.recent = LossWindow()
         self.run_length = 0  # consecutive skipped or spiking steps
         self.steps = self.skipped = self.scaler_skips = self.spikes = self.rollbacks = 0
         self.origin_reported = False
@@ -620,7 +561,7 @@ class Health:
         self.interval, self.epoch = _sums(state["interval"]), _sums(state["epoch"])
         self.epoch_index = int(state["epoch_index"])
         recent = state["recent"]  # a float64 tensor; a list in older checkpoints
-        self.recent = _LossWindow(recent.tolist() if torch.is_tensor(recent) else recent)
+        self.recent = LossWindow(recent.tolist() if torch.is_tensor(recent) else recent)
         self.run_length = int(state["run_length"])
         counts = [int(c) for c in state["counts"]]
         self.steps, self.skipped, self.scaler_skips, self.spikes, self.rollbacks = counts

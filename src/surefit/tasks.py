@@ -108,12 +108,9 @@ class Task:
         try:
             return self.default_loss(outputs, target)
         except IndexError as exc:  # torch's "Target 3 is out of bounds", in a batch past the first
-            raise DataError(
-                f"a target is out of range for the model's outputs: {exc}",
-                where="targets",
-                fix="class ids must be in 0..C-1 for a model of C outputs: check every sample's "
-                "label (the first-step checks see the first batch, or in-memory targets whole)",
-            ) from exc
+            fix = "class ids must be in 0..C-1 for C outputs: check every label (the checks "
+            fix += "see the first batch, or in-memory targets whole)"
+            raise DataError(f"a target is out of range: {exc}", where="targets", fix=fix) from exc
 
     def default_loss(self, outputs: Any, target: Any) -> torch.Tensor:
         raise ConfigError(

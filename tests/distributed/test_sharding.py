@@ -52,7 +52,7 @@ def test_launch_env(monkeypatch):
     assert distributed.launch_env() is None  # torchrun with one process: nothing either
     monkeypatch.setenv("WORLD_SIZE", "4")
     monkeypatch.delenv("MASTER_PORT", raising=False)
-    with pytest.raises(ConfigError, match="MASTER_ADDR / MASTER_PORT are not"):  # not torchrun
+    with pytest.raises(ConfigError, match="MASTER_ADDR / MASTER_PORT are not set"):  # not torchrun
         distributed.launch_env()
     monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
     monkeypatch.setenv("MASTER_PORT", "29500")
