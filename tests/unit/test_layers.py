@@ -43,7 +43,7 @@ LAYERS: list[set[str]] = [
     },
     {"state"},
     {"report", "compare"},  # read run directories only
-    {"config", "monitor"},
+    {"config", "monitor", "spikes"},
     {"errors"},
 ]
 EXEMPT = {PACKAGE, f"{PACKAGE}.__main__"}  # the package's __init__ and __main__
