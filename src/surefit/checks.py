@@ -73,7 +73,8 @@ def run_checks(
     findings: list[Finding] = []
     rng = RngState().state_dict()  # a user's loader may draw from the global RNG when iterated
     orders = loader_orders(*splits.values())  # ...and from its own generators
-    modes = [(m, m.training) for m in net.modules()]  # each module's own, put back at the end
+    modes = contextlib.ExitStack()
+    modes.enter_context(modes_kept(net))  # each module's own mode, put back at the end
     try:
         first = {n: _first_batch(d, cfg, device) for n, d in splits.items() if d is not None}
         name = "train"
@@ -98,8 +99,7 @@ def run_checks(
             findings.append(_leakage(splits["train"], splits["val"]))
     finally:
         net.zero_grad(set_to_none=True)
-        for module, mode in modes:
-            module.train(mode)
+        modes.close()
         RngState().load_state_dict(rng)
         restore_orders(orders)
     return findings

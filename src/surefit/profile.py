@@ -96,7 +96,10 @@ def profile_run(cfg: RunConfig, steps: int = 50, top_ops: int = 0) -> ProfileRep
             window.stop()  # a run that ended early or raised leaves no profiler running
         events = _events(Path(tmp) / "run" / "events.jsonl")
     report = _report(events, result.steps, window, result.warnings)
-    if cfg.train.compile and window.step_ends:
+    compiled = cfg.train.compile and not any(
+        w["check"] == "compile_fallback" for w in result.warnings
+    )
+    if compiled and window.step_ends:  # (a fallback ran eagerly: its first step compiled nothing)
         first = window.step_ends[0] - window.t0
         later = len(window.step_ends) - 1
         span = window.step_ends[-1] - window.step_ends[0]

@@ -550,3 +550,16 @@ def test_the_bench_page_keeps_the_sections_a_run_did_not_measure(tmp_path, monke
     undated = lambda text: [l for l in text.splitlines() if not l.startswith("- Written")]  # noqa: E731, E741
     assert undated(page.read_text()) == undated(first)
     assert run._sections_of(page) == {"import": "## Import and start-up time\n\n| a | 1 |\n"}
+
+
+def test_a_profile_relays_the_compile_fallback_and_claims_no_compilation(
+    mnist1d_cache, monkeypatch
+):
+    from surefit import speed
+    from surefit.profile import profile_run
+
+    monkeypatch.setattr(speed, "compile_problem", lambda device: "no C++ compiler (a test)")
+    cfg = _recipe(mnist1d_cache).replace(train={"compile": True})
+    lines = profile_run(cfg, steps=3).lines()
+    assert any(line.startswith("warning: torch.compile is not available") for line in lines)
+    assert not any(line.startswith("compile:") for line in lines)  # it ran eagerly
