@@ -267,17 +267,16 @@ class Run:
     def _task(self, train: Any) -> Task:
         if self.task_obj is not None:
             return self.task_obj
-        name = self.cfg.task.name
+        name, inferred = self.cfg.task.name, False
         if name == "auto":
-            if self.step is not None:
-                name = "custom"
-            elif self.loss is not None:
+            if self.step is not None or self.loss is not None:
                 name = "custom"
             else:
-                name = infer_task(peek_target(train), self.cfg.task.loss)
+                name, inferred = infer_task(peek_target(train), self.cfg.task.loss), True
                 check_loss_name(name, self.cfg.task.loss, inferred=True)
-        task_cfg = dataclasses.replace(self.cfg.task, name=name)
-        return build_task(task_cfg, self.loss, teacher=self.teacher)
+        task = build_task(dataclasses.replace(self.cfg.task, name=name), self.loss, self.teacher)
+        task.inferred = inferred
+        return task
 
     def _build(
         self,
@@ -345,7 +344,7 @@ class Run:
             c.schedule,
             optimizer,
             total_steps=_total_steps(c, trainer.steps_per_epoch),
-            steps_per_epoch=trainer.steps_per_epoch or 1,
+            steps_per_epoch=trainer.steps_per_epoch or 0,  # 0: unknown (no len())
             mode=auto_mode(monitor, c.train.mode),
         )
         if c.train.patience and val is None and monitor.startswith("val_"):
@@ -435,6 +434,10 @@ class Run:
                 fix="run it again to resume that run, or choose another run_dir",
             )
         log, console = parts.log, parts.log.console  # type: ignore[union-attr]
+        swept = store.sweep() if store is not None else []
+        if swept:
+            log.event("swept", files=swept)
+            console.line("removed what a killed run left half-written: " + ", ".join(swept))
         test = parts.test
         if resuming and store is not None:
             state, path = store.load_latest(on_skip=_skipped(log))

@@ -174,6 +174,33 @@ class CheckpointStore:
     def _remove(self, path: Path) -> None:
         path.unlink(missing_ok=True)
 
+    def sweep(self) -> list[str]:
+        """Remove what a killed run left behind in the folder: the temporaries of writes it never
+        finished (``.NAME.*.tmp``, a sharded save's ``.NAME.tmp``/``.NAME.old``) and rolling
+        checkpoints the manifest does not name (written, but killed before they were recorded,
+        or dropped from the manifest but killed before they were deleted), which no resume would
+        ever read. Only with the run directory's lock held, before this run writes; a folder
+        without a readable manifest is left as it is. Returns the names removed."""
+        if not distributed.is_rank_zero() or not (self.folder / MANIFEST).is_file():
+            return []
+        try:
+            named = {e["file"] for e in self.manifest()["checkpoints"]}
+        except CheckpointError:
+            return []  # the resume reports it
+        removed = []
+        for path in sorted(self.folder.iterdir()):
+            name = path.name
+            leftover = re.fullmatch(r"\.(last-\d{9}(\.pt)?|best(\.pt)?|MANIFEST\.json)\..+", name)
+            unrecorded = re.fullmatch(r"last-\d{9}(\.pt)?", name) and name not in named
+            if not (leftover or unrecorded):
+                continue
+            if path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+            removed.append(name)
+        return removed
+
     # -- load --------------------------------------------------------------------------------
     def latest(self) -> list[dict[str, Any]]:
         """Rolling checkpoints, newest first."""

@@ -290,7 +290,26 @@ def _targets(task: Any, outputs: Any, target: Any, data: Any, name: str) -> Find
     except SurefitError as exc:
         check = "config" if isinstance(exc, ConfigError) else "targets"
         return Finding(check, "error", exc.what, exc.fix, exc.where)
-    return Finding("targets", "ok", f"{name} targets fit task '{task.name}'")
+    labels = _labels_read_as_values(task, tensors[-1] if tensors else target, name)
+    return labels or Finding("targets", "ok", f"{name} targets fit task '{task.name}'")
+
+
+def _labels_read_as_values(task: Any, target: Any, name: str) -> Finding | None:
+    """A warning where task 'auto' chose regression for float targets that are all 0 or 1: most
+    often labels stored as floats, which mse on the model's logits trains badly."""
+    if task.name != "regression" or not getattr(task, "inferred", False) or name != "train":
+        return None
+    if not isinstance(target, torch.Tensor):
+        return None
+    if not target.is_floating_point() or target.numel() < 2:
+        return None
+    zeros = target == 0
+    if not bool((zeros | (target == 1)).all()) or bool(zeros.all()) or not bool(zeros.any()):
+        return None
+    what = "task 'auto' chose regression (mse) for float targets that are all 0 or 1"
+    fix = ("if they are labels, pass task='binary' (or 'multilabel' for several columns), or "
+           "give them as bool; pass task='regression' to fit them by mse")  # fmt: skip
+    return Finding("targets", "warning", what, fix, f"{name} targets")
 
 
 SHAPE_OPS = ("View", "Reshape", "Squeeze", "Unsqueeze", "Flatten", "Clone", "Permute", "Expand")

@@ -76,7 +76,8 @@ def best_rows(runs: list[RunRecords]) -> tuple[list[str], list[list[str]]]:
     for label, run, b, t in zip(labels(runs), runs, best, tests, strict=True):
         name, mode = run.monitor()
         values = [fmt(b[k]) if k in b else fmt(t[k]) if k in t else "-" for k in keys]
-        rows.append([label, f"{name} ({mode})", str(b.get("step", "-")), *values])
+        step = str(b.get("step", "-")) if run.has_best() else "- (final)"  # none kept
+        rows.append([label, f"{name} ({mode})", step, *values])
     return header, rows
 
 

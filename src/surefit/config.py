@@ -552,6 +552,12 @@ def validate(c: RunConfig) -> None:
     _require(s.plateau_patience >= 0, "schedule.plateau_patience", s.plateau_patience, ">= 0")
     ok = all(isinstance(m, int) and not isinstance(m, bool) and m >= 1 for m in s.milestones)
     _require(ok, "schedule.milestones", s.milestones, "epochs >= 1, e.g. [30, 60]")
+    if c.optim.name == "sgd" and c.optim.nesterov and c.optim.momentum == 0:
+        raise ConfigError(
+            "optim.nesterov = true needs momentum: Nesterov momentum of 0 is no momentum",
+            where="optim.nesterov",
+            fix="set optim.momentum, e.g. 0.9, or nesterov = false",
+        )
     t = c.train
     if t.compile and t.activation_checkpointing:
         raise ConfigError(

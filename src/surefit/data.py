@@ -13,13 +13,21 @@ batch k skips k batches of *indices* and loads nothing it does not use.
 
 from __future__ import annotations
 
+import itertools
 import math
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, TensorDataset
+from torch.utils.data import (
+    DataLoader,
+    Dataset,
+    DistributedSampler,
+    IterableDataset,
+    Sampler,
+    TensorDataset,
+)
 
 from .distributed import shard_coords
 from .errors import DataError
@@ -87,9 +95,16 @@ def to_device(obj: Any, device: torch.device, non_blocking: bool = False) -> Any
     if isinstance(obj, torch.Tensor):
         return obj.to(device, non_blocking=non_blocking)
     if isinstance(obj, (tuple, list)):
-        return type(obj)(to_device(o, device, non_blocking) for o in obj)
-    if isinstance(obj, dict):
-        return {k: to_device(v, device, non_blocking) for k, v in obj.items()}
+        moved = [to_device(o, device, non_blocking) for o in obj]
+        return type(obj)(*moved) if hasattr(obj, "_fields") else type(obj)(moved)  # namedtuple
+    if isinstance(obj, Mapping):  # a dict, or a mapping such as transformers' BatchEncoding
+        moved = {k: to_device(v, device, non_blocking) for k, v in obj.items()}
+        if type(obj) is dict or not isinstance(obj, dict):
+            return moved  # other mappings become dicts: what the tasks and checks read
+        try:
+            return type(obj)(moved)  # OrderedDict and other dict subclasses keep their type
+        except TypeError:  # one that cannot be built from a dict (defaultdict)
+            return moved
     return obj
 
 
@@ -430,6 +445,8 @@ class LoaderData:
     def __init__(self, loader: Any, where: str) -> None:
         self.loader = loader
         self.where = where
+        self._epoch_start: dict[str, Any] | None = None  # RNG states the epoch's order came from
+        self._resumed: dict[str, Any] | None = None  # the checkpoint's, for a mid-epoch resume
         try:
             self.num_samples = len(loader.dataset) if hasattr(loader, "dataset") else None
         except TypeError:
@@ -466,7 +483,9 @@ class LoaderData:
     ) -> Iterator[Batch]:
         device = device or torch.device("cpu")
         sampler = getattr(self.loader, "sampler", None)
-        if shard_coords()[1] > 1 and not isinstance(sampler, DistributedSampler):
+        batch_sampler = getattr(self.loader, "batch_sampler", None)
+        parts = (sampler, batch_sampler, getattr(batch_sampler, "sampler", None))
+        if shard_coords()[1] > 1 and not any(isinstance(o, DistributedSampler) for o in parts):
             raise DataError(
                 f"{self.where} is a DataLoader without a DistributedSampler: every rank would "
                 "load all of it",
@@ -474,13 +493,11 @@ class LoaderData:
                 fix="pass the Dataset (surefit shards it), or build the DataLoader with "
                 "sampler=DistributedSampler(dataset)",
             )
-        if hasattr(sampler, "set_epoch"):  # e.g. DistributedSampler
-            sampler.set_epoch(epoch)
+        for part in {id(o): o for o in parts if hasattr(o, "set_epoch")}.values():
+            part.set_epoch(epoch)  # e.g. DistributedSampler, wherever the loader holds it
         empty = True
-        for b, batch in enumerate(self.loader):
+        for batch in self._started(epoch, start_batch):
             empty = False
-            if b < start_batch:  # a user's loader can only be skipped by loading
-                continue
             yield _as_batch(to_device(batch, device, non_blocking=device.type == "cuda"))
         if empty and start_batch == 0:
             raise DataError(
@@ -488,6 +505,40 @@ class LoaderData:
                 where=self.where,
                 fix="check its dataset is not empty and drop_last is not dropping all",
             )
+
+    def _started(self, epoch: int, skip: int) -> Iterator[Any]:
+        """The epoch's iterator, past its first ``skip`` batches (a user's loader can only be
+        skipped by loading). A loader draws its order (a RandomSampler's permutation, its
+        workers' base seed) from torch's CPU RNG or its own generators when the epoch starts:
+        their states then are kept (``state_dict``), and a run resumed mid-epoch makes its
+        iterator and loads the skipped batches from those states, in a fork of the RNG, so that
+        it visits the epoch's order and leaves the RNG state (dropout) as the checkpoint holds
+        it. The run never stopped draws as a plain loop over the loader would."""
+        gens = self.generators()
+        saved = self._resumed if skip else None
+        if saved is None or saved["epoch"] != epoch or len(saved["generators"]) != len(gens):
+            self._epoch_start = {"epoch": epoch, "rng": torch.get_rng_state(),
+                                 "generators": [g.get_state() for g in gens]}  # fmt: skip
+            batches = iter(self.loader)  # an older checkpoint's resume: skipped by loading
+            for _ in itertools.islice(batches, skip):
+                pass
+            return batches
+        self._epoch_start = saved
+        with torch.random.fork_rng(devices=[]):
+            torch.set_rng_state(saved["rng"])
+            for g, state in zip(gens, saved["generators"], strict=True):
+                g.set_state(state)
+            batches = iter(self.loader)
+            for _ in itertools.islice(batches, skip):
+                pass
+            return batches
+
+    def state_dict(self) -> dict[str, Any]:
+        """Where the current epoch's order came from (see ``_started``)."""
+        return {"epoch_start": self._epoch_start}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._resumed = state.get("epoch_start")
 
 
 def _as_batch(batch: Any) -> Any:
@@ -520,6 +571,14 @@ def as_data(obj: Any, where: str) -> TensorData | DatasetData | LoaderData:
             f"{where} is a single array; surefit needs inputs and targets",
             where=where,
             fix=f"pass {where}=(x, y), or a Dataset that yields (x, y) pairs",
+        )
+    if isinstance(obj, IterableDataset):  # a stream: no index, so no order surefit can draw
+        raise DataError(
+            f"{where} is an IterableDataset ({type(obj).__name__}): its samples cannot be drawn "
+            "by index",
+            where=where,
+            fix=f"pass {where}=DataLoader(dataset, batch_size=...), which surefit iterates as "
+            "given (shuffle and shard it in the dataset)",
         )
     if isinstance(obj, DataLoader) or (
         hasattr(obj, "__iter__")

@@ -46,12 +46,14 @@ class Distillation(Multiclass):
         with torch.no_grad():  # no_grad, not inference_mode: the soft targets enter autograd
             teacher_out = self.forward(self.teacher, inputs)
         t = self.cfg.temperature
+        # over the class axis (dim 1, as cross-entropy takes it: (B, C) or (B, C, d1, ...)),
+        # summed over the classes and averaged over the samples and positions
         soft = F.kl_div(
-            F.log_softmax(outputs / t, -1),
-            F.log_softmax(teacher_out / t, -1),
-            reduction="batchmean",
+            F.log_softmax(outputs / t, 1),
+            F.log_softmax(teacher_out / t, 1),
+            reduction="none",
             log_target=True,
-        ) * (t * t)
+        ).sum(1).mean() * (t * t)
         hard = self.loss(outputs, target)
         return self.cfg.alpha * soft + (1 - self.cfg.alpha) * hard, outputs, target
 

@@ -349,8 +349,8 @@ def reduce_eval(total: torch.Tensor, count: Any, metric_set: Any) -> tuple[torch
     """
     if not _initialized() or torch.distributed.get_world_size() == 1:
         return total, count
-    weight = torch.as_tensor(count, dtype=torch.float64, device=total.device)
-    packed = torch.stack([total.double(), weight])
+    weight = torch.as_tensor(count, dtype=total.dtype, device=total.device)
+    packed = torch.stack([total, weight])
     torch.distributed.all_reduce(packed)
     for metric in getattr(metric_set, "metrics", {}).values():
         for name in getattr(metric, "sum_states", ()):

@@ -14,7 +14,7 @@ from .distributed import no_grad, reduce_eval
 from .errors import DataError
 from .metrics import perplexity
 from .precision import Precision
-from .state import modes_kept
+from .state import modes_kept, wide
 from .tasks import Task
 
 StepFn = Callable[[nn.Module, Any], Any]
@@ -28,7 +28,11 @@ def compute_batch(
         return task.compute(net, batch)
     out = step(net, batch)
     loss, outputs = (out[0], out[1]) if isinstance(out, (tuple, list)) else (out, None)
-    target = batch[-1] if isinstance(batch, (tuple, list)) and outputs is not None else None
+    target = None
+    if outputs is not None and isinstance(batch, (tuple, list)):
+        target = batch[-1]
+    elif outputs is not None and isinstance(batch, dict):  # the keys the task's split reads
+        target = next((batch[k] for k in ("labels", "y", "target") if k in batch), None)
     return loss, outputs, target
 
 
@@ -54,13 +58,13 @@ def evaluate_data(
                 n = task.loss_weight(target) if step is None else None
                 if n is None:
                     n = batch_size_of(batch)
-                    weighted = loss.detach().double() * n
+                    weighted = loss.detach().to(wide(loss.device)) * n
                 else:  # a batch of only ignored targets has a NaN mean and weighs nothing
-                    weighted = torch.where(n > 0, loss.detach().double() * n, 0.0)
+                    weighted = torch.where(n > 0, loss.detach().to(wide(loss.device)) * n, 0.0)
                 total = weighted if total is None else total + weighted
                 count += n
-                if preds is not None:
-                    if metric_set is None:
+                if preds is not None and (step is None or target is not None):
+                    if metric_set is None:  # a step's batch without a target: the loss alone
                         metric_set = task.metrics(preds, metrics, device)
                     metric_set.update(*task.metric_inputs(preds, target))
     if total is None:

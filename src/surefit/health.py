@@ -32,6 +32,7 @@ from .errors import CheckpointError
 from .forensics import nonfinite_rows
 from .log import JsonlSink
 from .spikes import LossWindow
+from .state import wide
 
 SNAPSHOT_EVERY = 200  # optimizer steps between in-memory rollback copies (and at checkpoints)
 LR_HIGH_FACTOR, LR_HIGH_STEPS = 5.0, 50  # pre-clip norm above 5x clip_norm for 50 steps in a row
@@ -121,11 +122,12 @@ def _pending_values(pending: list[_Step]) -> tuple[list[float], Iterator[float],
     else:
         flat = torch.cat([m.reshape(-1) for m in micro])
     counts = [float(n) for p in pending for n in (p.counts or (p.samples,))]
-    weights = torch.tensor(counts, dtype=torch.float64, device=flat.device)
+    dtype = wide(flat.device)
+    weights = torch.tensor(counts, dtype=dtype, device=flat.device)
     # every rank decides on the same numbers: losses and samples summed over ranks (the gradient
     # norm is already global after the gradient all-reduce)
-    summed = sum_over_ranks(torch.stack([flat.double() * weights, weights]))
-    norms = torch.stack([p.norm for p in pending]).double()
+    summed = sum_over_ranks(torch.stack([flat.to(dtype) * weights, weights]))
+    norms = torch.stack([p.norm for p in pending]).to(dtype)
     values = torch.cat([summed.flatten(), norms.to(summed.device)]).tolist()  # the one read
     m = len(counts)
     return values[:m], iter(values[m : 2 * m]), values[2 * m :]

@@ -153,7 +153,8 @@ class MlflowSink(TrackerSink):
 
         uri = self.config.get("log", {}).get("mlflow_uri") or os.environ.get("MLFLOW_TRACKING_URI")
         local = self.run_dir / "mlflow"
-        if not uri:
+        own_store = not uri  # this run directory's own: its experiment's artifacts beside it
+        if own_store:
             local.mkdir(parents=True, exist_ok=True)
             uri = f"sqlite:///{(local / 'mlflow.db').resolve()}"
         quiet = logging.getLogger("mlflow.store.db.utils")  # "Creating initial tables" at INFO
@@ -172,7 +173,9 @@ class MlflowSink(TrackerSink):
             if experiment is not None:
                 experiment_id = experiment.experiment_id
             else:
-                where = None if uri.startswith(("http", "databricks")) else local / "artifacts"
+                # a store given by URI is shared by runs: its experiments keep the store's
+                # artifact root, not the folder of whichever run happened to create them
+                where = local / "artifacts" if own_store else None
                 experiment_id = client.create_experiment(
                     self.project, artifact_location=where.resolve().as_uri() if where else None
                 )

@@ -134,6 +134,8 @@ class Trainer:
         }
         if self.p.log is not None:
             parts["log"] = self.p.log
+        if hasattr(self.p.train, "state_dict"):  # a user's DataLoader: its epoch's RNG states
+            parts["data"] = self.p.train
         return parts
 
     def state_dict(self) -> dict[str, Any]:

@@ -138,7 +138,9 @@ class _Sweep:
         self.precision = Precision(cfg.train.precision, self.device)
         self.optimizer = optimizer or build_optimizer(self.model, cfg.optim)
         self.params = [p for g in self.optimizer.param_groups for p in g["params"]]
-        first = self.optimizer.param_groups[0]["lr"] or 1.0
+        # ratios to optim.lr (what the suggestion is for) when built from the config, whichever
+        # group comes first (lr_groups may cover the first parameters); else to the first group
+        first = (cfg.optim.lr if optimizer is None else self.optimizer.param_groups[0]["lr"]) or 1.0
         self.scales = [g["lr"] / first for g in self.optimizer.param_groups]
         self.step_fn = run.step
 
@@ -218,11 +220,16 @@ def _restored(model: nn.Module, optimizer: torch.optim.Optimizer | None) -> Iter
     weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
     saved = copy.deepcopy(optimizer.state_dict()) if optimizer is not None else None
     rng = RngState().state_dict()
+    device = next((t.device for t in weights.values()), None)
     try:
         with modes_kept(model):
             yield
     finally:
+        if device is not None and len({t.device for t in weights.values()}) == 1:
+            model.to(device)  # the sweep moved it to the run's device
         model.load_state_dict(weights)
+        for p in model.parameters():
+            p.grad = None  # the sweep's last (maybe diverged) gradients
         if optimizer is not None and saved is not None:
             optimizer.load_state_dict(saved)
         RngState().load_state_dict(rng)
@@ -246,10 +253,19 @@ def _run_sweep(
         smoothed.append(smooth)
         if not math.isfinite(smooth):
             return lrs[:-1], losses[:-1], smoothed[:-1], f"stopped at lr {lr:.2e}: loss not finite"
-        if smooth > diverge * best:
+        if _diverged(smooth, best, smoothed[0], diverge):
             return lrs, losses, smoothed, f"stopped at lr {lr:.2e}: loss above {diverge:g}x its min"
         best = min(best, smooth)
     return lrs, losses, smoothed, "swept the whole range"
+
+
+def _diverged(smooth: float, best: float, first: float, diverge: float) -> bool:
+    """The smoothed loss above ``diverge`` x its minimum; a loss that can be zero or negative
+    (a likelihood) measures the rise against the minimum's size, or the fall to it from the
+    first step where the minimum is near zero."""
+    if best > 0:
+        return smooth > diverge * best
+    return smooth - best > (diverge - 1) * max(abs(best), abs(first - best), 1e-12)
 
 
 def plot_lr_find(result: LRFindResult, out: Path) -> Path:

@@ -16,6 +16,8 @@ from typing import Any
 
 import torch
 
+from .state import wide
+
 
 class Mean:
     """Running mean of a per-batch value, weighted by the batch's sample count."""
@@ -31,7 +33,7 @@ class Mean:
         self.count = 0  # samples; a host int, known without reading the device
 
     def add(self, value: torch.Tensor, count: int) -> None:
-        weighted = value.detach().double() * count
+        weighted = value.detach().to(wide(value.device)) * count
         self.total = weighted if self.total is None else self.total + weighted
         self.count += int(count)
 
@@ -69,7 +71,8 @@ class Fraction:
         self.den = self.den + counted.sum()
 
     def compute(self) -> torch.Tensor:
-        return torch.as_tensor(self.num, dtype=torch.float64) / max(torch.as_tensor(self.den), 1)
+        num = torch.as_tensor(self.num)
+        return num.to(wide(num.device)) / max(torch.as_tensor(self.den), 1)
 
     def to(self, device: torch.device) -> Fraction:
         return self
@@ -100,7 +103,7 @@ class Overlap:
 
     def compute(self) -> torch.Tensor:
         inter, pred, true = (
-            torch.as_tensor(v).double() for v in (self.inter, self.pred, self.true)
+            torch.as_tensor(v).cpu().double() for v in (self.inter, self.pred, self.true)
         )
         if self.kind == "dice":
             score = 2 * inter / (pred + true).clamp(min=1)
@@ -127,10 +130,10 @@ class MetricSet:
 
     def compute(self) -> dict[str, float]:
         """Read every metric once (the intended sync of an evaluation)."""
-        values = [torch.as_tensor(m.compute()).double().reshape(()) for m in self.metrics.values()]
+        values = [torch.as_tensor(m.compute()).reshape(()) for m in self.metrics.values()]
         if not values:
             return {}
-        host = torch.stack([v.cpu() for v in values]).tolist()
+        host = torch.stack([v.cpu().double() for v in values]).tolist()
         return dict(zip(self.metrics, host, strict=True))
 
     def reset(self) -> None:
@@ -211,17 +214,20 @@ class PresentMacro(Mapped):
     def update(self, preds: torch.Tensor, target: torch.Tensor) -> None:
         super().update(preds, target)
         if self.ignore is None:  # multilabel
-            positives, total = target.double().sum(0), torch.tensor(float(target.shape[0]))
+            positives = target.to(wide(target.device)).sum(0)
+            total = torch.tensor(float(target.shape[0]))
         else:  # counted on the device: no boolean indexing, which would read back the count
-            keep = target != self.ignore
-            positives = torch.zeros(self.classes, dtype=torch.float64, device=target.device)
-            positives.index_add_(0, target.clamp(min=0, max=self.classes - 1), keep.double())
-            total = keep.sum().double()
+            ids = target.reshape(-1)  # (B,) class ids, or (B, d1, ...) per position
+            keep = ids != self.ignore
+            dtype = wide(target.device)
+            positives = torch.zeros(self.classes, dtype=dtype, device=target.device)
+            positives.index_add_(0, ids.clamp(min=0, max=self.classes - 1), keep.to(dtype))
+            total = keep.sum().to(dtype)
         self.positives = positives if self.positives is None else self.positives + positives
         self.total = total.to(positives.device) + self.total
 
     def compute(self) -> torch.Tensor:
-        values = torch.as_tensor(self.metric.compute()).double()
+        values = torch.as_tensor(self.metric.compute()).cpu().double()
         if self.positives is None:
             return torch.tensor(float("nan"), dtype=torch.float64)
         both = (self.positives > 0) & (self.positives < self.total)
@@ -232,6 +238,32 @@ class PresentMacro(Mapped):
         self.metric.reset()
         self.positives: torch.Tensor | None = None
         self.total: Any = 0.0
+
+
+class R2(Mapped):
+    """torchmetrics' R2Score over (samples, outputs): outputs (B, d1, ..., k) count each
+    position as a sample of k outputs (torchmetrics takes 1-D or 2-D only); a set of fewer than
+    two samples has no variance to explain, and its R2 is NaN (torchmetrics raises)."""
+
+    sum_states = ("samples",)  # over ranks: every rank decides alike
+
+    def __init__(self, metric: Any, outputs: int) -> None:
+        super().__init__(metric, lambda t: t.reshape(-1, outputs) if t.dim() > 2 else t)
+        self.samples = 0
+
+    def update(self, preds: torch.Tensor, target: torch.Tensor) -> None:
+        preds, target = self.fn(preds), self.fn(target)
+        self.samples += preds.shape[0]
+        self.metric.update(preds, target)
+
+    def compute(self) -> torch.Tensor:
+        if self.samples < 2:
+            return torch.tensor(float("nan"), dtype=torch.float64)
+        return self.metric.compute()
+
+    def reset(self) -> None:
+        self.metric.reset()
+        self.samples = 0
 
 
 class Flat(Mapped):

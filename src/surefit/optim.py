@@ -22,38 +22,40 @@ _NO_DECAY_MODULES = (
 )
 
 
-def _no_decay_names(model: nn.Module) -> set[str]:
-    """Parameters that weight decay should not shrink: biases, norm scales, embeddings."""
-    names = set()
-    for mod_name, module in model.named_modules():
-        for p_name, p in module.named_parameters(recurse=False):
-            full = f"{mod_name}.{p_name}" if mod_name else p_name
-            if isinstance(module, _NO_DECAY_MODULES) or p.ndim <= 1:
-                names.add(full)
+def _no_decay_ids(model: nn.Module) -> set[int]:
+    """Parameters that weight decay should not shrink: biases, norm scales, embeddings. By
+    identity: a weight tied between an embedding and a head is spared through either owner,
+    whichever the model registers first."""
+    ids = set()
     rms = getattr(nn, "RMSNorm", None)
-    if rms is not None:
-        for mod_name, module in model.named_modules():
-            if isinstance(module, rms):
-                names.update(
-                    f"{mod_name}.{n}" if mod_name else n for n, _ in module.named_parameters()
-                )
-    return names
+    spared = _NO_DECAY_MODULES + ((rms,) if rms is not None else ())
+    for module in model.modules():
+        for p in module.parameters(recurse=False):
+            if isinstance(module, spared) or p.ndim <= 1:
+                ids.add(id(p))
+    return ids
 
 
-def _group_lr(name: str, cfg: OptimConfig) -> float:
-    """The learning rate of the longest ``lr_groups`` prefix that names this parameter."""
+def _group_lr(names: list[str], cfg: OptimConfig) -> float:
+    """The learning rate of the longest ``lr_groups`` prefix that names this parameter (by any
+    of its names, where it is shared)."""
     best, lr = -1, cfg.lr
     for prefix, group_lr in cfg.lr_groups.items():
-        if (name == prefix or name.startswith(prefix + ".")) and len(prefix) > best:
+        named = any(n == prefix or n.startswith(prefix + ".") for n in names)
+        if named and len(prefix) > best:
             best, lr = len(prefix), float(group_lr)
     return lr
 
 
 def param_groups(model: nn.Module, cfg: OptimConfig) -> list[dict[str, Any]]:
     """Group trainable parameters by (learning rate, decays or not)."""
-    no_decay = set() if cfg.decay_all else _no_decay_names(model)
+    no_decay = set() if cfg.decay_all else _no_decay_ids(model)
+    names_of: dict[int, list[str]] = {}
+    for name, p in model.named_parameters(remove_duplicate=False):
+        names_of.setdefault(id(p), []).append(name)
+    every = [n for names in names_of.values() for n in names]
     for prefix in cfg.lr_groups:
-        if not any(n == prefix or n.startswith(prefix + ".") for n, _ in model.named_parameters()):
+        if not any(n == prefix or n.startswith(prefix + ".") for n in every):
             raise ConfigError(
                 f"optim.lr_groups prefix '{prefix}' names no parameter of the model",
                 where=f"optim.lr_groups.{prefix}",
@@ -63,8 +65,8 @@ def param_groups(model: nn.Module, cfg: OptimConfig) -> list[dict[str, Any]]:
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        decays = name not in no_decay
-        lr = _group_lr(name, cfg)
+        decays = id(p) not in no_decay
+        lr = _group_lr(names_of[id(p)], cfg)
         key = (lr, decays)
         if key not in groups:
             groups[key] = {
@@ -226,3 +228,8 @@ def apply_changes(
         for name in names:
             if name in group and name in built:
                 group[name] = built[name]
+        if "max_momentum" in group and ({"momentum", "betas"} & set(names)):
+            # onecycle cycles the momentum between these: around the new value from now on
+            m = group["momentum"] if "momentum" in built else group["betas"][0]
+            dip = group["max_momentum"] - group["base_momentum"]
+            group["max_momentum"], group["base_momentum"] = m, max(m - dip, 0.0)

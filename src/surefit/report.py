@@ -61,13 +61,17 @@ class RunRecords:
         """(metric, "min" or "max") that picks the best evaluation, as the run chose it."""
         train = self.config.get("train", {})
         name = train.get("monitor") or "val_loss"
-        if name == "val_loss" and not _has(self.evals, name):
-            name = "train_loss"  # no validation set: the best is the lowest training loss
         return name, auto_mode(name, train.get("mode", "auto"))
 
+    def has_best(self) -> bool:
+        """Whether any evaluation scored the monitored metric: a run without (no validation
+        set) keeps no best, and its "best" record is the final one, as ``FitResult``'s."""
+        return any(_finite(r.get(self.monitor()[0])) for r in self.evals)
+
     def best_eval(self) -> dict[str, Any]:
-        """The evaluation record where the monitored metric was best ({} without evaluations):
-        an improvement counts only when it beats the best by ``train.min_delta``, as in the run."""
+        """The evaluation record where the monitored metric was best (the final one where no
+        evaluation scored it; {} without evaluations): an improvement counts only when it beats
+        the best by ``train.min_delta``, as in the run."""
         name, mode = self.monitor()
         scored = [r for r in self.evals if _finite(r.get(name))]
         if not scored:
@@ -256,10 +260,17 @@ def draw_loss(run: RunRecords) -> Any:
     return fig
 
 
-def steps_per_epoch(evals: list[dict[str, Any]]) -> float | None:
-    """Optimizer steps per epoch, read off the evaluations: one after ``epoch`` completed epochs
-    at step ``s`` has ``s >= epoch * steps_per_epoch``, equal at an epoch's end."""
-    ratios = [r["step"] / r["epoch"] for r in evals if _num(r) and _num(r, "epoch") and r["epoch"]]
+def steps_per_epoch(evals: list[dict[str, Any]], every_steps: bool = False) -> float | None:
+    """Optimizer steps per epoch, read off the evaluations. An epoch-end evaluation after
+    ``epoch`` completed epochs is at step ``epoch * steps_per_epoch``: the least of step/epoch.
+    One every N steps (``every_steps``) is made inside its epoch, before that epoch counts as
+    completed, so its step is at most ``(epoch + 1) * steps_per_epoch``, equal at an epoch's
+    last step: the most of step/(epoch + 1)."""
+    known = [r for r in evals if _num(r) and _num(r, "epoch")]
+    if every_steps:
+        ratios = [r["step"] / (r["epoch"] + 1) for r in known]
+        return max(ratios) if ratios else None
+    ratios = [r["step"] / r["epoch"] for r in known if r["epoch"]]
     return min(ratios) if ratios else None
 
 
@@ -272,7 +283,8 @@ def draw_metrics(run: RunRecords) -> Any:
     ]
     if not keys:
         return None
-    per = steps_per_epoch(run.evals)
+    every = bool(run.config.get("train", {}).get("eval_every_steps", 0))
+    per = steps_per_epoch(run.evals, every)
     to_x = (lambda step: step / per) if per else (lambda step: step)
     cols = min(3, len(keys))
     rows = math.ceil(len(keys) / cols)
@@ -474,8 +486,13 @@ def _metric_rows(run: RunRecords) -> str:
         rows.append(f"<tr><th>{html.escape(name)}</th>{''.join(_cell(v) for v in values)}</tr>")
     if not rows:
         return "<p>No evaluations were logged.</p>"
+    best_head = (
+        f"best evaluation (step {best.get('step', '?')})"
+        if run.has_best()
+        else f"best: none kept (no {run.monitor()[0]})"
+    )
     head = (
-        f"<tr><th>metric</th><th>best evaluation (step {best.get('step', '?')})</th>"
+        f"<tr><th>metric</th><th>{html.escape(best_head)}</th>"
         f"<th>final evaluation (step {final.get('step', '?')})</th><th>test</th></tr>"
     )
     return f"<table>{head}{''.join(rows)}</table>"

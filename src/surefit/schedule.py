@@ -18,6 +18,7 @@ import torch
 from torch.optim import lr_scheduler as lrs
 
 from .config import ScheduleConfig
+from .errors import ConfigError
 
 
 @dataclass
@@ -154,6 +155,50 @@ class Schedule:
             shape = {k: getattr(self.scheduler, k) for k in ("total_steps", "_schedule_phases")}
         self.scheduler.load_state_dict(state)
         self.scheduler.__dict__.update(shape)
+        if self.unit == "step":  # the next update's rate from this run's shape, not the saved
+            self._rate_at_position()  # run's (the same value where the shape is unchanged)
+
+    def _rate_at_position(self) -> None:
+        """Set every group's rate to the schedule's value at its position (LambdaLR, OneCycleLR):
+        the saved rate comes from the shape the checkpoint was written under, and an extended
+        run's first step would take it."""
+        sched = self.scheduler
+        if not isinstance(sched, (lrs.LambdaLR, lrs.OneCycleLR)):
+            return
+        try:
+            with lrs._enable_get_lr_call(sched):  # torch's own guard for get_lr outside step
+                values = sched.get_lr()
+        except ValueError:  # OneCycleLR past its end (a run asked to stop before where it is)
+            return
+        for group, value in zip(sched.optimizer.param_groups, values, strict=True):
+            # the saved rate where the shapes agree (it may differ from the formula in its last
+            # bits after a rescale, and a resume must step with exactly the rate saved)
+            if not math.isclose(float(group["lr"]), float(value), rel_tol=1e-9, abs_tol=0.0):
+                group["lr"] = value
+        sched._last_lr = [g["lr"] for g in sched.optimizer.param_groups]
+
+
+# what torch's schedulers leave in an optimizer's groups (OneCycleLR's momenta included)
+SCHEDULER_KEYS = ("initial_lr", "max_lr", "min_lr", "max_momentum", "base_momentum")
+CYCLED_DIP = 0.1  # onecycle's momentum dip at the peak rate: torch's 0.95 -> 0.85
+
+
+def _cycled(optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    """OneCycleLR's momentum cycle around the momentum (or Adam's beta1) each group is set to:
+    from it down by ``CYCLED_DIP`` at the peak rate and back, instead of torch's fixed
+    0.95/0.85, which would replace what the run configured. An optimizer without momentum
+    (Adagrad), or a group at momentum 0, is not cycled."""
+    values = []
+    for g in optimizer.param_groups:
+        m = g.get("momentum", (g.get("betas") or (None,))[0])
+        values.append(float(m) if isinstance(m, (int, float)) else 0.0)
+    if not all(v > 0 for v in values):
+        return {"cycle_momentum": False}
+    return {
+        "cycle_momentum": True,
+        "max_momentum": values,
+        "base_momentum": [max(v - CYCLED_DIP, 0.0) for v in values],
+    }
 
 
 def build_schedule(
@@ -168,6 +213,9 @@ def build_schedule(
     total = max(1, total_steps)
     warm = min(warmup_steps(cfg, total), total)
     name = cfg.name
+    for group in optimizer.param_groups:  # an optimizer an earlier schedule ran on: its bases
+        for key in SCHEDULER_KEYS:  # would win over the rates it holds now (a resume loads
+            group.pop(key, None)  # the checkpoint's after this)
     if name == "constant":
         # never stepped: its factor is always 1, and a step per batch costs a Python call chain
         return Schedule(lrs.LambdaLR(optimizer, Constant()), "fixed", total)
@@ -184,13 +232,22 @@ def build_schedule(
         # warmup would make it zero, so the shortest rise is two steps (one run of one step
         # keeps torch's default)
         pct = min(1.0, max(warm, 2) / total) if warm and total > 1 else 0.3
-        sched = lrs.OneCycleLR(optimizer, max_lr=peaks, total_steps=total, pct_start=pct)
+        sched = lrs.OneCycleLR(
+            optimizer, max_lr=peaks, total_steps=total, pct_start=pct, **_cycled(optimizer)
+        )
         return Schedule(sched, "step", total)
     if name == "step":
         return Schedule(
             lrs.StepLR(optimizer, step_size=cfg.step_size, gamma=cfg.gamma), "epoch", total
         )
     if name == "multistep":
+        if not cfg.milestones:
+            raise ConfigError(
+                "schedule multistep without milestones never decays the learning rate",
+                where="schedule.milestones",
+                fix="give the epochs to decay at, e.g. schedule.milestones = [30, 60], or use "
+                "schedule 'constant'",
+            )
         sched = lrs.MultiStepLR(optimizer, milestones=list(cfg.milestones), gamma=cfg.gamma)
         return Schedule(sched, "epoch", total)
     if name == "exponential":
@@ -201,7 +258,14 @@ def build_schedule(
         )
         return Schedule(sched, "metric", total)
     if name == "cosine_restarts":
-        first = cfg.restart_steps or max(1, steps_per_epoch)
+        if not cfg.restart_steps and steps_per_epoch < 1:
+            raise ConfigError(
+                "schedule cosine_restarts restarts every epoch (restart_steps = 0), but the "
+                "training data has no length to tell an epoch's steps",
+                where="schedule.restart_steps",
+                fix="set schedule.restart_steps to the steps of the first cycle",
+            )
+        first = cfg.restart_steps or steps_per_epoch
         shape = CosineRestarts(first, cfg.restart_mult, cfg.min_lr_ratio)
         return Schedule(lrs.LambdaLR(optimizer, shape), "step", total)
     raise ValueError(name)  # unreachable: config.validate checks the name

@@ -29,6 +29,12 @@ def split_validation(
     n_val = int(round(val * n)) if isinstance(val, float) else int(val)
     if isinstance(val, float) and not 0 < val < 1:
         raise ConfigError(f"val fraction {val} is outside (0, 1)", where="val", fix="e.g. val=0.1")
+    if not isinstance(val, float) and n_val < 1:
+        raise ConfigError(
+            f"val={val} is not a number of validation samples",
+            where="val",
+            fix="give a count of at least 1 (val=500), a fraction (val=0.1), or a validation set",
+        )
     if n_val >= n or n_val < 1:
         raise ConfigError(
             f"a validation split of {n_val} samples leaves {max(n - n_val, 0)} of {n} for training",

@@ -46,6 +46,12 @@ def derive_seed(*coords: int) -> int:
     return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
 
 
+def wide(device: torch.device) -> torch.dtype:
+    """The dtype sums of losses and counts are kept in: float64, but float32 on Apple's MPS,
+    which has no float64 (a CUDA or CPU run keeps every bit it had)."""
+    return torch.float32 if device.type == "mps" else torch.float64
+
+
 def seed_everything(seed: int) -> None:
     """Seed python, numpy and torch (every device) from one integer."""
     random.seed(seed)

@@ -17,6 +17,7 @@ from torch import nn
 from .config import TaskConfig
 from .errors import ConfigError, DataError
 from .metrics import (
+    R2,
     Flat,
     Fraction,
     Mapped,
@@ -53,6 +54,7 @@ class Task:
     name = "custom"
     metric_names: tuple[str, ...] = ()
     on_request: tuple[str, ...] = ()  # metrics built only when named in metrics=[...]
+    inferred = False  # chosen by task 'auto' from the targets (the checks question some choices)
 
     def __init__(self, cfg: TaskConfig | None = None, loss: LossFn | None = None) -> None:
         self.cfg = cfg or TaskConfig()
@@ -142,6 +144,9 @@ class Task:
         """The metric set for evaluation; ``outputs`` is a sample output for sizes."""
         if isinstance(wanted, dict):
             built = {k: v if hasattr(v, "update") else Mean(v) for k, v in wanted.items()}
+            for m in built.values():  # a user's metric object serves every evaluation: from zero
+                if hasattr(m, "reset"):
+                    m.reset()
             return MetricSet(built, device)
         names = list(wanted) if wanted else None
         built = self.build_metrics(outputs, names)
@@ -417,8 +422,9 @@ class Regression(Task):
         return {
             "mae": Flat(torchmetric("MeanAbsoluteError")),
             "rmse": Flat(torchmetric("MeanSquaredError", squared=False)),
-            "r2": torchmetric(
-                "R2Score", **({"multioutput": "uniform_average"} if outs > 1 else {})
+            "r2": R2(
+                torchmetric("R2Score", **({"multioutput": "uniform_average"} if outs > 1 else {})),
+                outs,
             ),
         }
 

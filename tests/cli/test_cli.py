@@ -175,6 +175,16 @@ ERRORS = [
         ["model.args", "chanels", "channels"],
         id="misspelled-factory-argument",
     ),
+    pytest.param(
+        ["fit", "--set", "model.args.channels=abc"],
+        ["model.args.channels", "'abc'", "takes int"],
+        id="factory-argument-of-the-wrong-type",
+    ),
+    pytest.param(
+        ["fit", "--set", "model.args.channels=true"],
+        ["model.args.channels", "True"],
+        id="factory-argument-a-bool-for-an-int",
+    ),
     pytest.param(["fit", "binary.toml"], ["binary.toml", "UTF-8"], id="not-a-text-recipe"),
     pytest.param(["fit", "--pause-at", "0"], ["--pause-at", "below 1"], id="pause-at-zero"),
     pytest.param(

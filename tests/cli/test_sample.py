@@ -91,3 +91,22 @@ def test_a_model_module_in_the_working_folder_is_found(run_dir, tmp_path):
     )  # fmt: skip
     assert r.returncode == 0, r.stderr
     assert len(r.stdout) > 1
+
+
+def test_a_config_that_no_longer_fits_the_weights_is_named(capsys, run_dir, tmp_path):
+    """config.toml edited after training: the weights do not load into the model it builds."""
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(run_dir, run)
+    config = run / "config.toml"
+    text = config.read_text()
+    assert "width = 32" in text
+    config.write_text(text.replace("width = 32", "width = 48"))
+    capsys.readouterr()
+    assert main(["sample", str(run), "--tokens", "5"]) == 2
+    err = capsys.readouterr().err
+    assert "do not fit the model its config.toml builds" in err and "Traceback" not in err
+    config.write_text(text.replace("width = 32", 'width = "wide"'))
+    assert main(["sample", str(run), "--tokens", "5"]) == 2
+    assert "model.args.width" in capsys.readouterr().err

@@ -138,6 +138,22 @@ def test_initial_loss_far_from_log_c_warns(tmp_path):
     assert "hold NaN or Inf" in w["what"] and "quarantine" in w["fix"]
 
 
+def test_float_labels_that_task_auto_reads_as_values_warn(tmp_path):
+    x, y = make_classification(256, classes=2)
+    labels = y.float().unsqueeze(1)  # 0.0 / 1.0: labels stored as floats
+    r = _fit(mlp(out=1), tmp_path, data=(x, labels))
+    (w,) = _warnings(tmp_path, "targets")
+    assert "regression" in w["what"] and "task='binary'" in w["fix"]
+    assert r.config.task.name == "regression"
+    _fit(mlp(out=1), tmp_path / "said", data=(x, labels), task="regression")  # chosen: no warning
+    assert _warnings(tmp_path / "said", "targets") == []
+    _fit(mlp(out=1), tmp_path / "binary", data=(x, labels), task="binary")
+    assert _warnings(tmp_path / "binary", "targets") == []
+    values = labels + 0.5 * torch.rand(labels.shape, generator=torch.Generator().manual_seed(0))
+    _fit(mlp(out=1), tmp_path / "values", data=(x, values))  # real values: regression, quietly
+    assert _warnings(tmp_path / "values", "targets") == []
+
+
 def _bn_model():
     torch.manual_seed(0)
     return nn.Sequential(nn.Linear(8, 16), nn.BatchNorm1d(16), nn.ReLU(), nn.Linear(16, 3))

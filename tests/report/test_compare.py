@@ -64,3 +64,31 @@ def test_compare_command(resumed_run, other_run, tmp_path, capsys):
     assert main(["compare", str(resumed_run[0]), str(other_run[0]), "--out", str(config)]) == 2
     assert "not a .png file" in capsys.readouterr().err and config.read_bytes() == kept
     assert main(["compare", str(resumed_run[0]), str(other_run[0]), "--out", str(out)]) == 0
+
+
+def test_runs_without_validation_show_their_final_evaluation_as_fit_does(tmp_path):
+    import surefit as sf
+    from tests.conftest import make_classification, mlp
+
+    x, y = make_classification(64)
+    results = []
+    for name, lr in (("a", 0.5), ("b", 0.05)):
+        results.append(sf.fit(mlp(), (x, y), epochs=3, lr=lr, batch_size=16, progress="off",
+                              run_dir=tmp_path / name))  # fmt: skip
+    header, rows = cmp.best_rows([read_run(tmp_path / n) for n in ("a", "b")])
+    for row, result in zip(rows, results, strict=True):
+        assert result.best_step == -1  # no validation set: the run keeps no best
+        assert row[2] == "- (final)"
+        assert row[3:] == [fmt(result.best_metrics[k]) for k in header[3:]]
+        assert result.best_metrics == result.final_metrics
+
+
+def test_steps_per_epoch_read_off_epoch_end_and_every_n_steps_evaluations():
+    from surefit.report import steps_per_epoch
+
+    ends = [{"step": 10 * e, "epoch": e} for e in (1, 2, 3)]
+    assert steps_per_epoch(ends) == 10
+    # every 5 steps, 10 an epoch: an evaluation at an epoch's last step comes before that
+    # epoch counts as completed
+    every = [{"step": s, "epoch": (s - 1) // 10} for s in (5, 10, 15, 20, 25, 30)]
+    assert steps_per_epoch(every, every_steps=True) == 10

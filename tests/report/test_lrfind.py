@@ -75,6 +75,42 @@ def test_lr_find_reads_a_sensible_range_on_a_tiny_problem():
     assert final[result.suggestion] < final[result.suggestion / 1000]
 
 
+def test_a_loss_below_zero_sweeps_until_it_rises_not_at_once():
+    """A loss that goes below zero (a log-likelihood, a loss with a constant): "above 4x its
+    minimum" must be read as a rise of 3x the minimum's size, not as any value above 4 x (a
+    negative number), which stopped the sweep as soon as the loss crossed zero."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(512, 4, generator=g)
+    y = x @ torch.randn(4, 1, generator=g) + 0.05 * torch.randn(512, 1, generator=g)
+    shifted = lambda out, target: torch.nn.functional.mse_loss(out, target) - 1.0  # noqa: E731
+    torch.manual_seed(0)
+    result = sf.lr_find(nn.Linear(4, 1), (x, y), loss=shifted, batch_size=32, optimizer="sgd",
+                        min_lr=1e-2, max_lr=10.0, steps=80)  # fmt: skip
+    assert min(result.smoothed) < -0.5, result.stop_reason  # well past zero, towards -1
+    assert result.suggestion is not None and result.smoothed[-1] > min(result.smoothed) + 1
+
+
+def test_learning_rate_groups_keep_their_ratio_to_optim_lr_whichever_comes_first(monkeypatch):
+    import surefit.lrfind as lrfind
+
+    seen, real_step = [], lrfind._Sweep.step
+
+    def step(self, lr):
+        value = real_step(self, lr)
+        seen.append((lr, [g["lr"] for g in self.optimizer.param_groups]))
+        return value
+
+    monkeypatch.setattr(lrfind._Sweep, "step", step)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 3))  # "0" comes first
+    x, y = make_classification(256)
+    sf.lr_find(model, (x, y), batch_size=32, steps=12, lr=1e-3, lr_groups={"0": 1e-4},
+               min_lr=1e-5, max_lr=1e-2)  # fmt: skip
+    lr, groups = seen[-1]
+    assert any(math.isclose(g, lr) for g in groups), (lr, groups)  # optim.lr's groups: at lr
+    assert any(math.isclose(g, lr / 10) for g in groups)  # "0" keeps its tenth of it
+
+
 def test_min_over_ten_rule_and_a_sweep_too_short_to_read():
     lrs = [10.0 ** (i / 4) for i in range(-20, 0)]
     smoothed = [2.0 - 0.1 * i for i in range(15)] + [1.0, 2.0, 4.0, 8.0, 16.0]

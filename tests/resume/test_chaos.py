@@ -128,9 +128,11 @@ def test_kill_during_a_checkpoint_write_then_resume_succeeds(tmp_path):
     folder = run_dir / "checkpoints"
     manifest = json.loads((folder / "MANIFEST.json").read_text())
     assert [e["step"] for e in manifest["checkpoints"]] == [2, 4]  # the 6th never got in
+    assert (folder / ".last-000000006.pt.killed.tmp").exists()
     r = subprocess.run([*cmd, "resume"], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     assert "steps 16" in r.stdout
+    assert not list(folder.glob(".*.tmp"))  # the half-written file is gone
     events = [json.loads(s) for s in (run_dir / "events.jsonl").read_text().splitlines()]
     assert {"event": "resume", "step": 4}.items() <= next(
         e for e in events if e["event"] == "resume"

@@ -250,7 +250,16 @@ def test_validation_inputs_and_targets_of_different_lengths(tmp_path):
 
 @pytest.mark.parametrize(
     ("val", "named"),
-    [(1.5, "1.5"), (1.0, "1.0"), (0.0, "0.0"), (-0.2, "-0.2"), (10_000, "10000"), (N, "100")],
+    [
+        (1.5, "1.5"),
+        (1.0, "1.0"),
+        (0.0, "0.0"),
+        (-0.2, "-0.2"),
+        (10_000, "10000"),
+        (N, "100"),
+        (-1, "val=-1 is not a number of validation samples"),
+        (0, "val=0"),
+    ],
 )
 def test_validation_split_larger_than_the_data(tmp_path, val, named):
     err = fails_early(sf.ConfigError, mlp(), (inputs(), class_ids()), tmp_path, val=val)

@@ -183,6 +183,27 @@ def test_mlflow_holds_params_metrics_and_the_best_checkpoint(run_dir):
     assert artifacts == ["checkpoints/best.pt"]
 
 
+def test_a_shared_mlflow_store_keeps_no_runs_folder_as_its_artifact_root(
+    tmp_path, _empty_mlflow_store, monkeypatch
+):
+    """Runs logging to one store by URI share its experiment: its artifacts must not live in
+    the folder of whichever run created it (deleting that run would break the others)."""
+    from mlflow.tracking import MlflowClient
+
+    store = tmp_path / "shared.db"
+    shutil.copyfile(_empty_mlflow_store, store)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{store}")
+    monkeypatch.chdir(tmp_path)  # MLflow's default artifact root, ./mlruns, lands here
+    _fit(tmp_path / "a", ["mlflow"])
+    _fit(tmp_path / "b", ["mlflow"])
+    client = MlflowClient(tracking_uri=f"sqlite:///{store}")
+    (experiment,) = [e for e in client.search_experiments() if e.name != "Default"]
+    assert str(tmp_path / "a") not in experiment.artifact_location
+    runs = client.search_runs([experiment.experiment_id])
+    assert len(runs) == 2 and all(r.info.artifact_uri for r in runs)
+    assert not (tmp_path / "a" / "mlflow").exists() and not (tmp_path / "b" / "mlflow").exists()
+
+
 def test_wandb_offline_run_holds_config_and_the_metrics_of_metrics_jsonl(tmp_path, wandb_offline):
     _fit(tmp_path / "r", ["wandb"], lr=2e-3)
     files, ids, config, series = _wandb(tmp_path / "r")

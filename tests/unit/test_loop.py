@@ -338,6 +338,39 @@ def test_corrupt_newest_checkpoint_falls_back_to_the_previous(tmp_path, damage):
     assert '"checkpoint_skipped"' in events and ckpts[-1].name in events
 
 
+def test_a_resume_removes_what_a_killed_run_left_half_written(tmp_path):
+    x, y = make_classification(64)
+    common = dict(lr=1e-2, batch_size=16, progress="off", checkpoint_every=2, keep_last=2)
+    sf.fit(mlp(), (x, y), epochs=2, run_dir=tmp_path / "r", **common)
+    folder = tmp_path / "r" / "checkpoints"
+    kept = sorted(p.name for p in folder.iterdir())
+    left = [".last-000000010.pt.k3j2.tmp", ".MANIFEST.json.a1.tmp", "last-000000009.pt"]
+    for name in left:  # a write cut short; a checkpoint killed before the manifest named it
+        (folder / name).write_bytes(b"x" * 100)
+    (folder / "notes.txt").write_text("mine")  # not surefit's: left alone
+    r = sf.fit(mlp(), (x, y), epochs=3, run_dir=tmp_path / "r", **common)
+    assert r.steps == 12
+    names = {p.name for p in folder.iterdir()}  # keep_last=2: the resumed run's last two
+    assert names == {"MANIFEST.json", "last-000000010.pt", "last-000000012.pt", "notes.txt"}
+    assert kept == ["MANIFEST.json", "last-000000006.pt", "last-000000008.pt"]
+    events = [json.loads(s) for s in (tmp_path / "r" / "events.jsonl").read_text().splitlines()]
+    swept = next(e for e in events if e["event"] == "swept")
+    assert sorted(swept["files"]) == sorted(left)
+
+
+def test_without_a_manifest_the_checkpoint_files_are_kept(tmp_path):
+    x, y = make_classification(64)
+    common = dict(lr=1e-2, batch_size=16, progress="off", checkpoint_every=2)
+    sf.fit(mlp(), (x, y), epochs=2, run_dir=tmp_path / "r", **common)
+    folder = tmp_path / "r" / "checkpoints"
+    (folder / "MANIFEST.json").unlink()  # lost: rebuilt from the files present
+    r = sf.fit(mlp(), (x, y), epochs=3, run_dir=tmp_path / "r", **common)
+    assert r.steps == 12
+    events = (tmp_path / "r" / "events.jsonl").read_text()
+    resume = next(json.loads(e) for e in events.splitlines() if '"resume"' in e)
+    assert resume["step"] == 8 and '"swept"' not in events
+
+
 def test_existing_run_dir_is_not_overwritten_by_a_fresh_run(tmp_path):
     x, y = make_classification(32)
     sf.fit(mlp(), (x, y), epochs=1, run_dir=tmp_path / "r", progress="off")
@@ -487,3 +520,136 @@ def test_the_one_group_clip_gives_torchs_bits(dtype, clip):
     assert torch.equal(norm, expected)
     assert all(torch.equal(a.grad, b.grad) for a, b in zip(mine, theirs, strict=True))
     assert not _one_foreach_group([*mine, torch.nn.Parameter(torch.zeros(2, dtype=torch.float64))])
+
+
+# -- a user's DataLoader: resumed mid-epoch, and the batches it yields -----------------------------
+def _dropout_net(seed):
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(8, 32), nn.ReLU(), nn.Dropout(0.3), nn.Linear(32, 3))
+
+
+@pytest.mark.parametrize("own_generator", [False, True])
+def test_a_shuffling_dataloader_resumed_mid_epoch_ends_with_the_same_weights(
+    tmp_path, own_generator
+):
+    """A DataLoader draws its order (and its workers' seed) when an epoch starts: from torch's
+    RNG, or from a generator of its own. Resumed mid-epoch, the run must visit the same order,
+    and dropout must draw the same masks, as the run never stopped."""
+    from surefit.callbacks import PauseAt
+
+    x, y = make_classification(96)
+
+    def loader():
+        g = torch.Generator().manual_seed(5) if own_generator else None
+        return DataLoader(TensorDataset(x, y), batch_size=16, shuffle=True, generator=g)
+
+    common = dict(epochs=3, lr=1e-2, progress="off", device="cpu", seed=2)
+    straight = _dropout_net(1)
+    sf.fit(straight, loader(), run_dir=tmp_path / "a", **common)
+    r = sf.fit(_dropout_net(1), loader(), run_dir=tmp_path / "b", callbacks=[PauseAt(8)], **common)
+    assert r.preempted and r.steps == 8  # 6 steps an epoch: two into the second
+    resumed = _dropout_net(7)  # its weights come from the checkpoint
+    sf.fit(resumed, loader(), run_dir=tmp_path / "b", **common)
+    assert _same_weights(straight, resumed)
+
+
+def test_each_epoch_of_a_batch_sampler_over_a_distributed_sampler_has_its_own_order():
+    from torch.utils.data import BatchSampler, DistributedSampler
+
+    from surefit.data import LoaderData
+
+    x, y = make_classification(64)
+    ds = TensorDataset(x, torch.arange(64))
+    inner = DistributedSampler(ds, num_replicas=1, rank=0, shuffle=True, seed=0)
+    data = LoaderData(DataLoader(ds, batch_sampler=BatchSampler(inner, 16, False)), "train")
+    orders = [torch.cat([b[1] for b in data.batches(epoch=e)]) for e in (0, 1, 0)]
+    assert sorted(orders[0].tolist()) == list(range(64))
+    assert not torch.equal(orders[0], orders[1]) and torch.equal(orders[0], orders[2])
+
+
+def test_named_tuple_and_mapping_samples_train():
+    import collections
+
+    x, y = make_classification(64)
+    Sample = collections.namedtuple("Sample", "x y")
+
+    class Tuples(torch.utils.data.Dataset):
+        def __len__(self):
+            return 64
+
+        def __getitem__(self, i):
+            return Sample(x[i], y[i])
+
+    r = sf.fit(mlp(), Tuples(), epochs=1, batch_size=16, progress="off", task="multiclass")
+    assert r.steps == 4 and r.config.task.name == "multiclass"
+
+    class Mappings(torch.utils.data.Dataset):  # a Mapping that is not a dict (a BatchEncoding)
+        def __len__(self):
+            return 64
+
+        def __getitem__(self, i):
+            return collections.UserDict({"x": x[i], "labels": y[i]})
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.body = mlp()
+
+        def forward(self, x):
+            return self.body(x)
+
+    r = sf.fit(Net(), DataLoader(Mappings(), batch_size=16), val=DataLoader(Mappings(), 32),
+               epochs=1, progress="off", task="multiclass")  # fmt: skip
+    assert r.steps == 4 and 0 <= r.history[-1]["val_accuracy"] <= 1
+
+
+def test_an_iterable_dataset_is_named_with_the_fix():
+    x, y = make_classification(64)
+
+    class Stream(torch.utils.data.IterableDataset):
+        def __iter__(self):
+            return iter(zip(x, y, strict=True))
+
+        def __len__(self):
+            return 64
+
+    with pytest.raises(sf.DataError, match="IterableDataset") as info:
+        sf.fit(mlp(), Stream(), epochs=1, progress="off", task="multiclass")
+    assert "DataLoader(dataset" in info.value.fix
+    r = sf.fit(mlp(), DataLoader(Stream(), batch_size=16), epochs=1, progress="off",
+               task="multiclass")  # fmt: skip
+    assert r.steps == 4
+
+
+class _Tied(nn.Module):
+    """An embedding whose weight the output head shares, the head registered first or second."""
+
+    def __init__(self, head_first: bool):
+        super().__init__()
+        torch.manual_seed(0)
+        if head_first:
+            self.head = nn.Linear(16, 10, bias=False)
+            self.emb = nn.Embedding(10, 16)
+        else:
+            self.emb = nn.Embedding(10, 16)
+            self.head = nn.Linear(16, 10, bias=False)
+        self.head.weight = self.emb.weight
+        self.mid = nn.Linear(16, 16)
+
+    def forward(self, ids):
+        return self.head(torch.tanh(self.mid(self.emb(ids))))
+
+
+@pytest.mark.parametrize("head_first", [False, True])
+def test_a_tied_embedding_is_spared_weight_decay_whichever_owner_comes_first(head_first):
+    from surefit.config import OptimConfig
+    from surefit.optim import param_groups
+
+    model = _Tied(head_first)
+    groups = param_groups(model, OptimConfig(weight_decay=0.1))
+    decayed = {n for g in groups if g["weight_decay"] for n in g["names"]}
+    assert decayed == {"mid.weight"}
+    by_head = param_groups(model, OptimConfig(lr=1e-3, lr_groups={"head": 1e-4}))  # its 2nd name
+    rate = {n: g["lr"] for g in by_head for n in g["names"]}
+    assert rate[next(n for n in rate if n.endswith("weight") and "mid" not in n)] == 1e-4
+    assert rate["mid.weight"] == 1e-3

@@ -208,3 +208,102 @@ def test_a_record_reports_the_rate_its_last_update_used():
     assert [h["lr"] for h in r.history] == pytest.approx([LR * 0.5**e for e in range(EPOCHS)])
     got, r = traced("warmup_cosine", val=(x, y), warmup=4)
     assert r.history[-1]["lr"] == pytest.approx(got[-2])  # the last update's, not the next's
+
+
+class Momenta(sf.Callback):
+    def __init__(self):
+        self.values = []
+
+    def on_step_end(self, run):
+        g = run._trainer.optimizer.param_groups[0]  # the optimizer surefit built by name
+        self.values.append(g["momentum"] if "momentum" in g else g["betas"][0])
+
+
+@pytest.mark.parametrize(
+    ("optimizer", "kw", "peak"),
+    [("sgd", {"momentum": 0.5}, 0.5), ("adamw", {"betas": [0.6, 0.99]}, 0.6), ("sgd", {}, 0.9)],
+)
+def test_onecycle_cycles_the_momentum_the_run_configured_not_torchs_default(optimizer, kw, peak):
+    x, y = make_classification(N)
+    seen = Momenta()
+    sf.fit(mlp(), (x, y), optimizer=optimizer, schedule="onecycle", lr=LR, epochs=2,
+           batch_size=BS, progress="off", callbacks=[seen], **kw)  # fmt: skip
+    assert max(seen.values) == pytest.approx(peak, abs=1e-3)
+    assert min(seen.values) == pytest.approx(peak - 0.1, abs=1e-2)
+
+
+def test_onecycle_leaves_an_optimizer_without_momentum_alone():
+    x, y = make_classification(N)
+    trace = Trace()
+    sf.fit(mlp(), (x, y), optimizer="adagrad", schedule="onecycle", lr=LR, epochs=2,
+           batch_size=BS, progress="off", callbacks=[trace])  # fmt: skip
+    assert max(trace.lrs) == pytest.approx(LR, rel=1e-6) and trace.lrs[-1] < LR / 100
+    seen = Momenta()  # SGD at momentum 0: nothing to cycle, nothing set
+    sf.fit(mlp(), (x, y), optimizer="sgd", momentum=0.0, schedule="onecycle", lr=LR, epochs=1,
+           batch_size=BS, progress="off", callbacks=[seen])  # fmt: skip
+    assert set(seen.values) == {0.0}
+
+
+def test_an_optimizer_an_earlier_fit_scheduled_starts_from_the_rate_it_holds_now():
+    x, y = make_classification(N)
+    model = mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=1e-2)
+    sf.fit(model, (x, y), optimizer=opt, epochs=1, batch_size=BS, progress="off")
+    for g in opt.param_groups:
+        g["lr"] = 1e-3
+    trace = Trace()
+    sf.fit(model, (x, y), optimizer=opt, epochs=1, batch_size=BS, progress="off",
+           callbacks=[trace], schedule="warmup_cosine", warmup=2)  # fmt: skip
+    assert max(trace.lrs) == pytest.approx(1e-3, rel=1e-9)
+
+
+def test_cosine_restarts_every_epoch_needs_a_loader_with_a_length():
+    x, y = make_classification(N)
+
+    class Stream:
+        def __iter__(self):
+            for i in range(0, N, BS):
+                yield x[i : i + BS], y[i : i + BS]
+
+    with pytest.raises(sf.ConfigError, match="restart_steps"):
+        sf.fit(mlp(), Stream(), schedule="cosine_restarts", max_steps=12, progress="off",
+               task="multiclass")  # fmt: skip
+    sf.fit(mlp(), Stream(), schedule="cosine_restarts", restart_steps=3, max_steps=12,
+           progress="off", task="multiclass")  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("options", "key"),
+    [
+        ({"schedule": "multistep"}, "schedule.milestones"),
+        ({"optimizer": "sgd", "momentum": 0.0, "nesterov": True}, "optim.nesterov"),
+    ],
+)
+def test_settings_that_would_silently_do_nothing_or_crash_in_torch(options, key):
+    x, y = make_classification(N)
+    with pytest.raises(sf.ConfigError) as info:
+        sf.fit(mlp(), (x, y), epochs=1, progress="off", **options)
+    assert info.value.where == key
+
+
+def test_an_extended_run_takes_its_new_shapes_rate_from_its_first_resumed_step(tmp_path):
+    import json
+
+    from surefit.callbacks import PauseAt
+
+    x, y = make_classification(N)
+    common = dict(optimizer="sgd", lr=LR, batch_size=BS, progress="off", schedule="cosine",
+                  log_every=1)  # fmt: skip
+    sf.fit(mlp(), (x, y), epochs=2, run_dir=tmp_path / "a", callbacks=[PauseAt(5)], **common)
+    sf.fit(mlp(), (x, y), epochs=4, run_dir=tmp_path / "a", **common)
+    sf.fit(mlp(), (x, y), epochs=4, run_dir=tmp_path / "b", **common)
+
+    def rates(run):  # the rate each update used, by step
+        lines = (tmp_path / run / "metrics.jsonl").read_text().splitlines()
+        return {r["step"]: r["lr"] for r in map(json.loads, lines) if "lr" in r}
+
+    resumed, straight = rates("a"), rates("b")
+    assert resumed[6] == pytest.approx(straight[6], rel=1e-12)  # the first resumed step
+    assert [resumed[s] for s in range(6, 25)] == pytest.approx(
+        [straight[s] for s in range(6, 25)], rel=1e-12
+    )

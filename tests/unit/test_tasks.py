@@ -779,3 +779,87 @@ def test_multiclass_accuracy_and_top_k_equal_torchmetrics_micro():
         )
         ref.update(logits, target)
         assert float(built[name].compute()) == pytest.approx(float(ref.compute()), abs=1e-7)
+
+
+# -- metrics over positions, per evaluation, and of small sets -------------------------------------
+def test_multiclass_auroc_over_positions_counts_each_position_as_a_sample():
+    g = gen(31)
+    logits = torch.randn(12, 3, 5, generator=g)  # (B, C, T): a class per position
+    ids = torch.randint(0, 3, (12, 5), generator=g)
+    out = fixed_eval(logits, ids, "multiclass", batch_size=5, metrics=["auroc", "accuracy"])
+    probs = logits.softmax(1).transpose(1, 2).reshape(-1, 3)
+    flat = ids.reshape(-1)
+    assert close(out["test_auroc"], sum(_auroc(probs[:, c], flat == c) for c in range(3)) / 3)
+
+
+def test_regression_r2_of_outputs_per_position_and_of_a_single_sample():
+    g = gen(32)
+    target = torch.randn(10, 4, 2, generator=g)  # (B, T, k): k outputs at each position
+    pred = target + 0.5 * torch.randn(10, 4, 2, generator=g)
+    out = fixed_eval(pred, target, "regression", batch_size=3)
+    rows, want = pred.reshape(-1, 2), target.reshape(-1, 2)
+    per_output = 1 - (rows - want).pow(2).sum(0) / (want - want.mean(0)).pow(2).sum(0)
+    assert close(out["test_r2"], per_output.mean())
+    one = fixed_eval(pred[:1, 0], target[:1, 0], "regression")  # one sample: no variance
+    assert math.isnan(one["test_r2"]) and math.isfinite(one["test_mae"])
+
+
+def test_a_metric_object_starts_from_zero_at_every_evaluation():
+    """A torchmetrics object given in metrics={...} serves every evaluation: val after epoch 2
+    must not hold epoch 1's predictions, nor test the val set's."""
+    from torchmetrics.classification import MulticlassAccuracy
+
+    x, y = make_classification(300, seed=13)
+    tr, val = split(240, x, y)
+    metric = MulticlassAccuracy(num_classes=3, average="micro")
+    model = mlp(seed=0)
+    r = train(model, tr, val, metrics={"acc": metric}, epochs=3, test=(x[:60], y[:60]))
+    with torch.no_grad():
+        direct_val = (model(val[0]).argmax(1) == val[1]).float().mean()
+        direct_test = (model(x[:60]).argmax(1) == y[:60]).float().mean()
+    assert close(r.history[-1]["val_acc"], direct_val)
+    assert close(r.test_metrics["test_acc"], direct_test)
+
+
+def test_distillation_softens_over_the_class_axis_of_per_position_logits():
+    """(B, C, T) logits: the soft term is the teacher-student KL over the C classes of each
+    position, averaged over samples and positions (not a softmax over the positions)."""
+    g = gen(33)
+    student, teacher = torch.randn(4, 3, 6, generator=g), torch.randn(4, 3, 6, generator=g)
+    target = torch.randint(0, 3, (4, 6), generator=g)
+    task = task_obj("distillation", teacher=nn.Identity(), alpha=1.0, temperature=2.0)
+    task.teacher = Fixed(teacher)
+    loss, _, _ = task.compute(Fixed(student), (torch.arange(4), target))
+    p_t, log_p_s = (teacher / 2).softmax(1), (student / 2).log_softmax(1)
+    kl = (p_t * (p_t.log() - log_p_s)).sum(1).mean() * 4
+    assert close(loss, kl)
+    task.teacher = Fixed(teacher[:, :, 0])  # (B, C): the usual batchmean KL
+    flat = task.compute(Fixed(student[:, :, 0]), (torch.arange(4), target[:, 0]))[0]
+    want = F.kl_div((student[:, :, 0] / 2).log_softmax(1), (teacher[:, :, 0] / 2).softmax(1),
+                    reduction="batchmean") * 4  # fmt: skip
+    assert close(flat, want)
+
+
+def test_a_step_on_dict_batches_feeds_the_task_metrics():
+    x, y = make_classification(240, seed=14)
+
+    class Dicts(torch.utils.data.Dataset):
+        def __init__(self, x, y):
+            self.x, self.y = x, y
+
+        def __len__(self):
+            return len(self.x)
+
+        def __getitem__(self, i):
+            return {"x": self.x[i], "labels": self.y[i]}
+
+    def step(model, batch):
+        logits = model(batch["x"])
+        return F.cross_entropy(logits, batch["labels"]), logits
+
+    model = mlp(seed=0)
+    r = train(model, Dicts(x[:200], y[:200]), Dicts(x[200:], y[200:]), step=step,
+              task="multiclass", epochs=3)  # fmt: skip
+    with torch.no_grad():
+        direct = (model(x[200:]).argmax(1) == y[200:]).float().mean()
+    assert close(r.history[-1]["val_accuracy"], direct)

@@ -129,8 +129,37 @@ def _call(factory: Any, args: dict[str, Any], key: str) -> Any:
             fix=f"its arguments: {accepted}",
         ) from None
     except ValueError:  # no signature to check (a builtin): let the call decide
-        pass
+        return factory(**args)
+    _check_types(factory, args, key)
     return factory(**args)
+
+
+# What a default of each type accepts: an int where a float is expected, never a bool for an int
+_ACCEPTS = {bool: (bool,), int: (int,), float: (int, float), str: (str,), list: (list, tuple)}
+
+
+def _check_types(factory: Any, args: dict[str, Any], key: str) -> None:
+    """A config error for an argument whose type differs from its default's (``channels = "abc"``
+    against ``channels=32``), before the factory fails deep inside with a TypeError. Arguments
+    without a plain default (None, objects) are left to the factory."""
+    import inspect
+
+    params = inspect.signature(factory).parameters
+    for name, value in args.items():
+        default = params[name].default if name in params else None
+        kind = list if isinstance(default, tuple) else type(default)
+        if kind not in _ACCEPTS:
+            continue
+        a_bool_for_a_number = isinstance(value, bool) and kind is not bool
+        if isinstance(value, _ACCEPTS[kind]) and not a_bool_for_a_number:
+            continue
+        raise ConfigError(
+            f"{key}.{name} = {value!r} is of type {type(value).__name__}; "
+            f"{getattr(factory, '__name__', 'the factory')}() takes {kind.__name__} there "
+            f"(its default is {default!r})",
+            where=f"{key}.{name}",
+            fix=f"give it as {kind.__name__}, e.g. {key}.{name}={default!r}",
+        )
 
 
 def build(cfg: RunConfig) -> tuple[Any, Any, Any, Any, Any]:
@@ -219,6 +248,16 @@ def sample(
         )
     if tokens < 0:
         raise ConfigError(f"--tokens {tokens} is negative", where="--tokens", fix="e.g. 500")
-    model = factory(**cfg.model.args)
-    model.load_state_dict(_checkpoint_state(run_dir)["model"])
+    model = _call(factory, cfg.model.args, "model.args")
+    try:
+        model.load_state_dict(_checkpoint_state(run_dir)["model"])
+    except RuntimeError as exc:
+        from ..errors import CheckpointError
+
+        raise CheckpointError(
+            "the run's weights do not fit the model its config.toml builds: "
+            + str(exc).splitlines()[0],
+            where=str(config_of(run_dir)),
+            fix="restore the model section of config.toml to the one the run trained with",
+        ) from None
     return generate(model, prompt, tokens=tokens, temperature=temperature, top_k=top_k, seed=seed)
