@@ -89,10 +89,11 @@ def render() -> str:
         "epoch when 0; a training set without a length needs `restart_steps`), then starts",
         "again, each cycle `restart_mult` times longer. `multistep` needs its `milestones`.",
         "",
-        "A schedule starts from the rates the optimizer holds: an optimizer object an earlier",
-        "`fit` scheduled starts from its groups' `lr` now, not from the earlier schedule's",
-        "bases. A resumed run takes the rate of its first step from this run's shape at the",
-        "checkpoint's position (an extended run's longer decay from its first resumed step).",
+        "An optimizer object an earlier `fit` ran starts again from that schedule's base rates",
+        "(as torch's schedulers do), unless a group's `lr` was set to another value since:",
+        "then from that value. A resumed run takes the rate of its first step from this run's",
+        "shape at the checkpoint's position (an extended run's longer decay from its first",
+        "resumed step).",
         "",
     ]
     return "\n".join(out)

@@ -41,7 +41,7 @@ from .rundir import (
     restart_run_dir,
     run_lock,
 )
-from .schedule import Schedule, build_schedule
+from .schedule import Schedule, build_schedule, mark_left_rates
 from .speed import Note, activation_checkpointing, prepare, record, reported_fallback
 from .splits import peek_target, split_validation
 from .state import seed_everything, set_deterministic, settings_kept
@@ -516,6 +516,8 @@ class Run:
         run_dir: Path | None,
         store: CheckpointStore | None,
     ) -> FitResult:
+        if self.optimizer is not None:  # the user's object: what a later fit of it starts from
+            mark_left_rates(self.optimizer)
         history = trainer.history
         best = next(
             (h for h in history if h["step"] == trainer.best.step), history[-1] if history else {}

@@ -187,6 +187,10 @@ class CheckpointStore:
             named = {e["file"] for e in self.manifest()["checkpoints"]}
         except CheckpointError:
             return []  # the resume reports it
+        for name in named:  # a sharded save killed between its two renames: the old copy back
+            old = self.folder / f".{name}.old"
+            if old.exists() and not (self.folder / name).exists():
+                os.replace(old, self.folder / name)
         removed = []
         for path in sorted(self.folder.iterdir()):
             name = path.name

@@ -13,7 +13,7 @@ import contextlib
 import hashlib
 import inspect
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -126,18 +126,18 @@ def check_first_batch(
 
 def _failed(exc: Exception, name: str, batch: Any, net: nn.Module) -> Finding:
     """The model or the loss raised on a first batch: what the batch held, and the likely fix."""
-    items = batch.items() if isinstance(batch, dict) else enumerate(
+    items = batch.items() if isinstance(batch, Mapping) else enumerate(
         batch if isinstance(batch, (tuple, list)) else [batch])  # fmt: skip
     tensors = {k: t for k, t in items if isinstance(t, torch.Tensor)}
     held = ", ".join(
-        (f"{k} " if isinstance(batch, dict) else "")
+        (f"{k} " if isinstance(batch, Mapping) else "")
         + f"{tuple(t.shape)} {str(t.dtype).replace('torch.', '')}"
         for k, t in tensors.items()
     )
     message = (str(exc).strip().splitlines() or [""])[0][:300]
     params = {p.dtype for p in net.parameters() if p.is_floating_point()}
     floats = {t.dtype for t in tensors.values() if t.is_floating_point()}
-    if isinstance(batch, dict) and "keyword argument" in message:
+    if isinstance(batch, Mapping) and "keyword argument" in message:
         inputs = [k for k in batch if k not in TARGET_KEYS]
         fix = (
             f"the keys of a dict batch other than {', '.join(TARGET_KEYS)} go to forward by name "
@@ -472,7 +472,7 @@ def _one_sample_batch(
     one = lambda v: v[:1] if isinstance(v, torch.Tensor) and v.dim() else v  # noqa: E731
     single = (
         {k: one(v) for k, v in batch.items()}
-        if isinstance(batch, dict)
+        if isinstance(batch, Mapping)
         else type(batch)(one(v) for v in batch)
     )
     try:

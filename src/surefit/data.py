@@ -43,7 +43,7 @@ def batch_size_of(batch: Any) -> int:
         return batch.shape[0] if batch.dim() else 1
     if isinstance(batch, (tuple, list)) and batch:
         return batch_size_of(batch[0])
-    if isinstance(batch, dict) and batch:
+    if isinstance(batch, Mapping) and batch:
         return batch_size_of(next(iter(batch.values())))
     return 1
 
@@ -99,11 +99,11 @@ def to_device(obj: Any, device: torch.device, non_blocking: bool = False) -> Any
         return type(obj)(*moved) if hasattr(obj, "_fields") else type(obj)(moved)  # namedtuple
     if isinstance(obj, Mapping):  # a dict, or a mapping such as transformers' BatchEncoding
         moved = {k: to_device(v, device, non_blocking) for k, v in obj.items()}
-        if type(obj) is dict or not isinstance(obj, dict):
-            return moved  # other mappings become dicts: what the tasks and checks read
+        if type(obj) is dict:
+            return moved
         try:
-            return type(obj)(moved)  # OrderedDict and other dict subclasses keep their type
-        except TypeError:  # one that cannot be built from a dict (defaultdict)
+            return type(obj)(moved)  # its own type: a step may read it by attribute
+        except TypeError:  # one that cannot be built from a dict (defaultdict): a plain one
             return moved
     return obj
 

@@ -3,7 +3,7 @@ mode under inference, losses weighted by what each batch's mean divided by, metr
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
@@ -31,7 +31,7 @@ def compute_batch(
     target = None
     if outputs is not None and isinstance(batch, (tuple, list)):
         target = batch[-1]
-    elif outputs is not None and isinstance(batch, dict):  # the keys the task's split reads
+    elif outputs is not None and isinstance(batch, Mapping):  # the keys the task's split reads
         target = next((batch[k] for k in ("labels", "y", "target") if k in batch), None)
     return loss, outputs, target
 
@@ -63,8 +63,12 @@ def evaluate_data(
                     weighted = torch.where(n > 0, loss.detach().to(wide(loss.device)) * n, 0.0)
                 total = weighted if total is None else total + weighted
                 count += n
-                if preds is not None and (step is None or target is not None):
-                    if metric_set is None:  # a step's batch without a target: the loss alone
+                # a step's batch without a target the task can read: the loss, and only the
+                # user's own metrics (metrics={name: fn}), which may not need one
+                if preds is not None and (
+                    step is None or target is not None or isinstance(metrics, dict)
+                ):
+                    if metric_set is None:
                         metric_set = task.metrics(preds, metrics, device)
                     metric_set.update(*task.metric_inputs(preds, target))
     if total is None:

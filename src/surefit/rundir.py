@@ -92,6 +92,8 @@ def check_resume_fits(
     opt = type(optimizer).__name__
     if meta.get("optimizer_class", opt) != opt:
         problems.append(f"optimizer is {opt}, the checkpoint's run used {meta['optimizer_class']}")
+    else:
+        problems += _moments_misfit(state.get("optimizer"), optimizer)
     n = train_samples
     if meta.get("train_samples", n) != n:
         problems.append(
@@ -123,6 +125,26 @@ def check_resume_fits(
             "max_steps may grow), or start a new run in a new run_dir",
         )
     return changes
+
+
+def _moments_misfit(saved: Any, optimizer: torch.optim.Optimizer) -> list[str]:
+    """Where the saved optimizer state would give a parameter moments of another shape: torch
+    maps saved state to parameters by position only, and a checkpoint whose groups hold the
+    parameters in another order (a grouping changed between versions, for tied weights) would
+    load without complaint and then step with misfitting tensors."""
+    if not isinstance(saved, dict) or "param_groups" not in saved or "state" not in saved:
+        return []  # a sharded checkpoint's optimizer loads by parameter name
+    params = [p for g in optimizer.param_groups for p in g["params"]]
+    ids = [i for g in saved["param_groups"] for i in g.get("params", [])]
+    for param, i in zip(params, ids, strict=False):
+        for name, value in saved["state"].get(i, {}).items():
+            if isinstance(value, torch.Tensor) and value.dim() and value.shape != param.shape:
+                return [
+                    f"the saved optimizer state gives a parameter of shape {tuple(param.shape)} "
+                    f"a {name} of shape {tuple(value.shape)} (the parameter groups were built "
+                    "differently)"
+                ]
+    return []
 
 
 @contextlib.contextmanager

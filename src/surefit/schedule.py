@@ -180,6 +180,28 @@ class Schedule:
 
 # what torch's schedulers leave in an optimizer's groups (OneCycleLR's momenta included)
 SCHEDULER_KEYS = ("initial_lr", "max_lr", "min_lr", "max_momentum", "base_momentum")
+LEFT_AT = "surefit_left_lr"  # the rate a fit left in a group of an optimizer object it ran
+
+
+def mark_left_rates(optimizer: torch.optim.Optimizer) -> None:
+    """Stamp each group with the rate this fit left in it: a later fit of the same optimizer
+    object then tells a rate the user set since (its schedule starts from it) from the one
+    the schedule left (it starts again from the earlier bases, as torch's schedulers do)."""
+    for group in optimizer.param_groups:
+        group[LEFT_AT] = group["lr"]
+
+
+def _forget_old_bases(optimizer: torch.optim.Optimizer) -> None:
+    """An earlier fit's schedule left its bases (``initial_lr``...) in the groups, which win
+    over ``lr`` in torch's schedulers; where the user has set another ``lr`` since, that rate
+    is the base now, and the old bases go."""
+    for group in optimizer.param_groups:
+        left = group.pop(LEFT_AT, None)
+        if left is not None and group["lr"] != left:
+            for key in SCHEDULER_KEYS:
+                group.pop(key, None)
+
+
 CYCLED_DIP = 0.1  # onecycle's momentum dip at the peak rate: torch's 0.95 -> 0.85
 
 
@@ -213,9 +235,8 @@ def build_schedule(
     total = max(1, total_steps)
     warm = min(warmup_steps(cfg, total), total)
     name = cfg.name
-    for group in optimizer.param_groups:  # an optimizer an earlier schedule ran on: its bases
-        for key in SCHEDULER_KEYS:  # would win over the rates it holds now (a resume loads
-            group.pop(key, None)  # the checkpoint's after this)
+    _forget_old_bases(optimizer)  # an optimizer object an earlier fit ran (a resume loads the
+    # checkpoint's groups after this)
     if name == "constant":
         # never stepped: its factor is always 1, and a step per batch costs a Python call chain
         return Schedule(lrs.LambdaLR(optimizer, Constant()), "fixed", total)
@@ -227,7 +248,7 @@ def build_schedule(
             lrs.LambdaLR(optimizer, WarmupLinear(warm, total, cfg.min_lr_ratio)), "step", total
         )
     if name == "onecycle":
-        peaks = [g["lr"] for g in optimizer.param_groups]
+        peaks = [g.get("max_lr", g["lr"]) for g in optimizer.param_groups]  # a rerun: its peak
         # torch's rise ends at step pct x total - 1 and divides by that length: a one-step
         # warmup would make it zero, so the shortest rise is two steps (one run of one step
         # keeps torch's default)

@@ -68,7 +68,7 @@ class Task:
     # -- the step ------------------------------------------------------------------------------
     def split(self, batch: Any) -> tuple[tuple, Any]:
         """Inputs and target of a batch: all but the last element are the model's inputs."""
-        if isinstance(batch, dict):
+        if isinstance(batch, Mapping):
             target = batch.get("labels", batch.get("y", batch.get("target")))
             inputs = {k: v for k, v in batch.items() if k not in ("labels", "y", "target")}
             return (inputs,), target

@@ -601,6 +601,14 @@ def test_named_tuple_and_mapping_samples_train():
     r = sf.fit(Net(), DataLoader(Mappings(), batch_size=16), val=DataLoader(Mappings(), 32),
                epochs=1, progress="off", task="multiclass")  # fmt: skip
     assert r.steps == 4 and 0 <= r.history[-1]["val_accuracy"] <= 1
+    kinds = []
+
+    def step(model, batch):  # the batch keeps its type: read by key and by its own class
+        kinds.append(type(batch))
+        return torch.nn.functional.cross_entropy(model(batch["x"]), batch["labels"])
+
+    sf.fit(Net(), DataLoader(Mappings(), batch_size=16), step=step, epochs=1, progress="off")
+    assert set(kinds) == {collections.UserDict}
 
 
 def test_an_iterable_dataset_is_named_with_the_fix():
@@ -653,3 +661,32 @@ def test_a_tied_embedding_is_spared_weight_decay_whichever_owner_comes_first(hea
     rate = {n: g["lr"] for g in by_head for n in g["names"]}
     assert rate[next(n for n in rate if n.endswith("weight") and "mid" not in n)] == 1e-4
     assert rate["mid.weight"] == 1e-3
+
+
+def test_a_resume_whose_groups_hold_the_parameters_in_another_order_is_refused():
+    """torch maps saved optimizer state to parameters by position: a checkpoint whose groups
+    were built in another order (tied weights grouped differently by an older version) would
+    load and step with moments of the wrong shape."""
+    from surefit.rundir import _moments_misfit
+
+    lin = nn.Linear(4, 3)
+    opt = torch.optim.Adam([lin.weight, lin.bias])
+    lin(torch.randn(2, 4)).sum().backward()
+    opt.step()
+    saved = opt.state_dict()
+    assert _moments_misfit(saved, torch.optim.Adam([lin.weight, lin.bias])) == []
+    (problem,) = _moments_misfit(saved, torch.optim.Adam([lin.bias, lin.weight]))
+    assert "shape (3,)" in problem and "exp_avg" in problem
+
+
+def test_the_sweep_puts_back_a_sharded_checkpoint_killed_between_its_renames(tmp_path):
+    from surefit.checkpoint import MANIFEST, CheckpointStore
+
+    folder = tmp_path / "checkpoints"
+    (folder / ".best.old").mkdir(parents=True)  # the save moved best aside, then was killed
+    (folder / ".best.old" / "state.pt").write_bytes(b"kept")
+    (folder / ".best.tmp").mkdir()  # its half-written replacement
+    entry = {"file": "best", "kind": "best", "step": 4, "sha256": "0" * 64}
+    (folder / MANIFEST).write_text(json.dumps({"checkpoints": [entry]}))
+    assert CheckpointStore(folder).sweep() == [".best.tmp"]
+    assert (folder / "best" / "state.pt").read_bytes() == b"kept"

@@ -244,17 +244,25 @@ def test_onecycle_leaves_an_optimizer_without_momentum_alone():
     assert set(seen.values) == {0.0}
 
 
-def test_an_optimizer_an_earlier_fit_scheduled_starts_from_the_rate_it_holds_now():
+@pytest.mark.parametrize("schedule", ["warmup_cosine", "onecycle"])
+def test_an_optimizer_an_earlier_fit_ran_restarts_from_its_bases_or_from_a_rate_set_since(
+    schedule,
+):
     x, y = make_classification(N)
     model = mlp()
     opt = torch.optim.SGD(model.parameters(), lr=1e-2)
-    sf.fit(model, (x, y), optimizer=opt, epochs=1, batch_size=BS, progress="off")
-    for g in opt.param_groups:
+    common = dict(optimizer=opt, epochs=1, batch_size=BS, progress="off", schedule=schedule,
+                  warmup=2, min_lr_ratio=0.0)  # fmt: skip
+    sf.fit(model, (x, y), **common)
+    assert opt.param_groups[0]["lr"] < 1e-3  # the schedule left it near 0
+    again = Trace()  # fit again as it is: the same schedule from its base (torch's way)
+    sf.fit(model, (x, y), callbacks=[again], **common)
+    assert max(again.lrs) == pytest.approx(1e-2, rel=1e-9)
+    for g in opt.param_groups:  # a rate set since: the next schedule's base
         g["lr"] = 1e-3
-    trace = Trace()
-    sf.fit(model, (x, y), optimizer=opt, epochs=1, batch_size=BS, progress="off",
-           callbacks=[trace], schedule="warmup_cosine", warmup=2)  # fmt: skip
-    assert max(trace.lrs) == pytest.approx(1e-3, rel=1e-9)
+    lower = Trace()
+    sf.fit(model, (x, y), callbacks=[lower], **common)
+    assert max(lower.lrs) == pytest.approx(1e-3, rel=1e-9)
 
 
 def test_cosine_restarts_every_epoch_needs_a_loader_with_a_length():

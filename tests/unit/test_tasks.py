@@ -863,3 +863,17 @@ def test_a_step_on_dict_batches_feeds_the_task_metrics():
     with torch.no_grad():
         direct = (model(x[200:]).argmax(1) == y[200:]).float().mean()
     assert close(r.history[-1]["val_accuracy"], direct)
+
+
+def test_a_steps_own_metrics_are_kept_for_batches_without_a_target_key():
+    x, y = make_classification(96, seed=14)
+    batches = [{"x": x[i : i + 16], "label": y[i : i + 16]} for i in range(0, 96, 16)]
+
+    def step(model, batch):
+        logits = model(batch["x"])
+        return F.cross_entropy(logits, batch["label"]), logits
+
+    entropy = lambda out, _: -(out.softmax(1) * out.log_softmax(1)).sum(1).mean()  # noqa: E731
+    out = sf.evaluate(mlp(), batches, step=step, metrics={"entropy": entropy}, prefix="val",
+                      device="cpu")  # fmt: skip
+    assert set(out) == {"val_loss", "val_entropy"} and 0 < out["val_entropy"] < math.log(3)

@@ -134,31 +134,36 @@ def _call(factory: Any, args: dict[str, Any], key: str) -> Any:
     return factory(**args)
 
 
-# What a default of each type accepts: an int where a float is expected, never a bool for an int
-_ACCEPTS = {bool: (bool,), int: (int,), float: (int, float), str: (str,), list: (list, tuple)}
+# what an argument annotated with each plain type accepts: an int where a float is expected,
+# never a bool for a number
+_ACCEPTS = {bool: (bool,), int: (int,), float: (int, float), str: (str,)}
 
 
 def _check_types(factory: Any, args: dict[str, Any], key: str) -> None:
-    """A config error for an argument whose type differs from its default's (``channels = "abc"``
-    against ``channels=32``), before the factory fails deep inside with a TypeError. Arguments
-    without a plain default (None, objects) are left to the factory."""
-    import inspect
+    """A config error for an argument whose value does not fit its annotation, where that is a
+    plain ``int``, ``float``, ``bool`` or ``str`` (``channels = "abc"`` for ``channels: int``),
+    before the factory fails deep inside with a TypeError. Unions, sequences and unannotated
+    arguments are left to the factory (``padding="same"`` is as valid as ``padding=1``)."""
+    import typing
 
-    params = inspect.signature(factory).parameters
+    target = factory.__init__ if isinstance(factory, type) else factory
+    try:
+        hints = typing.get_type_hints(target)
+    except Exception:  # annotations that do not resolve: nothing to check against
+        return
+    name_of = getattr(factory, "__name__", "the factory")
     for name, value in args.items():
-        default = params[name].default if name in params else None
-        kind = list if isinstance(default, tuple) else type(default)
+        kind = hints.get(name)
         if kind not in _ACCEPTS:
             continue
         a_bool_for_a_number = isinstance(value, bool) and kind is not bool
         if isinstance(value, _ACCEPTS[kind]) and not a_bool_for_a_number:
             continue
         raise ConfigError(
-            f"{key}.{name} = {value!r} is of type {type(value).__name__}; "
-            f"{getattr(factory, '__name__', 'the factory')}() takes {kind.__name__} there "
-            f"(its default is {default!r})",
+            f"{key}.{name} = {value!r} is of type {type(value).__name__}; {name_of}() takes "
+            f"{kind.__name__} there",
             where=f"{key}.{name}",
-            fix=f"give it as {kind.__name__}, e.g. {key}.{name}={default!r}",
+            fix=f"give it as {kind.__name__}",
         )
 
 
