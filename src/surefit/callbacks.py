@@ -109,10 +109,19 @@ class Best:
         return False
 
     def state_dict(self) -> dict[str, Any]:
-        return {"value": self.value, "step": self.step}
+        return {"value": self.value, "step": self.step, "monitor": self.monitor, "mode": self.mode}
+
+    def tracks(self, state: dict[str, Any]) -> bool:
+        """Whether a saved state tracked this metric in this direction (a resume may change
+        ``train.monitor`` or ``train.mode``: the old best then says nothing of the new one)."""
+        return (state.get("monitor", self.monitor), state.get("mode", self.mode)) == (
+            self.monitor,
+            self.mode,
+        )
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.value, self.step = float(state["value"]), int(state["step"])
+        if self.tracks(state):  # else the tracking starts over with this run's metric
+            self.value, self.step = float(state["value"]), int(state["step"])
 
 
 class PauseAt(Callback):
@@ -185,7 +194,7 @@ class EarlyStopping(Callback):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.best.load_state_dict(state["best"])
-        self.bad_evals = int(state["bad_evals"])
+        self.bad_evals = int(state["bad_evals"]) if self.best.tracks(state["best"]) else 0
 
 
 class CallbackStates:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import sys
 from pathlib import Path
 from typing import Any
@@ -390,10 +391,12 @@ def cmd_resume(args: argparse.Namespace) -> int:
     config_path = recipes.config_of(run_dir)
     _, text = recipes.source(str(config_path))  # a damaged config.toml is a ConfigError
     cfg = _build(text, run_dir.name, str(config_path), args)
+    progress_set = any(s.strip().startswith("log.progress") for s in args.overrides)
     cfg = cfg.replace(
         train={"run_dir": str(run_dir)},
-        checkpoint={"resume": "must", "override": bool(args.override)},
-        log={"progress": args.progress or "auto"},  # a display, chosen per session
+        checkpoint={"resume": "must", "override": bool(args.override) or cfg.checkpoint.override},
+        # a display, chosen per session: --progress or --set log.progress=..., else auto
+        log={"progress": cfg.log.progress if args.progress or progress_set else "auto"},
     )
     if args.nproc > 1:
         return _launch(args.nproc, args.argv, str(run_dir))
@@ -477,7 +480,8 @@ def cmd_lr_find(args: argparse.Namespace) -> int:
     )
     print(result.summary())
     if result.suggestion is not None:
-        print(f"try: surefit fit {args.recipe} --set optim.lr={result.suggestion:.2g}")
+        sets = "".join(f" --set {shlex.quote(s)}" for s in args.overrides)  # what it swept with
+        print(f"try: surefit fit {args.recipe}{sets} --set optim.lr={result.suggestion:.2g}")
     return 0
 
 

@@ -112,6 +112,13 @@ def _as_tensor(a: Any, where: str) -> torch.Tensor:
     if isinstance(a, torch.Tensor):
         return a
     if isinstance(a, np.ndarray):
+        if a.dtype.kind not in "biufc":  # strings, objects (a pandas column of mixed values)
+            raise DataError(
+                f"{where} holds a numpy array of {a.dtype} values, which is not numbers",
+                where=where,
+                fix="encode labels as class ids (e.g. np.unique(y, return_inverse=True)[1]) "
+                "and columns as numbers before passing them",
+            )
         t = torch.from_numpy(np.ascontiguousarray(a))
         # numpy defaults to float64 and int32/int64; models and losses want float32 and int64
         if t.is_floating_point() and t.dtype == torch.float64:

@@ -95,7 +95,8 @@ def check_resume_fits(
     else:
         problems += _moments_misfit(state.get("optimizer"), optimizer)
     n = train_samples
-    if meta.get("train_samples", n) != n:
+    resized = override and "data.val_fraction" in changes  # asked for: the split moves
+    if meta.get("train_samples", n) != n and not resized:
         problems.append(
             f"training data has {n} samples, the checkpoint's run had {meta['train_samples']}"
         )

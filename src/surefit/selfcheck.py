@@ -172,15 +172,23 @@ def check_processes(cfg: RunConfig, first_steps: int = 8, keep: str = "") -> Res
     k, n = first_steps, 2 * first_steps
     with tempfile.TemporaryDirectory(prefix="surefit-check-") as tmp:
         base = Path(keep) if keep else Path(tmp)
-        if keep and base.exists() and any(base.iterdir()):
-            from .errors import ConfigError
+        from .errors import ConfigError
 
+        if keep and base.exists() and (not base.is_dir() or any(base.iterdir())):
             raise ConfigError(
-                f"--keep {keep} is not empty: the check would continue the runs it holds",
+                f"--keep {keep} is not an empty folder: the check would continue the runs it "
+                "holds, or write into a file",
                 where="--keep",
                 fix="give a new or empty folder",
             )
-        base.mkdir(parents=True, exist_ok=True)
+        try:
+            base.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot make --keep {keep}: {exc.strerror or exc}",
+                where="--keep",
+                fix="give a folder this process can create",
+            ) from None
         recipe = base / "recipe.toml"
         recipe.write_text(to_toml(cfg.replace(checkpoint={"check_resume": False})))
         common = ["--progress", "off", "--set", f"train.epochs={cfg.epochs}"]

@@ -188,6 +188,11 @@ ERRORS = [
     pytest.param(["fit", "binary.toml"], ["binary.toml", "UTF-8"], id="not-a-text-recipe"),
     pytest.param(["fit", "--pause-at", "0"], ["--pause-at", "below 1"], id="pause-at-zero"),
     pytest.param(
+        ["check-resume", "--steps", "2", "--keep", "bad.toml"],
+        ["--keep bad.toml", "empty folder"],
+        id="check-resume-keep-a-file",
+    ),
+    pytest.param(
         ["check-resume", "--steps", "0"], ["--steps", "below 1"], id="check-resume-zero-steps"
     ),
     pytest.param(

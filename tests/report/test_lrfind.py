@@ -154,7 +154,8 @@ def test_lr_find_command_on_a_recipe(mnist1d_cache, tmp_path, capsys, monkeypatc
     assert main([*argv, "--min-lr", "1e-5", "--max-lr", "1"]) == 0
     out = capsys.readouterr().out
     assert "suggested lr: " in out and "(rule: " in out
-    assert "try: surefit fit mnist1d-cnn --set optim.lr=" in out
+    # the suggestion was measured with the user's --set: the command to try keeps them
+    assert "try: surefit fit mnist1d-cnn --set 'model.args={channels=4}' --set optim.lr=" in out
     plot = tmp_path / "runs" / "mnist1d-cnn-lr-find.png"
     assert f"plot: {plot.relative_to(tmp_path)}" in out and plot.is_file()
     assert not any(p.is_dir() for p in (tmp_path / "runs").iterdir())  # it writes no run

@@ -131,4 +131,4 @@ def test_check_resume_command_in_fresh_processes(tmp_path):
     events = (tmp_path / "kept" / "split" / "events.jsonl").read_text()
     assert '"event": "preempted"' in events and '"event": "resume"' in events
     again = subprocess.run(done.args, cwd=tmp_path, capture_output=True, text=True, timeout=300)
-    assert again.returncode == 2 and "--keep kept is not empty" in again.stderr
+    assert again.returncode == 2 and "--keep kept is not an empty folder" in again.stderr

@@ -510,3 +510,9 @@ def test_a_misspelled_metric_without_a_val_set_is_named_before_training(tmp_path
                progress="off", run_dir=tmp_path / "r")  # fmt: skip
     assert "accuracy" in info.value.fix
     assert not (tmp_path / "r" / "checkpoints").exists()  # nothing trained or written
+
+
+@pytest.mark.parametrize("labels", [np.array(["cat", "dog"] * 50), np.array([1, "a"] * 50, object)])
+def test_labels_that_are_not_numbers_are_named(tmp_path, labels):
+    err = fails_early(sf.DataError, mlp(), (np.random.rand(100, 8), labels), tmp_path)
+    assert "not numbers" in err.what and "class ids" in err.fix

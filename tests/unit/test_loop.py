@@ -690,3 +690,31 @@ def test_the_sweep_puts_back_a_sharded_checkpoint_killed_between_its_renames(tmp
     (folder / MANIFEST).write_text(json.dumps({"checkpoints": [entry]}))
     assert CheckpointStore(folder).sweep() == [".best.tmp"]
     assert (folder / "best" / "state.pt").read_bytes() == b"kept"
+
+
+def test_a_resume_that_monitors_another_metric_tracks_its_best_from_the_resume(tmp_path):
+    """The saved best is the old metric's (a val_loss near 1): read as the best accuracy it
+    would never be beaten, best.pt would stay the old one and early stopping would fire."""
+    from surefit.callbacks import PauseAt
+
+    x, y = make_classification(256)
+    common = dict(val=(x[:64], y[:64]), epochs=6, batch_size=32, lr=5e-2, progress="off",
+                  patience=2, run_dir=tmp_path)  # fmt: skip
+    sf.fit(mlp(), (x, y), callbacks=[PauseAt(8)], **common)  # two epochs on val_loss
+    r = sf.fit(mlp(), (x, y), monitor="val_accuracy", **common)
+    after = [h for h in r.history if h["step"] > 8]
+    assert after and r.best_step in {h["step"] for h in after}
+    assert r.best_metrics["val_accuracy"] == max(h["val_accuracy"] for h in after)
+    assert "early stopping" not in r.stop_reason or len(after) > 2
+
+
+def test_a_changed_validation_split_resumes_when_asked_for(tmp_path):
+    from surefit.callbacks import PauseAt
+
+    x, y = make_classification(256)
+    common = dict(epochs=3, batch_size=32, progress="off", run_dir=tmp_path)
+    sf.fit(mlp(), (x, y), val_fraction=0.25, callbacks=[PauseAt(4)], **common)
+    with pytest.raises(sf.CheckpointError, match="--override"):
+        sf.fit(mlp(), (x, y), val_fraction=0.5, **common)
+    r = sf.fit(mlp(), (x, y), val_fraction=0.5, override=True, **common)
+    assert r.steps > 4 and not r.preempted
