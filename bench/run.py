@@ -404,31 +404,29 @@ the optimizer runs as in the hand-written loop (on CUDA the flag goes to the fus
 `found_inf` instead: no sync there). At each sync point there is one host read of the pending
 values. The rest is fixed per run: the first-step checks (a forward and backward pass and the
 leakage hashes) and the rollback copies (at most every 200 steps). This section's two rows come
-from one process, interleaved; on this machine the ratio was 0.980 and 0.897 in two earlier runs
-and 1.037 in this one (on faster than off), so it is below what this machine resolves.
+from one process, interleaved; on these machines the ratio was 0.980, 0.897 and 1.037 (on
+faster than off) in three earlier runs and 0.940 in this one, so it is below what they resolve.
 """
 
 PROFILE_NOTES = """## Where the time goes
 
 - What surefit's cost over (a+) is made of, counted (the instructions table; the machine's load
-  does not move it): surefit takes fewer instructions a step than (a+), -124k of 9.27M on
-  `tiny` (-1.3 %) and -103k of 0.98M on a near-empty model (on this page's code; -128k and -103k
-  before this session's fixes elsewhere). Before the two changes below it took +37k and +35k.
+  does not move it; counted in an earlier run, on an AVX2 machine, as its section says): surefit
+  takes fewer instructions a step than (a+), -124k of 9.27M on `tiny` (-1.3 %) and -103k of 0.98M
+  on a near-empty model. Before the two changes below it took +37k and +35k.
   (1) Clipping: for parameters that are one (device, dtype) group of plain tensors, surefit
   runs the kernels of torch's `get_total_norm` and `clip_grads_with_norm_` itself (the same
   bits, tested), without their per-call grouping, wrappers and no-grad contexts, which (a+)'s
   `clip_grad_norm_` pays twice a step: -138k instructions a step.
   (2) The host bookkeeping of each step at sync points is plain attribute updates: 13-18k fewer.
-- Timed, paired in one process (31 rounds): `tiny` 1.008 [0.952, 1.052] x (a+) and `small`
-  1.021 [0.996, 1.075] in this page's run; earlier runs of the same per-step code gave 0.996 /
-  0.998 and 0.990 / 1.020. The fresh-process tables move with the machine's load far more: in
-  this run the per-repeat ratios to (a+) are 1.091 on `tiny` and 0.886 on `small` (1.006 and
-  1.076 with `threads auto`), while one loop's repeats span up to 2x; earlier runs gave 0.87 /
-  1.51, 0.997 / 1.014 and 1.35 / 0.77. Only the paired figures are steady enough to hold
-  against a 5 % goal here. This run's throughput section measured the code before the fixes
-  committed with it (none of them on the in-memory path's per-step work); the later sections
-  ran the committed code, and the default recipe's weights after 3 epochs were checked
-  bit-identical before and after those fixes.
+- Timed, paired in one process (31 rounds): `tiny` 1.003 [0.932, 1.012] x (a+) and `small`
+  0.996 [0.957, 1.015] in this page's run; earlier runs of the same per-step code gave 1.008 /
+  1.021, 0.996 / 0.998 and 0.990 / 1.020. The fresh-process tables move with the machine's load
+  far more: in this run the per-repeat ratios to (a+) are 0.962 on `tiny` and 1.109 on `small`
+  (1.147 and 1.255 with `threads auto`), while one loop's repeats span up to 1.7x; earlier runs
+  gave 1.091 / 0.886, 0.87 / 1.51, 0.997 / 1.014 and 1.35 / 0.77. Only the paired figures are
+  steady enough to hold against a 5 % goal here; the whole page ran with nothing else on the
+  machine (its load, about 1.3-2.0, is the benchmark's own two threads and its processes).
 - Time that the counts do not show: on the near-empty model callgrind's cache and branch
   simulation puts surefit at or below (a+) in every count a step (D1 and I1 misses, mispredicted
   branches), yet its CPU time a step was still about +24 us in one paired timing. surefit's run
@@ -438,12 +436,13 @@ PROFILE_NOTES = """## Where the time goes
   step took about 0.75-1 ms, against about 2-3 ms on AVX2 ones, and surefit's cost per step is
   roughly fixed, so its ratio to (a+) is lower where the model's own kernels are faster. The
   recipe's test accuracy moves with the machine too (the kernels' last bits): 0.954 against
-  (a)'s 0.955 on the AVX-512 machine, 0.946 against 0.960 on this page's.
+  (a)'s 0.955 on the AVX-512 machines (this page's run), 0.946 against 0.960 on an AVX2 one.
 - Threads: the `threads auto` rows are `train.threads = 0`. It gives a model under 30 MFLOP per
   forward batch (the tiny MLP) one thread and the CNN every core, whatever the machine's load at
   the start, because the thread count changes a CPU run's last bits. On an idle 2-core machine two
-  threads ran the tiny MLP 1.3-1.4x faster than one (in this run's fresh processes 674 steps/s
-  against 785 pinned); on a loaded one they ran 7-40x slower, hence one. A loaded
+  threads ran the tiny MLP up to 1.3-1.4x faster than one in earlier runs (in this run's fresh
+  processes one thread was the faster: 435 steps/s against 382 on two); on a loaded one two ran
+  7-40x slower, hence one. A loaded
   machine gets a note naming `train.threads`. The FLOPs are counted on the first batch of every
   data path (a Dataset's and a DataLoader's too), so the choice does not depend on how the data
   is passed.
@@ -457,9 +456,9 @@ PROFILE_NOTES = """## Where the time goes
   takes about 25 ms here, and a save took about 8 ms of the loop's time on the earlier machine,
   so a save at every epoch end would cost far more than the step's own overhead; a put-off save
   leaves the run as if it were written. Paired in one process, surefit with a run directory
-  made `tiny` 0.900 x (a+) and `small` 0.987 in this run (0.968 and 0.975 in an earlier, quieter
-  one): the config, three logs, the paced checkpoints and the final one, steps.jsonl, mostly
-  fixed costs against runs of 0.3-2 s, which weigh most on `tiny`'s short runs.
+  made `tiny` 0.936 x (a+) and `small` 0.914 in this run (0.900 / 0.987 and 0.968 / 0.975 in
+  earlier ones): the config, three logs, the paced checkpoints and the final one, steps.jsonl,
+  mostly fixed costs against runs of 0.3-2 s, which weigh most on `tiny`'s short runs.
 - No CUDA machine was available: the GPU table (bf16, char-gpt tokens/s and MFU) is not measured.
 """
 

@@ -14,7 +14,7 @@ from typing import Any
 
 from . import __version__, recipes
 from . import config as cfgmod
-from .errors import SurefitError
+from .errors import ConfigError, SurefitError
 
 EXIT_DIVERGED = 3  # the health guards stopped the run: too many bad steps or rollbacks
 EXIT_PREEMPTED = 75  # stopped by SIGTERM/SIGINT/SIGUSR1 after a checkpoint: resumable (EX_TEMPFAIL)
@@ -279,6 +279,19 @@ def _nproc(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _plain_name(name: str, default: str) -> str:
+    """``name`` when it can be one folder's name under runs/ (its run directory, its lr-find plot);
+    a ConfigError when it would point elsewhere (``..``, ``a/b``) or nowhere (``""``)."""
+    if name and name not in (".", "..") and not {"/", "\\", "\0"} & set(name):
+        return name
+    raise ConfigError(
+        f"name = {name!r} cannot name a folder under runs/",
+        where="name",
+        fix=f"give a plain name without path separators (e.g. --set name={default}), or a "
+        "folder with --run-dir",
+    )
+
+
 def _free_run_dir(name: str) -> str:
     base = Path("runs") / name
     if not base.exists() or (base.is_dir() and not any(base.iterdir())):
@@ -306,7 +319,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
     if args.run_dir:
         cfg = cfg.replace(train={"run_dir": args.run_dir})
     elif not cfg.train.run_dir:
-        cfg = cfg.replace(train={"run_dir": _free_run_dir(cfg.name)})
+        cfg = cfg.replace(train={"run_dir": _free_run_dir(_plain_name(cfg.name, name))})
     if args.nproc > 1:  # every process gets the run directory chosen here
         return _launch(args.nproc, [*args.argv, "--run-dir", cfg.train.run_dir], cfg.train.run_dir)
     if args.pause_at is not None:
@@ -319,9 +332,14 @@ def cmd_fit(args: argparse.Namespace) -> int:
 def cmd_doctor(args: argparse.Namespace) -> int:
     name, text = recipes.source(args.recipe)
     cfg = _build(text, name, args.recipe, args).replace(train={"run_dir": ""})
-    findings = recipes.run(cfg, doctor=True)
+    # the doctor runs every check; the run itself keeps to the config's choice
+    every = cfg.replace(health={"checks": True, "skip_checks": []})
+    findings = recipes.run(every, doctor=True)
     for f in findings:
         print(f.line())
+    skipped = "all of them" if not cfg.health.checks else ", ".join(cfg.health.skip_checks)
+    if skipped:
+        print(f"\n(the run itself skips {skipped}: health.checks / health.skip_checks)")
     count = {level: sum(f.level == level for f in findings) for level in ("ok", "warning", "error")}
     print(f"\n{count['ok']} ok, {count['warning']} warning(s), {count['error']} error(s)")
     if count["error"]:
@@ -383,7 +401,11 @@ def _exit_code(result: Any) -> int:
             where = f"surefit resume {result.run_dir}"
             print(f"stopped at step {result.steps}; continue with: {where}", file=sys.stderr)
         return EXIT_PREEMPTED
-    return EXIT_DIVERGED if getattr(result, "health_stop", "") else 0
+    if getattr(result, "health_stop", ""):
+        if result.config.log.progress == "off" and os.environ.get("RANK", "0") == "0":
+            print(f"stopped by the health guards: {result.health_stop}", file=sys.stderr)
+        return EXIT_DIVERGED
+    return 0
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
@@ -474,7 +496,7 @@ def cmd_lr_find(args: argparse.Namespace) -> int:
 
     name, text = recipes.source(args.recipe)
     cfg = _build(text, name, args.recipe, args)
-    out = args.out or str(Path("runs") / f"{cfg.name}-lr-find.png")
+    out = args.out or str(Path("runs") / f"{_plain_name(cfg.name, name)}-lr-find.png")
     result = lr_find_recipe(
         cfg, min_lr=args.min_lr, max_lr=args.max_lr, steps=args.steps, rule=args.rule, plot=out
     )

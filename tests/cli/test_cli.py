@@ -198,6 +198,34 @@ ERRORS = [
     pytest.param(
         ["doctor", "mnist1d-cnn", "--top-ops", "5"], ["--top-ops", "--profile"], id="top-ops-alone"
     ),
+    pytest.param(["fit", "--set", "name=.."], ["'..'", "runs/", "--run-dir"], id="name-up"),
+    pytest.param(["fit", "--set", 'name=""'], ["''", "runs/"], id="name-empty"),
+    pytest.param(["lr-find", "--set", "name=a/b"], ["'a/b'", "runs/"], id="lr-find-name-path"),
+    pytest.param(
+        ["fit", "mnist1d-mlp", "--set", "data.args.num_samples=5"],
+        ["data.args.num_samples", "at least 100"],
+        id="mnist1d-too-few-samples",
+    ),
+    pytest.param(
+        ["fit", "tabular-binary", "--set", "data.args.test_fraction=1.5"],
+        ["data.args.test_fraction", "between 0 and 1"],
+        id="tabular-fraction-out-of-range",
+    ),
+    pytest.param(
+        ["fit", "tabular-binary", "--set", "data.args.val_fraction=0.999"],
+        ["cannot split breast_cancer", "data.args"],
+        id="tabular-split-without-train",
+    ),
+    pytest.param(
+        ["fit", "char-gpt", "--set", 'data.args.path="short.txt"'],
+        ["too short for windows of 64", "data.args.block"],
+        id="char-gpt-short-text",
+    ),
+    pytest.param(
+        ["fit", "char-gpt", "--set", "data.args.val_windows=0"],
+        ["data.args.val_windows", ">= 1"],
+        id="char-gpt-no-val-windows",
+    ),
 ]
 
 
@@ -206,6 +234,7 @@ def test_user_errors_are_one_paragraph_without_traceback(tmp_path, args, mention
     (tmp_path / "bad.toml").write_text('name = "x"\n[optim\nlr = 1\n')
     (tmp_path / "typo.toml").write_text("[optim]\nlrr = 1e-3\n")
     (tmp_path / "binary.toml").write_bytes(b"\xff\xfe\x00name")
+    (tmp_path / "short.txt").write_text("hello world\n" * 50)  # 60 characters of validation
     r = cli(tmp_path, *args)
     assert "Traceback" not in r.stderr, r.stderr
     assert r.returncode == 2, r.stderr

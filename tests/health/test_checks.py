@@ -430,6 +430,18 @@ def test_doctor_reports_every_check(tmp_path, softmax):
     assert not (tmp_path / "runs").exists()  # doctor writes nothing
 
 
+@pytest.mark.parametrize("off", ["health.checks=false", 'health.skip_checks=["leakage"]'])
+def test_doctor_runs_the_checks_a_config_turns_off_and_says_so(tmp_path, off):
+    (tmp_path / "doctor_case.py").write_text(textwrap.dedent(FACTORIES))
+    (tmp_path / "r.toml").write_text(RECIPE)
+    args = [sys.executable, "-m", "surefit", "doctor", "r.toml", "--set", off]
+    done = subprocess.run(args, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "warning leakage: 40 validation sample(s)" in done.stdout
+    skipped = "all of them" if "false" in off else "leakage"
+    assert f"the run itself skips {skipped}" in done.stdout
+
+
 def test_a_validation_set_that_evaluates_to_nan_is_named_once(tmp_path, capsys):
     x, y = make_classification(256)
     xv, yv = make_classification(64, seed=1)

@@ -178,7 +178,7 @@ def test_a_skipped_first_step_leaves_no_unfilled_optimizer_state(tmp_path, skip_
     assert _finite(model) and r.steps == 12
 
 
-def test_too_many_bad_batches_stop_the_run(tmp_path):
+def test_too_many_bad_batches_stop_the_run(tmp_path, capsys):
     x, y = make_classification(512)
     x[::3, 1] = float("nan")  # a third of the samples: nearly every batch
     r = _fit(model := mlp(), (x, y), tmp_path, epochs=3)
@@ -187,7 +187,9 @@ def test_too_many_bad_batches_stop_the_run(tmp_path):
     assert _finite(model)
     from surefit.cli import EXIT_DIVERGED, _exit_code
 
+    capsys.readouterr()
     assert _exit_code(r) == EXIT_DIVERGED == 3
+    assert "stopped by the health guards" in capsys.readouterr().err  # no console said it
     files = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file() and p.suffix != ".lock"}
     again = _fit(mlp(), (x, y), tmp_path, epochs=3)  # resumed: the guards' stop holds
     assert again.steps == r.steps and again.health_stop == r.health_stop

@@ -66,6 +66,16 @@ def test_every_recipe_states_its_reference(name):
     assert text.startswith("#")  # the comment with the published number and what surefit reached
 
 
+def test_a_builtin_name_wins_over_a_folder_or_file_of_that_name(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "mnist1d-cnn").mkdir()  # its run directory, seen from runs/
+    (tmp_path / "tabular-binary").write_text('name = "mine"\n')
+    builtin = (recipes.HERE / "mnist1d-cnn.toml").read_text()
+    assert recipes.source("mnist1d-cnn") == ("mnist1d-cnn", builtin)
+    assert recipes.source("tabular-binary")[1].startswith("#")  # the built-in's comment
+    assert recipes.source("./tabular-binary") == ("tabular-binary", 'name = "mine"\n')
+
+
 def test_a_shown_recipe_is_an_editable_copy_that_runs(tmp_path, capsys):
     assert main(["recipes", "show", "tabular-multiclass"]) == 0
     text = capsys.readouterr().out

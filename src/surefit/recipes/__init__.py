@@ -36,9 +36,12 @@ def describe() -> list[tuple[str, str]]:
 
 
 def source(name_or_path: str) -> tuple[str, str]:
-    """(name, TOML text) of a built-in recipe name or a recipe file path."""
+    """(name, TOML text) of a built-in recipe name or a recipe file path. A built-in name wins
+    over a file or folder of that name without ``.toml`` (``runs/mnist1d-cnn`` seen from
+    ``runs/``); ``./NAME`` reads the file."""
     path = Path(name_or_path)
-    if path.suffix == ".toml" or path.exists():
+    builtin = name_or_path in names()
+    if path.suffix == ".toml" or (path.exists() and not builtin):
         if not path.is_file():
             raise ConfigError(
                 f"no recipe file {path}",
@@ -53,7 +56,7 @@ def source(name_or_path: str) -> tuple[str, str]:
                 where=str(path),
                 fix="a recipe is a UTF-8 TOML text file (docs/recipes.md)",
             ) from None
-    if name_or_path in names():
+    if builtin:
         return name_or_path, (HERE / f"{name_or_path}.toml").read_text()
     import difflib
 

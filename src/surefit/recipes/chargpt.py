@@ -114,9 +114,22 @@ def load(
     block: int = 64, val_windows: int = 1000, val_seed: int = 0, path: str = "", cache: str = ""
 ) -> dict[str, Any]:
     """Train windows over the first 90 % of the text; a fixed sample of windows over the rest."""
+    for key, value in (("block", block), ("val_windows", val_windows)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ConfigError(
+                f"data.args.{key} = {value!r} must be a whole number >= 1",
+                where=f"data.args.{key}",
+                fix="e.g. block = 64 (the model's block too), val_windows = 1000",
+            )
     tokens = encode(text_path(path, cache).read_text())
     n_train = int(len(tokens) * 0.9)
     train, val = tokens[:n_train], tokens[n_train:]
+    if len(val) <= block:  # the validation part needs a window and the character after it
+        raise DataError(
+            f"the text's last 10 % ({len(val)} characters) is too short for windows of {block}",
+            where="data.args.block",
+            fix=f"use a text of more than {10 * (block + 1)} characters, or a smaller block",
+        )
     gen = torch.Generator().manual_seed(val_seed)
     starts = torch.randint(0, len(val) - block, (val_windows,), generator=gen)
     return {"train": Windows(train, block), "val": Windows(val, block, starts)}

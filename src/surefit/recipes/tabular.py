@@ -54,19 +54,31 @@ def splits(
     dataset: str, test_fraction: float = 0.2, val_fraction: float = 0.2, seed: int = 0
 ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Seeded train/val/test numpy splits (stratified for classes), before any scaling."""
+    for key, value in (("test_fraction", test_fraction), ("val_fraction", val_fraction)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1:
+            raise ConfigError(
+                f"data.args.{key} = {value!r} must lie between 0 and 1",
+                where=f"data.args.{key}",
+                fix="a share of the samples, e.g. 0.2",
+            )
     sk = _sklearn()
     x, y, classes = arrays(dataset)
-    split = sk.model_selection.train_test_split
-    x_rest, x_test, y_rest, y_test = split(
-        x, y, test_size=test_fraction, random_state=seed, stratify=y if classes else None
-    )
-    x_train, x_val, y_train, y_val = split(
-        x_rest,
-        y_rest,
-        test_size=val_fraction,
-        random_state=seed,
-        stratify=y_rest if classes else None,
-    )
+
+    def split(x: np.ndarray, y: np.ndarray, share: float) -> list[np.ndarray]:
+        try:
+            return sk.model_selection.train_test_split(
+                x, y, test_size=share, random_state=seed, stratify=y if classes else None
+            )
+        except ValueError as exc:  # too few samples of a class for a stratified split
+            raise ConfigError(
+                f"cannot split {dataset} with test_fraction={test_fraction}, "
+                f"val_fraction={val_fraction}: {exc}",
+                where="data.args",
+                fix="keep each split a fair share of the samples, e.g. 0.2 each",
+            ) from None
+
+    x_rest, x_test, y_rest, y_test = split(x, y, test_fraction)
+    x_train, x_val, y_train, y_val = split(x_rest, y_rest, val_fraction)
     return {"train": (x_train, y_train), "val": (x_val, y_val), "test": (x_test, y_test)}
 
 
