@@ -423,7 +423,7 @@ PROFILE_NOTES = """## Where the time goes
   0.996 [0.957, 1.015] in this page's run; earlier runs of the same per-step code gave 1.008 /
   1.021, 0.996 / 0.998 and 0.990 / 1.020. The fresh-process tables move with the machine's load
   far more: in this run the per-repeat ratios to (a+) are 0.962 on `tiny` and 1.109 on `small`
-  (1.147 and 1.255 with `threads auto`), while one loop's repeats span up to 1.7x; earlier runs
+  (1.147 and 1.255 with `threads auto`), while one loop's repeats span up to 1.9x; earlier runs
   gave 1.091 / 0.886, 0.87 / 1.51, 0.997 / 1.014 and 1.35 / 0.77. Only the paired figures are
   steady enough to hold against a 5 % goal here; the whole page ran with nothing else on the
   machine (its load, about 1.3-2.0, is the benchmark's own two threads and its processes).

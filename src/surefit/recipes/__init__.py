@@ -69,6 +69,18 @@ def source(name_or_path: str) -> tuple[str, str]:
     )
 
 
+def check_arg(ok: bool, key: str, value: Any, need: str, fix: str) -> None:
+    """A ConfigError naming ``data.args.KEY`` when a built-in factory's argument is out of its
+    range (``ok`` false), before the factory fails deep inside numpy or torch."""
+    if not ok:
+        raise ConfigError(f"data.args.{key} = {value!r} {need}", where=f"data.args.{key}", fix=fix)
+
+
+def whole(value: Any, low: int) -> bool:
+    """``value`` is an int (not a bool) of at least ``low``."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= low
+
+
 def resolve(path: str, key: str) -> Any:
     """Import ``package.module:attribute``; a failure names the recipe key."""
     module_name, sep, attr = path.partition(":")

@@ -23,6 +23,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from ..errors import ConfigError, DataError
+from . import check_arg, whole
 from .mnist1d import cache_dir
 
 FILE = "tinyshakespeare.txt"
@@ -115,12 +116,8 @@ def load(
 ) -> dict[str, Any]:
     """Train windows over the first 90 % of the text; a fixed sample of windows over the rest."""
     for key, value in (("block", block), ("val_windows", val_windows)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ConfigError(
-                f"data.args.{key} = {value!r} must be a whole number >= 1",
-                where=f"data.args.{key}",
-                fix="e.g. block = 64 (the model's block too), val_windows = 1000",
-            )
+        fix = "e.g. block = 64 (the model's block too), val_windows = 1000"
+        check_arg(whole(value, 1), key, value, "must be a whole number >= 1", fix)
     tokens = encode(text_path(path, cache).read_text())
     n_train = int(len(tokens) * 0.9)
     train, val = tokens[:n_train], tokens[n_train:]

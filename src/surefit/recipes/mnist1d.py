@@ -35,15 +35,11 @@ def cache_name(num_samples: int = 5000, seed: int = 42) -> str:
 def load(num_samples: int = 5000, seed: int = 42, cache: str = "") -> dict[str, Any]:
     """Train (4,000) and test (1,000) arrays of the default MNIST-1D, as float32 / int64."""
     from ..checkpoint import atomic_write
-    from ..errors import ConfigError
+    from . import check_arg, whole
 
-    if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 100:
-        # the generator makes num_samples // 10 of each digit and keeps 20 % for the test split
-        raise ConfigError(
-            f"data.args.num_samples = {num_samples!r} is too few for MNIST-1D's 10 classes",
-            where="data.args.num_samples",
-            fix="give at least 100 (the paper's data set has 5000)",
-        )
+    # the generator makes num_samples // 10 of each digit and keeps 20 % for the test split
+    need, fix = "is too few for MNIST-1D's 10 classes", "give at least 100 (the paper's has 5000)"
+    check_arg(whole(num_samples, 100), "num_samples", num_samples, need, fix)
 
     path = (Path(cache) if cache else cache_dir()) / cache_name(num_samples, seed)
     if not path.exists():

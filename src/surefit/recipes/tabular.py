@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
+from . import check_arg
 
 DATASETS = {
     "breast_cancer": ("load_breast_cancer", True),  # (scikit-learn loader, classification?)
@@ -55,12 +56,8 @@ def splits(
 ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Seeded train/val/test numpy splits (stratified for classes), before any scaling."""
     for key, value in (("test_fraction", test_fraction), ("val_fraction", val_fraction)):
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1:
-            raise ConfigError(
-                f"data.args.{key} = {value!r} must lie between 0 and 1",
-                where=f"data.args.{key}",
-                fix="a share of the samples, e.g. 0.2",
-            )
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value < 1
+        check_arg(ok, key, value, "must lie between 0 and 1", "a share of the samples, e.g. 0.2")
     sk = _sklearn()
     x, y, classes = arrays(dataset)
 
